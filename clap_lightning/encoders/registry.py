@@ -22,18 +22,30 @@ def register_text_encoder(name: str, config_cls: type):
     return TEXT_ENCODERS.register(name, config_cls)
 
 
-def _import_builtin_encoders() -> None:
+def import_builtin_encoders() -> None:
     # Importing the modules runs their @register_* decorators.
-    from clap_lightning.encoders import htsat, text  # noqa: F401
+    from clap_lightning.encoders import text  # noqa: F401
+    try:
+        from clap_lightning.encoders import htsat  # noqa: F401
+    except ImportError:
+        pass
 
 
 def build_audio_encoder(name: str, options: Mapping[str, Any] | None = None) -> nn.Module:
     """Build the audio encoder `name`; it maps a waveform [B, T] to features [B, out_dim]."""
-    _import_builtin_encoders()
+    import_builtin_encoders()
     return AUDIO_ENCODERS.build(name, options, where="model.audio_encoder")
 
 
 def build_text_encoder(name: str, options: Mapping[str, Any] | None = None) -> nn.Module:
     """Build the text encoder `name`; it maps token ids and mask [B, L] to features [B, out_dim]."""
-    _import_builtin_encoders()
+    import_builtin_encoders()
     return TEXT_ENCODERS.build(name, options, where="model.text_encoder")
+
+
+def build_caption_tokenizer(name: str, options: Mapping[str, Any] | None = None):
+    """Build the `CaptionTokenizer` that belongs to text encoder `name` (for loader workers)."""
+    import_builtin_encoders()
+    builder, _ = TEXT_ENCODERS.get(name)
+    config = TEXT_ENCODERS.parse_config(name, options, where="model.text_encoder")
+    return builder.build_tokenizer(config)

@@ -1,0 +1,34 @@
+# Quick start: `make demo` (pretrain on the built-in demo corpus, then zero-shot) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DATA ?= data/shards
+DEMO_RUN ?= runs/demo
+
+.PHONY: venv demo demo-data test test-fast clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev,deepspeed]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo-data: $(STAMP)
+	$(BIN)/python -m data_recipes build demo --out $(DEMO_DATA) --sample-rate 16000 --workers 2
+
+demo: demo-data
+	$(BIN)/clap-lightning fit --config configs/experiment/demo.yaml run_dir=$(DEMO_RUN)
+	$(BIN)/clap-lightning zeroshot --checkpoint $(DEMO_RUN)/checkpoints/last.ckpt \
+		--data $(DEMO_DATA)/demo/test --out $(DEMO_RUN)/zeroshot
+
+test: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow and not slurm"
+
+clean:
+	rm -rf $(DEMO_DATA) runs

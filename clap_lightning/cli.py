@@ -1,0 +1,85 @@
+"""The `clap-lightning` command: fit | validate | test | zeroshot."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from clap_lightning.errors import ClapError
+
+log = logging.getLogger("clap_lightning")
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="experiment YAML (configs/experiment/*.yaml)")
+    parser.add_argument("--ckpt_path", "--ckpt-path", default=None,
+                        help="checkpoint to resume from (fit) or to evaluate; 'last' = newest in run_dir")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=100")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clap-lightning", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for stage, help_text in (("fit", "pretrain (or resume)"), ("validate", "run the validation loop"),
+                             ("test", "run the test loop")):
+        _add_config_args(commands.add_parser(stage, help=help_text))
+    zs = commands.add_parser("zeroshot", help="zero-shot classification of labelled shards")
+    zs.add_argument("--checkpoint", required=True, help="a clap-lightning checkpoint")
+    zs.add_argument("--data", required=True, help="labelled eval shards (split dir, brace pattern or list)")
+    zs.add_argument("--classes", default=None,
+                    help="comma-separated class names or a file with one per line (default: labels found)")
+    zs.add_argument("--prompt", default=None, help="prompt template, default from the checkpoint's config")
+    zs.add_argument("--out", default=None, help="report directory (default: <run_dir>/zeroshot)")
+    zs.add_argument("--batch-size", type=int, default=64)
+    zs.add_argument("--num-workers", type=int, default=2)
+    return parser
+
+
+def read_classes(value: Optional[str]) -> Optional[list[str]]:
+    if not value:
+        return None
+    path = Path(value)
+    if path.is_file():
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [c.strip() for c in value.split(",") if c.strip()]
+
+
+def run_stage_command(args: argparse.Namespace) -> int:
+    from clap_lightning.config import load_config
+    from clap_lightning.lit.run import run_stage
+
+    config = load_config(args.config, args.overrides)
+    run_stage(args.command, config, args.ckpt_path)
+    return 0
+
+
+def run_zeroshot_command(args: argparse.Namespace) -> int:
+    from clap_lightning.eval.runner import run_zeroshot
+
+    result, out_dir = run_zeroshot(args.checkpoint, args.data, read_classes(args.classes), args.prompt,
+                                   args.out, args.batch_size, args.num_workers)
+    print(f"report: {out_dir}/results.md, {out_dir}/confusion.png")
+    print(f"zero-shot accuracy: {result.accuracy:.3f} on {result.num_clips} held-out clips, "
+          f"{len(result.classes)} classes (chance {1 / len(result.classes):.3f})")
+    return 0
+
+
+COMMANDS = {"fit": run_stage_command, "validate": run_stage_command, "test": run_stage_command,
+            "zeroshot": run_zeroshot_command}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except ClapError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Experiment configuration: dataclass schemas, YAML composition, overrides and validation.
+
+An experiment YAML names one file per group under `defaults` and lists only what it changes:
+
+    defaults: {model: tiny, data: demo, trainer: cpu}
+    name: demo
+    optim: {lr: 1e-3}
+
+Each group file (`configs/<group>/<name>.yaml`) holds that section's keys. Everything is
+merged onto `ExperimentConfig`, then `key=value` overrides from the command line, so an
+unknown key or a wrong type fails here, with the key's dotted name, before any data or
+model is touched.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from clap_lightning.errors import ConfigError
+
+CONFIG_GROUPS = ("model", "data", "trainer", "optim")
+
+@dataclass
+class ModelConfig:
+    """The CLAP model: two encoders, two projections and a temperature."""
+
+    sample_rate: int = 44100  # rate of the waveforms the model takes (the loader resamples to it)
+    clip_seconds: float = 7.0  # clip length the loader crops/pads to
+    d_proj: int = 1024  # joint embedding size
+    proj_dropout: float = 0.5  # dropout inside the projection heads (msclap: 0.5)
+    logit_scale_init: float = math.log(1 / 0.07)  # initial log temperature, as CLIP
+    audio_encoder: dict = field(default_factory=lambda: {"name": "htsat"})  # `name` + that encoder's config
+    text_encoder: dict = field(default_factory=lambda: {"name": "gpt2"})  # `name` + that encoder's config
+
+    @property
+    def clip_samples(self) -> int:
+        return int(round(self.sample_rate * self.clip_seconds))
+
+
+@dataclass
+class DataConfig:
+    """Where shards are and how batches are made."""
+
+    train: str = ""  # train shards: a split dir with manifest.json, a brace pattern, or a .txt list
+    val: str = ""  # validation shards, same forms ("" = no validation)
+    test: str = ""  # test shards, same forms
+    global_batch_size: int = 64  # pairs per optimizer step over all devices (paper: 1536)
+    num_workers: int = 2  # loader worker processes per device
+    shuffle_buffer: int = 1000  # samples held for shuffling in training
+    epoch_samples: int = 0  # training samples per epoch; 0 = one pass over the train manifest
+    pad_mode: str = "repeat"  # short clips: "repeat" (msclap) or "zero"
+    eval_batch_size: int = 64  # per-device batch for validation, test and zero-shot
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments passed to `lightning.Trainer`."""
+
+    accelerator: str = "auto"  # cpu, gpu, auto
+    devices: int = 1  # devices per node
+    num_nodes: int = 1  # nodes
+    strategy: str = "auto"  # auto, ddp, deepspeed_stage_2, ...
+    precision: str = "32-true"  # 32-true, bf16-mixed, ...
+    max_steps: int = -1  # optimizer steps (-1 = use max_epochs)
+    max_epochs: int = 1  # epochs when max_steps is -1
+    accumulate_grad_batches: int = 1  # micro-batches per optimizer step
+    gradient_clip_val: Optional[float] = None  # clip gradient norm (None = off)
+    log_every_n_steps: int = 10  # logging interval in steps
+    val_check_interval: Optional[float] = None  # validate every N steps (int) or fraction of an epoch
+    limit_val_batches: Optional[float] = None  # cap validation batches
+    enable_progress_bar: bool = True  # Lightning's progress bar
+    checkpoint_every_n_steps: int = 0  # save a checkpoint every N steps (0 = at epoch end only)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay."""
+
+    lr: float = 1e-4  # peak learning rate
+    weight_decay: float = 0.2  # AdamW weight decay (not applied to norms, biases, logit scale)
+    betas: list = field(default_factory=lambda: [0.9, 0.98])  # AdamW betas
+    eps: float = 1e-6  # AdamW epsilon
+    warmup_steps: int = 100  # linear warmup steps
+    min_lr_ratio: float = 0.0  # final lr as a fraction of lr at the end of the cosine
+
+
+@dataclass
+class ZeroShotConfig:
+    """Zero-shot classification settings."""
+
+    prompt: str = "this is a sound of {}"  # class-name template
+    label_field: str = "labels"  # json field holding the class labels
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole run."""
+
+    name: str = "clap"  # run name
+    seed: int = 0  # global seed
+    run_dir: str = "runs/${name}"  # checkpoints, logs, resolved config and reports go here
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+
+
+def _first_line(err: OmegaConfBaseException) -> str:
+    return str(getattr(err, "msg", err)).splitlines()[0]
+
+
+def _merge(base: DictConfig, other: Any, origin: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise ConfigError(f"{origin}: bad config key '{key}': {_first_line(err)}") from None
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as err:  # yaml.YAMLError and friends: report, do not dump a traceback
+        raise ConfigError(f"cannot parse {path}: {str(err).splitlines()[0]}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping at top level")
+    return loaded
+
+
+def _compose(path: Path) -> list[tuple[str, DictConfig]]:
+    """Expand `defaults` of an experiment file into (origin, section-config) layers."""
+    experiment = _read_yaml(path)
+    layers = []
+    defaults = experiment.pop("defaults", None) or {}
+    root = path.resolve().parent.parent  # configs/experiment/x.yaml -> configs/
+    for group, name in dict(defaults).items():
+        if group not in CONFIG_GROUPS:
+            raise ConfigError(f"{path}: unknown config group '{group}' in defaults; known: {', '.join(CONFIG_GROUPS)}")
+        group_file = root / group / f"{name}.yaml"
+        layers.append((str(group_file), OmegaConf.create({group: _read_yaml(group_file)})))
+    layers.append((str(path), experiment))
+    return layers
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Compose, override and validate an experiment config.
+
+    Args:
+        path: experiment YAML (with optional `defaults`), or None for the schema defaults.
+        overrides: `key=value` strings, e.g. `trainer.max_steps=100`.
+
+    Raises:
+        ConfigError: one line naming the file or override and the offending key.
+    """
+    merged = OmegaConf.structured(ExperimentConfig)
+    for origin, layer in _compose(Path(path)) if path else []:
+        merged = _merge(merged, layer, origin)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        merged = _merge(merged, OmegaConf.from_dotlist([item]), f"override '{item}'")
+    try:
+        OmegaConf.resolve(merged)
+        config: ExperimentConfig = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"bad config key '{getattr(err, 'full_key', '?')}': {_first_line(err)}") from None
+    validate_components(config)
+    return config
+
+
+def validate_components(config: ExperimentConfig) -> None:
+    """Check the registry-selected sections (encoders) against their own schemas."""
+    from clap_lightning.encoders.registry import AUDIO_ENCODERS, TEXT_ENCODERS, import_builtin_encoders
+
+    import_builtin_encoders()
+    for registry, section, where in (
+        (AUDIO_ENCODERS, config.model.audio_encoder, "model.audio_encoder"),
+        (TEXT_ENCODERS, config.model.text_encoder, "model.text_encoder"),
+    ):
+        options = dict(section)
+        name = options.pop("name", None)
+        if name is None:
+            raise ConfigError(f"{where}.name is missing; known: {', '.join(registry.names())}")
+        try:
+            registry.parse_config(name, options, where=where)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    audio_rate = config.model.audio_encoder.get("sample_rate")
+    if audio_rate is not None and audio_rate != config.model.sample_rate:
+        raise ConfigError(f"model.sample_rate ({config.model.sample_rate}) differs from "
+                          f"model.audio_encoder.sample_rate ({audio_rate}); they must agree")
+    if config.data.pad_mode not in ("repeat", "zero"):
+        raise ConfigError(f"data.pad_mode must be 'repeat' or 'zero', got '{config.data.pad_mode}'")
+
+
+def to_container(config: ExperimentConfig) -> dict:
+    """The resolved config as plain dicts and lists (for checkpoints and YAML)."""
+    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+
+
+def from_container(data: dict) -> ExperimentConfig:
+    """Rebuild a validated config from `to_container` output (e.g. from a checkpoint)."""
+    merged = _merge(OmegaConf.structured(ExperimentConfig), data, "stored config")
+    return OmegaConf.to_object(merged)
+
+
+def save_config(config: ExperimentConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(OmegaConf.to_yaml(to_container(config)))
+    tmp.replace(path)
+
+
+def local_batch_size(config: ExperimentConfig) -> int:
+    """Per-device micro-batch: global batch / (devices x nodes x accumulation), or refuse.
+
+    Raises:
+        ConfigError: naming the numbers when they do not divide.
+    """
+    t = config.trainer
+    replicas = t.devices * t.num_nodes * t.accumulate_grad_batches
+    if config.data.global_batch_size % replicas:
+        raise ConfigError(
+            f"data.global_batch_size {config.data.global_batch_size} is not divisible by devices {t.devices} "
+            f"x num_nodes {t.num_nodes} x accumulate_grad_batches {t.accumulate_grad_batches} = {replicas}")
+    return config.data.global_batch_size // replicas

@@ -1,0 +1,76 @@
+"""Build the Trainer, the module and the data for a config; load checkpoints with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from clap_lightning.config import ExperimentConfig, local_batch_size, save_config
+from clap_lightning.errors import CheckpointError
+from clap_lightning.lit.datamodule import ClapDataModule
+from clap_lightning.lit.pretraining import ClapPretraining
+
+
+def build_trainer(config: ExperimentConfig) -> L.Trainer:
+    """A Trainer writing checkpoints, CSV logs and the resolved config under `config.run_dir`."""
+    t = config.trainer
+    run_dir = Path(config.run_dir)
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=1,
+                                 every_n_train_steps=t.checkpoint_every_n_steps or None)
+    return L.Trainer(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        precision=t.precision, max_steps=t.max_steps, max_epochs=t.max_epochs if t.max_steps < 0 else None,
+        accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
+        log_every_n_steps=t.log_every_n_steps, val_check_interval=t.val_check_interval,
+        limit_val_batches=t.limit_val_batches, enable_progress_bar=t.enable_progress_bar,
+        default_root_dir=str(run_dir), callbacks=[checkpoint],
+        logger=CSVLogger(str(run_dir), name="logs", version=""),
+        num_sanity_val_steps=0,
+    )
+
+
+@rank_zero_only
+def write_run_config(config: ExperimentConfig) -> None:
+    save_config(config, Path(config.run_dir) / "config.yaml")
+
+
+def run_stage(stage: str, config: ExperimentConfig, ckpt_path: Optional[str] = None) -> list[dict]:
+    """Run `fit`, `validate` or `test`; the same checks happen before any data is read."""
+    local_batch_size(config)  # refuse a global batch that does not divide, before anything starts
+    if ckpt_path and ckpt_path != "last" and not Path(ckpt_path).is_file():
+        raise CheckpointError(f"checkpoint not found: {ckpt_path}")
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    trainer = build_trainer(config)
+    datamodule = ClapDataModule(config)
+    if stage == "fit":
+        write_run_config(config)
+        trainer.fit(ClapPretraining(config), datamodule=datamodule, ckpt_path=ckpt_path)
+        return []
+    module = load_pretraining(ckpt_path) if ckpt_path else ClapPretraining(config)
+    return getattr(trainer, stage)(module, datamodule=datamodule)
+
+
+def load_pretraining(path: str | Path, map_location: str = "cpu") -> ClapPretraining:
+    """Load a `ClapPretraining` checkpoint, with one-line errors for missing or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # truncated file, not a torch file, ...
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+    config = checkpoint.get("hyper_parameters", {}).get("config") if isinstance(checkpoint, dict) else None
+    if config is None:
+        raise CheckpointError(f"{path} is not a clap-lightning checkpoint (no stored config)")
+    module = ClapPretraining(config)
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not match its stored architecture: {str(err).splitlines()[0]}") from None
+    return module
