@@ -1,0 +1,135 @@
+"""Symmetric InfoNCE over a batch whose negatives span every rank (CLAP, CLIP).
+
+The loss follows open_clip's ``ClipLoss`` (src/open_clip/loss.py): cross-entropy of
+audio→text and text→audio logits against the diagonal, averaged. Logits are computed in
+fp32 whatever the autocast state, because bf16 similarities (8 bits of mantissa) times a
+logit scale up to 100 round to steps of ~0.4 and flatten the softmax.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from clap_lightning.objectives.collectives import all_reduce_mean, gather_with_grad, rank
+
+MAX_LOG_LOGIT_SCALE = math.log(100.0)  # CLIP caps the logit scale (inverse temperature) at 100
+
+
+def compute_logit_scale(logit_scale: Tensor) -> Tensor:
+    """Return exp(clamp(logit_scale, 0, ln 100)) in fp32.
+
+    Args:
+        logit_scale: the raw learnable log-scale, shape ``(1,)`` (DeepSpeed cannot
+            broadcast a 0-dim parameter); outside ``[0, ln 100]`` its gradient is zero.
+    """
+    return logit_scale.float().clamp(0.0, MAX_LOG_LOGIT_SCALE).exp()
+
+
+def compute_logits(audio_emb: Tensor, text_emb: Tensor, logit_scale: Tensor) -> Tensor:
+    """Return scaled cosine similarities of every audio row against every text row, in fp32.
+
+    Args:
+        audio_emb: ``[Na, D]`` audio embeddings, any float dtype, not necessarily normalised.
+        text_emb: ``[Nt, D]`` text embeddings.
+        logit_scale: raw log-scale, see `compute_logit_scale`.
+
+    Returns:
+        ``logits_per_audio``, ``[Na, Nt]`` float32; its transpose is ``logits_per_text``.
+    """
+    with torch.autocast(device_type=audio_emb.device.type, enabled=False):
+        audio = F.normalize(audio_emb.float(), dim=-1)
+        text = F.normalize(text_emb.float(), dim=-1)
+        return compute_logit_scale(logit_scale) * audio @ text.T
+
+
+def symmetric_infonce(logits_per_audio: Tensor, labels: Tensor, logits_per_text: Tensor | None = None) -> Tensor:
+    """Return the mean of the audio→text and text→audio cross-entropies.
+
+    Args:
+        logits_per_audio: ``[n, N]`` audio rows against text columns.
+        labels: ``[n]`` index of each row's positive column.
+        logits_per_text: ``[n, N]`` text rows against audio columns; defaults to the
+            transpose of a square ``logits_per_audio`` (the global loss).
+    """
+    if logits_per_text is None:
+        logits_per_text = logits_per_audio.T
+    return 0.5 * (F.cross_entropy(logits_per_audio, labels) + F.cross_entropy(logits_per_text, labels))
+
+
+def compute_top1_accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Return the detached fraction of rows whose largest logit is at its label."""
+    return (logits.detach().argmax(dim=-1) == labels).float().mean()
+
+
+@dataclass
+class ContrastiveOutput:
+    """What one contrastive step yields."""
+
+    loss: Tensor  # scalar to backpropagate; in local mode this rank's share (see ContrastiveObjective)
+    a2t_acc: Tensor  # detached in-batch audio→text top-1 accuracy over the global batch
+    t2a_acc: Tensor  # detached in-batch text→audio top-1 accuracy over the global batch
+    global_batch_size: int  # pairs in the contrastive batch: world size × local batch
+
+
+class ContrastiveObjective:
+    """Symmetric InfoNCE whose negatives are every pair on every rank.
+
+    Global mode gathers both modalities (with gradients) and builds the full
+    ``[W*b, W*b]`` logits on every rank; memory O((W*b)^2). Local mode builds only this
+    rank's rows against the gathered columns, ``[b, W*b]`` per direction with labels
+    ``arange(b) + rank*b``; memory O(b * W*b). Both give, once DDP or DeepSpeed average
+    parameter gradients over ranks, exactly the gradient of the single-process loss on
+    the concatenated batch (the argument is in ``collectives._GatherWithGrad``):
+
+    - global: every rank's loss *is* the single-process loss L; the gather's backward
+      sums W identical contributions and the DDP average divides by W again;
+    - local: rank r's loss is the mean over its own b rows, L_r, and L = mean_r L_r
+      because all ranks hold b rows; the summed backward plus the DDP average
+      differentiate exactly mean_r L_r. No rescaling by W is needed (or allowed).
+
+    In local mode ``loss`` differs across ranks (its mean over ranks equals the global
+    loss: log it with ``sync_dist=True``); the accuracies are those of this rank's rows
+    against all columns, averaged over ranks by an all-reduce of two numbers, so they are
+    the global-batch accuracies in both modes.
+
+    Args:
+        use_local_loss: compute local rows against global columns instead of the full matrix.
+    """
+
+    def __init__(self, use_local_loss: bool = False) -> None:
+        self.use_local_loss = use_local_loss
+
+    def __call__(self, audio_emb: Tensor, text_emb: Tensor, logit_scale: Tensor) -> ContrastiveOutput:
+        """Return the loss and accuracies for this rank's ``[b, D]`` audio and text embeddings."""
+        if audio_emb.shape != text_emb.shape:
+            raise ValueError(
+                f"audio and text embeddings must have the same shape [b, D]; "
+                f"found {tuple(audio_emb.shape)} and {tuple(text_emb.shape)}"
+            )
+        local_batch, dim = audio_emb.shape
+        # One gather for both modalities: one size check and one backward all-reduce, not two.
+        pairs = torch.cat([audio_emb.float(), text_emb.float()], dim=1)  # [b, 2D]
+        all_audio, all_text = gather_with_grad(pairs).split(dim, dim=1)  # [W*b, D] each
+        if self.use_local_loss:
+            logits_per_audio = compute_logits(audio_emb, all_text, logit_scale)  # [b, W*b]
+            logits_per_text = compute_logits(all_audio, text_emb, logit_scale).T  # [b, W*b]
+            offset = rank() * local_batch
+        else:
+            logits_per_audio = compute_logits(all_audio, all_text, logit_scale)  # [W*b, W*b]
+            logits_per_text = logits_per_audio.T
+            offset = 0
+        labels = torch.arange(logits_per_audio.shape[0], device=audio_emb.device) + offset
+        loss = symmetric_infonce(logits_per_audio, labels, logits_per_text)
+        accuracy = torch.stack(
+            [compute_top1_accuracy(logits_per_audio, labels), compute_top1_accuracy(logits_per_text, labels)]
+        )
+        if self.use_local_loss:
+            accuracy = all_reduce_mean(accuracy)  # equal b on every rank, so the mean is the global accuracy
+        return ContrastiveOutput(
+            loss=loss, a2t_acc=accuracy[0], t2a_acc=accuracy[1], global_batch_size=all_audio.shape[0]
+        )
