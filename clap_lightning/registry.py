@@ -56,7 +56,8 @@ class Registry(Generic[T]):
         except OmegaConfBaseException as err:
             key = getattr(err, "full_key", None) or "?"
             prefix = f"{where}." if where else ""
-            raise ValueError(f"bad config key '{prefix}{key}' for {self.kind} '{name}': {err.msg}") from None
+            reason = err.msg.splitlines()[0]  # OmegaConf appends "full_key: ..." lines
+            raise ValueError(f"bad config key '{prefix}{key}' for {self.kind} '{name}': {reason}") from None
         return OmegaConf.to_object(merged)
 
     def build(self, name: str, options: Mapping[str, Any] | Any | None = None, where: str = "") -> T:

@@ -1,0 +1,250 @@
+"""HTSAT audio encoder (Chen et al., ICASSP 2022) as released in Microsoft CLAP 2023 (msclap).
+
+Follows `msclap/models/htsat.py` (class HTSAT_Swin_Transformer, msclap 1.3.4) with its config
+(`msclap/models/config.py`): waveform -> log-mel -> bn0 over mel bins -> SpecAugment (training)
+-> fold the spectrogram into a square image (`reshape_wav2img`) -> patch embedding -> Swin
+stages -> LayerNorm -> token-semantic (TSCAM) head. msclap's HTSATWrapper feeds `latent_output`
+(the mean of the final normed tokens, 768-d) to CLAP's projection; `forward` returns exactly that.
+
+Names follow msclap, so `audio_encoder.base.htsat.<key>` maps to `<key>` here. Differences:
+- torchlibrosa's `spectrogram_extractor.stft.conv_{real,imag}.weight` and
+  `logmel_extractor.melW` are derived from the config and have no counterpart (see
+  `MSCLAP_DERIVED_PREFIXES`); our `frontend` computes the same features with `torch.stft`.
+- Window attention uses SDPA and keeps no attention maps (msclap's `htsat_attn_heatmap` is off).
+- Inputs longer than `spec_size * freq_ratio` frames are refused: msclap random-crops them in
+  training and averages hard-coded 689-frame crops in eval, which callers avoid by cropping
+  the waveform to the clip length first (7 s -> 965 frames < 1024 in msclap 2023).
+- msclap's fixed options are fixed here too: qkv bias on, patch norm on, no absolute position
+  embedding, LayerNorm before the MLP, no repeat mode, mixup outside the encoder.
+- `tscam_conv` and `head` do not feed the embedding; unless `train_classifier_head` they are
+  frozen so DDP sees no unused trainable parameters (msclap never uses `head` at all).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clap_lightning.audio.frontend import LogMelFrontEnd, SpecAugment
+from clap_lightning.encoders.registry import register_audio_encoder
+from clap_lightning.encoders.swin import BasicLayer
+
+# Key prefixes of a msclap HTSAT state dict with no counterpart here (torchlibrosa's fixed
+# STFT/mel matrices, recomputed by `frontend`); a converter drops them.
+MSCLAP_DERIVED_PREFIXES = ("spectrogram_extractor.", "logmel_extractor.")
+
+
+@dataclass
+class HTSATConfig:
+    """HTSAT shape and front end; defaults reproduce the msclap 2023 release."""
+
+    sample_rate: int = 44100  # rate of the input waveform (Hz)
+    mel_sample_rate: int = 32000  # rate the mel filters are computed for; 32000 as msclap 2023 (a quirk)
+    n_fft: int = 1024  # STFT size and Hann window length (samples)
+    hop_length: int = 320  # STFT hop (samples)
+    n_mels: int = 64  # mel bins
+    fmin: float = 50.0  # lowest mel band edge (Hz, at mel_sample_rate)
+    fmax: float = 14000.0  # highest mel band edge (Hz, at mel_sample_rate)
+    spec_size: int = 256  # side of the square spectrogram image the Swin sees
+    patch_size: int = 4  # patch-embedding kernel size
+    patch_stride: int = 4  # patch-embedding stride (time and frequency)
+    in_chans: int = 1  # input image channels (mono)
+    embed_dim: int = 96  # channels after patch embedding; doubles per stage
+    depths: list[int] = field(default_factory=lambda: [2, 2, 6, 2])  # Swin blocks per stage
+    num_heads: list[int] = field(default_factory=lambda: [4, 8, 16, 32])  # attention heads per stage
+    window_size: int = 8  # attention window side (tokens)
+    mlp_ratio: float = 4.0  # MLP hidden width / channels
+    drop_rate: float = 0.0  # dropout after attention projection and in MLPs
+    attn_drop_rate: float = 0.0  # dropout on attention weights
+    drop_path_rate: float = 0.1  # stochastic depth, linearly increasing to this over all blocks
+    num_classes: int = 527  # classes of the token-semantic head (AudioSet)
+    enable_tscam: bool = True  # token-semantic conv head (msclap: True); else a linear head
+    train_classifier_head: bool = False  # give tscam_conv/head gradients (unused by the embedding)
+    use_spec_augment: bool = True  # SpecAugment time/frequency stripes in training
+    use_checkpointing: bool = False  # activation checkpointing per Swin block (saves memory)
+
+    def __post_init__(self) -> None:
+        self.depths = list(self.depths)
+        self.num_heads = list(self.num_heads)
+        check_htsat_shapes(self)
+
+    @property
+    def out_dim(self) -> int:
+        """Embedding width: channels of the last stage."""
+        return self.embed_dim * 2 ** (len(self.depths) - 1)
+
+    @property
+    def freq_ratio(self) -> int:
+        """How many time slices of the spectrogram are stacked along the image's mel axis."""
+        return self.spec_size // self.n_mels
+
+    @property
+    def max_frames(self) -> int:
+        """Most STFT frames the image holds; longer inputs are refused."""
+        return self.spec_size * self.freq_ratio
+
+
+def _fail(field_name: str, expected: str, value) -> None:
+    raise ValueError(f"HTSATConfig.{field_name}: expected {expected}; got {value}")
+
+
+def check_htsat_shapes(cfg: HTSATConfig) -> None:
+    """Raise a one-line ValueError if the sizes cannot form HTSAT's image and stages."""
+    stages = len(cfg.depths)
+    if stages < 1 or len(cfg.num_heads) != stages:
+        _fail("num_heads", f"one entry per stage ({stages})", cfg.num_heads)
+    if not 1 <= cfg.n_mels <= cfg.spec_size or cfg.spec_size % cfg.freq_ratio:
+        _fail("spec_size", f"a multiple of spec_size // n_mels with n_mels={cfg.n_mels}", cfg.spec_size)
+    if cfg.patch_size < cfg.patch_stride or (cfg.patch_size - cfg.patch_stride) % 2:
+        _fail("patch_size", f">= patch_stride={cfg.patch_stride}, differing by an even number", cfg.patch_size)
+    grid = cfg.spec_size // cfg.patch_stride
+    if cfg.spec_size % cfg.patch_stride or grid % 2 ** (stages - 1):
+        _fail("spec_size", f"spec_size / patch_stride divisible by 2**(stages-1)={2 ** (stages - 1)}", cfg.spec_size)
+    for i in range(stages):
+        res, dim = grid // 2**i, cfg.embed_dim * 2**i
+        if res > cfg.window_size and res % cfg.window_size:
+            _fail("window_size", f"a divisor of the stage-{i} grid {res}", cfg.window_size)
+        if dim % cfg.num_heads[i]:
+            _fail("num_heads", f"stage {i} heads dividing its {dim} channels", cfg.num_heads)
+    if cfg.enable_tscam and (grid // 2 ** (stages - 1)) % cfg.freq_ratio:
+        _fail("spec_size", f"final grid divisible by freq_ratio={cfg.freq_ratio} for the TSCAM head", cfg.spec_size)
+
+
+class PatchEmbed(nn.Module):
+    """Conv patch embedding of the spectrogram image, then LayerNorm (msclap: patch_norm=True)."""
+
+    def __init__(self, cfg: HTSATConfig) -> None:
+        super().__init__()
+        pad = (cfg.patch_size - cfg.patch_stride) // 2
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, cfg.patch_stride, padding=pad)
+        self.norm = nn.LayerNorm(cfg.embed_dim)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(image).flatten(2).transpose(1, 2))  # [B, tokens, C]
+
+
+@register_audio_encoder("htsat", HTSATConfig)
+class HTSATEncoder(nn.Module):
+    """Waveform [B, T] at `cfg.sample_rate` -> HTSAT embedding [B, cfg.out_dim]."""
+
+    def __init__(self, cfg: HTSATConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.out_dim = cfg.out_dim
+        self.frontend = LogMelFrontEnd(cfg.n_fft, cfg.hop_length, cfg.n_mels, cfg.fmin, cfg.fmax, cfg.mel_sample_rate)
+        self.spec_augmenter = SpecAugment(time_drop_width=64, time_stripes_num=2, freq_drop_width=8, freq_stripes_num=2)
+        self.bn0 = nn.BatchNorm2d(cfg.n_mels)
+        self.patch_embed = PatchEmbed(cfg)
+        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        self.layers = self._build_layers(cfg)
+        self.norm = nn.LayerNorm(cfg.out_dim)
+        final_grid = cfg.spec_size // cfg.patch_stride // 2 ** (len(cfg.depths) - 1)
+        if cfg.enable_tscam:
+            self.tscam_conv = nn.Conv2d(cfg.out_dim, cfg.num_classes, (final_grid // cfg.freq_ratio, 3), padding=(0, 1))
+            self.head = nn.Linear(cfg.num_classes, cfg.num_classes)  # unused, kept for msclap's state dict
+        else:
+            self.head = nn.Linear(cfg.out_dim, cfg.num_classes)
+        self.apply(_init_weights)
+        if not cfg.train_classifier_head:
+            for module in (getattr(self, "tscam_conv", None), self.head):
+                if module is not None:
+                    module.requires_grad_(False)
+
+    @staticmethod
+    def _build_layers(cfg: HTSATConfig) -> nn.ModuleList:
+        grid = cfg.spec_size // cfg.patch_stride
+        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        layers = nn.ModuleList()
+        for i, depth in enumerate(cfg.depths):
+            first = sum(cfg.depths[:i])
+            layers.append(BasicLayer(
+                dim=cfg.embed_dim * 2**i, resolution=(grid // 2**i, grid // 2**i), depth=depth,
+                num_heads=cfg.num_heads[i], window=cfg.window_size, mlp_ratio=cfg.mlp_ratio,
+                drop=cfg.drop_rate, attn_drop=cfg.attn_drop_rate, drop_path_rates=rates[first:first + depth],
+                use_downsample=i < len(cfg.depths) - 1, use_checkpointing=cfg.use_checkpointing,
+            ))
+        return layers
+
+    def compute_logmel(self, wave: torch.Tensor) -> torch.Tensor:
+        """Log-mel [B, frames, n_mels] after bn0 and, in training, SpecAugment."""
+        feats = self.frontend(wave)
+        if feats.shape[1] > self.cfg.max_frames:
+            max_samples = (self.cfg.max_frames - 1) * self.cfg.hop_length
+            raise ValueError(
+                f"HTSAT takes at most {self.cfg.max_frames} frames ({max_samples} samples); "
+                f"got {feats.shape[1]} frames ({wave.shape[1]} samples): crop the waveform first"
+            )
+        # bn0 normalises each mel bin over batch and time (msclap: BatchNorm2d on [B, mel, T, 1]).
+        feats = self.bn0(feats.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
+        if self.cfg.use_spec_augment:
+            feats = self.spec_augmenter(feats)
+        return feats
+
+    def reshape_wav2img(self, feats: torch.Tensor) -> torch.Tensor:
+        """Fold log-mel [B, frames, n_mels] into the square image [B, 1, spec_size, spec_size].
+
+        As msclap: stretch time to spec_size * freq_ratio and mel to spec_size // freq_ratio
+        (bicubic, align_corners) when shorter, then stack freq_ratio consecutive time slices
+        along the mel axis.
+        """
+        cfg = self.cfg
+        x = feats.unsqueeze(1)  # [B, 1, T, F]
+        target_t, target_f = cfg.spec_size * cfg.freq_ratio, cfg.spec_size // cfg.freq_ratio
+        if x.shape[2] < target_t:
+            x = F.interpolate(x, (target_t, x.shape[3]), mode="bicubic", align_corners=True)
+        if x.shape[3] < target_f:
+            x = F.interpolate(x, (x.shape[2], target_f), mode="bicubic", align_corners=True)
+        b, c = x.shape[:2]
+        x = x.transpose(2, 3).reshape(b, c, target_f, cfg.freq_ratio, target_t // cfg.freq_ratio)
+        return x.permute(0, 1, 3, 2, 4).reshape(b, c, target_f * cfg.freq_ratio, target_t // cfg.freq_ratio)
+
+    def encode_tokens(self, wave: torch.Tensor) -> torch.Tensor:
+        """Final normed tokens regrouped by the TSCAM layout: [B, C, freq groups, time]."""
+        x = self.pos_drop(self.patch_embed(self.reshape_wav2img(self.compute_logmel(wave))))
+        for layer in self.layers:
+            x = layer(x)
+        x = self.norm(x)  # [B, tokens, C]
+        b, n, c = x.shape
+        side = self.cfg.spec_size // self.cfg.patch_stride // 2 ** (len(self.cfg.depths) - 1)
+        x = x.transpose(1, 2).reshape(b, c, side, side)
+        # Undo the fold: each band of `side // freq_ratio` rows is a later stretch of time.
+        bins = side // self.cfg.freq_ratio
+        x = x.reshape(b, c, self.cfg.freq_ratio, bins, side).permute(0, 1, 3, 2, 4)
+        return x.reshape(b, c, bins, self.cfg.freq_ratio * side)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """Return msclap's `latent_output`: the mean of the final normed tokens, [B, out_dim]."""
+        return self.encode_tokens(wave).flatten(2).mean(dim=2)
+
+    def forward_features(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return `embedding` [B, D], `clipwise_output` [B, K] and `framewise_output` [B, frames, K].
+
+        Outputs are as msclap's with loss_type "clip_bce" (clipwise sigmoid-ed). With
+        enable_tscam off msclap gives no latent output; here the embedding is the same mean.
+        """
+        tokens = self.encode_tokens(wave)  # [B, C, bins, time]
+        embedding = tokens.flatten(2).mean(dim=2)
+        if not self.cfg.enable_tscam:
+            logits = self.head(embedding)
+            return {"embedding": embedding, "clipwise_output": torch.sigmoid(logits)}
+        frame_logits = self.tscam_conv(tokens).flatten(2)  # [B, K, time]
+        # msclap repeats each token 8 * patch_stride times (8 = 2**3 merges in the default depths).
+        repeat = 2 ** (len(self.cfg.depths) - 1) * self.cfg.patch_stride
+        framewise = torch.sigmoid(frame_logits).transpose(1, 2).repeat_interleave(repeat, dim=1)
+        clipwise = torch.sigmoid(frame_logits.mean(dim=2))
+        return {"embedding": embedding, "clipwise_output": clipwise, "framewise_output": framewise}
+
+
+def _init_weights(module: nn.Module) -> None:
+    # As msclap: truncated-normal linears with zero bias, unit LayerNorms; convs keep PyTorch's init.
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
