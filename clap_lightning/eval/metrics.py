@@ -26,6 +26,16 @@ def _as_float(values: Tensor) -> Tensor:
     return values if values.dtype in (torch.float32, torch.float64) else values.float()
 
 
+def _check_scores_and_targets(scores: Tensor, targets: Tensor) -> Tensor:
+    """Check `[N, C]` scores against same-shape targets; return the scores as floats."""
+    if scores.ndim != 2 or scores.shape != targets.shape:
+        shapes = f"{tuple(scores.shape)} and {tuple(targets.shape)}"
+        raise ValueError(f"expected scores and targets of the same [N, C] shape; got {shapes}")
+    scores = _as_float(scores)
+    _check_finite("scores", scores)
+    return scores
+
+
 def _pessimistic_ranks(scores: Tensor, query_scores: Tensor) -> Tensor:
     """Rank of each query score within its row of `scores`, counting ties against it.
 
@@ -50,7 +60,8 @@ def accuracy(logits: Tensor, targets: Tensor, top_k: int = 1) -> float:
         top_k: how many of the best-scored classes count as a hit.
     """
     if logits.ndim != 2 or targets.shape != (logits.shape[0],):
-        raise ValueError(f"expected logits [N, C] and targets [N]; got {tuple(logits.shape)} and {tuple(targets.shape)}")
+        shapes = f"{tuple(logits.shape)} and {tuple(targets.shape)}"
+        raise ValueError(f"expected logits [N, C] and targets [N]; got {shapes}")
     n, n_classes = logits.shape
     if n == 0:
         raise ValueError("accuracy of an empty batch is undefined")
@@ -58,7 +69,8 @@ def accuracy(logits: Tensor, targets: Tensor, top_k: int = 1) -> float:
         raise ValueError(f"top_k must be in [1, {n_classes}]; got {top_k}")
     targets = targets.long()
     if targets.min() < 0 or targets.max() >= n_classes:
-        raise ValueError(f"targets must be class indices in [0, {n_classes}); found {targets.min()}..{targets.max()}")
+        found = f"{targets.min()}..{targets.max()}"
+        raise ValueError(f"targets must be class indices in [0, {n_classes}); found {found}")
     logits = _as_float(logits)
     _check_finite("logits", logits)
     target_logit = logits.gather(1, targets[:, None])  # [N, 1]
@@ -83,10 +95,7 @@ def mean_average_precision(scores: Tensor, targets: Tensor) -> float:
     Raises:
         ValueError: shapes differ, or no class has a positive.
     """
-    if scores.ndim != 2 or scores.shape != targets.shape:
-        raise ValueError(f"expected scores and targets of the same [N, C] shape; got {tuple(scores.shape)} and {tuple(targets.shape)}")
-    scores = _as_float(scores)
-    _check_finite("scores", scores)
+    scores = _check_scores_and_targets(scores, targets)
     targets = targets.long()
     if ((targets != 0) & (targets != 1)).any():
         raise ValueError("targets must be multi-hot (0/1)")
@@ -119,12 +128,10 @@ def f1_at_threshold(scores: Tensor, targets: Tensor, threshold: float = 0.5) -> 
         targets: `[N, C]` multi-hot (0/1 or bool).
         threshold: probability at or above which a class counts as predicted.
     """
-    if scores.ndim != 2 or scores.shape != targets.shape:
-        raise ValueError(f"expected scores and targets of the same [N, C] shape; got {tuple(scores.shape)} and {tuple(targets.shape)}")
-    scores = _as_float(scores)
-    _check_finite("scores", scores)
+    scores = _check_scores_and_targets(scores, targets)
     if scores.min() < 0 or scores.max() > 1:
-        raise ValueError(f"scores must be probabilities in [0, 1] (apply sigmoid first); found {scores.min():.3g}..{scores.max():.3g}")
+        found = f"{scores.min():.3g}..{scores.max():.3g}"
+        raise ValueError(f"scores must be probabilities in [0, 1] (apply sigmoid first); found {found}")
     predicted = scores >= threshold
     present = targets.bool()
     tp = (predicted & present).sum().item()
@@ -204,11 +211,13 @@ def retrieval_metrics(sim: Tensor, text_to_audio: Tensor) -> dict[str, float]:
         keys `t2a_r@1`, `t2a_r@5`, `t2a_r@10`, `t2a_mAP@10`, `a2t_r@1`, `a2t_r@5`, `a2t_r@10`, `a2t_mAP@10`.
     """
     if sim.ndim != 2 or text_to_audio.shape != (sim.shape[1],):
-        raise ValueError(f"expected sim [n_audio, n_text] and text_to_audio [n_text]; got {tuple(sim.shape)} and {tuple(text_to_audio.shape)}")
+        shapes = f"{tuple(sim.shape)} and {tuple(text_to_audio.shape)}"
+        raise ValueError(f"expected sim [n_audio, n_text] and text_to_audio [n_text]; got {shapes}")
     n_audio, _ = sim.shape
     text_to_audio = text_to_audio.long()
     if text_to_audio.min() < 0 or text_to_audio.max() >= n_audio:
-        raise ValueError(f"text_to_audio must index clips in [0, {n_audio}); found {text_to_audio.min()}..{text_to_audio.max()}")
+        found = f"{text_to_audio.min()}..{text_to_audio.max()}"
+        raise ValueError(f"text_to_audio must index clips in [0, {n_audio}); found {found}")
     sim = _as_float(sim)
     _check_finite("sim", sim)
 
