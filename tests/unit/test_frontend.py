@@ -1,0 +1,123 @@
+"""Log-mel front end: Slaney mel filters, dB, STFT framing, SpecAugment; checked by hand."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchaudio.functional as AF
+
+from clap_lightning.audio.frontend import (
+    LogMelFrontEnd,
+    SpecAugment,
+    compute_mel_filters,
+    hz_to_mel,
+    mel_to_hz,
+    power_to_db,
+)
+
+torch.set_num_threads(1)
+
+
+def slaney_mel(hz: float) -> float:
+    # Slaney's scale written out: 3 mel per 200 Hz up to 1 kHz, then 27 mel per factor 6.4.
+    return 3.0 * hz / 200.0 if hz < 1000 else 15.0 + 27.0 * math.log(hz / 1000.0) / math.log(6.4)
+
+
+def slaney_hz(mel: float) -> float:
+    return 200.0 * mel / 3.0 if mel < 15 else 1000.0 * 6.4 ** ((mel - 15.0) / 27.0)
+
+
+def triangle(freq: float, lo: float, mid: float, hi: float) -> float:
+    # One Slaney-normalised filter: peak 2 / (hi - lo), so its area in Hz is 1.
+    if lo <= freq <= mid:
+        up = (freq - lo) / (mid - lo)
+    elif mid < freq <= hi:
+        up = (hi - freq) / (hi - mid)
+    else:
+        up = 0.0
+    return up * 2.0 / (hi - lo)
+
+
+def test_slaney_scale_anchor_points():
+    assert hz_to_mel(1000.0) == pytest.approx(15.0)
+    assert hz_to_mel(6400.0) == pytest.approx(42.0)  # one factor of 6.4 above 1 kHz
+    assert hz_to_mel(200.0) == pytest.approx(3.0)
+    freqs = np.array([0.0, 50.0, 999.0, 1000.0, 4321.0, 14000.0])
+    np.testing.assert_allclose(mel_to_hz(hz_to_mel(freqs)), freqs, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("sample_rate,n_fft,n_mels,fmin,fmax", [(16000, 512, 10, 0.0, 8000.0), (32000, 1024, 64, 50.0, 14000.0)])
+def test_mel_filters_match_closed_form(sample_rate, n_fft, n_mels, fmin, fmax):
+    filters = compute_mel_filters(sample_rate, n_fft, n_mels, fmin, fmax)
+    assert filters.shape == (n_fft // 2 + 1, n_mels) and filters.dtype == torch.float32
+    lo_mel, hi_mel = slaney_mel(fmin), slaney_mel(fmax)
+    edges = [slaney_hz(lo_mel + i * (hi_mel - lo_mel) / (n_mels + 1)) for i in range(n_mels + 2)]
+    bin_hz = sample_rate / n_fft
+    for band in (0, n_mels // 2, n_mels - 1):
+        expected = [triangle(k * bin_hz, *edges[band:band + 3]) for k in range(n_fft // 2 + 1)]
+        np.testing.assert_allclose(filters[:, band].numpy(), expected, rtol=1e-5, atol=1e-9)
+    # Nothing above fmax or below fmin.
+    freqs = torch.arange(n_fft // 2 + 1) * bin_hz
+    assert torch.all(filters[(freqs > fmax) | (freqs < fmin)] == 0)
+
+
+def test_mel_filters_match_torchaudio_slaney():
+    ours = compute_mel_filters(32000, 1024, 64, 50.0, 14000.0)
+    theirs = AF.melscale_fbanks(513, 50.0, 14000.0, 64, 32000, norm="slaney", mel_scale="slaney")
+    assert (ours - theirs).abs().max() < 1e-6
+
+
+def test_power_to_db_by_hand():
+    power = torch.tensor([1.0, 100.0, 0.5, 1e-12, 0.0])
+    expected = torch.tensor([0.0, 20.0, 10 * math.log10(0.5), -100.0, -100.0])  # clamped at amin=1e-10
+    torch.testing.assert_close(power_to_db(power), expected)
+
+
+def test_frame_count_and_power_of_one_frame():
+    n_fft, hop = 64, 16
+    front = LogMelFrontEnd(n_fft, hop, n_mels=8, fmin=0.0, fmax=4000.0, mel_sample_rate=8000)
+    for length in (100, 128, 257):
+        assert front(torch.randn(2, length)).shape == (2, 1 + length // hop, 8)
+    wave = torch.randn(1, 200, dtype=torch.float64)
+    # Frame j: samples [j*hop - n_fft/2, j*hop + n_fft/2) of the reflect-padded wave, periodic Hann.
+    padded = np.pad(wave[0].numpy(), n_fft // 2, mode="reflect")
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
+    frame = 3
+    power = np.abs(np.fft.rfft(padded[frame * hop:frame * hop + n_fft] * window)) ** 2
+    mel = power @ front.mel_filters.double().numpy()
+    expected = 10 * np.log10(np.maximum(mel, 1e-10))
+    np.testing.assert_allclose(front(wave)[0, frame].numpy(), expected, rtol=1e-4, atol=1e-3)
+
+
+def test_mel_sample_rate_moves_bands():
+    # msclap 2023: 44.1 kHz audio through filters built for 32 kHz, so a tone at f Hz lands in
+    # the band the filters place at f * 32000 / 44100.
+    sr, tone = 44100, 4410.0
+    wave = torch.sin(2 * math.pi * tone * torch.arange(sr) / sr)[None]
+    quirk = LogMelFrontEnd(1024, 320, 64, 50.0, 14000.0, mel_sample_rate=32000)
+    plain = LogMelFrontEnd(1024, 320, 64, 50.0, 14000.0, mel_sample_rate=sr)
+    centres = mel_to_hz(np.linspace(hz_to_mel(50.0), hz_to_mel(14000.0), 66))[1:-1]
+    for front, apparent in ((quirk, tone * 32000 / sr), (plain, tone)):
+        peak = int(front(wave)[0].mean(0).argmax())
+        assert abs(peak - int(np.abs(centres - apparent).argmin())) <= 1
+
+
+def test_spec_augment_only_in_training():
+    aug = SpecAugment(time_drop_width=64, time_stripes_num=2, freq_drop_width=8, freq_stripes_num=2)
+    feats = torch.randn(16, 300, 64) + 10.0  # no zeros of its own
+    aug.eval()
+    assert torch.equal(aug(feats), feats)
+    aug.train()
+    torch.manual_seed(0)
+    out = aug(feats)
+    assert torch.all(feats != 0)  # input untouched
+    dropped = out == 0
+    assert dropped.any()
+    time_dropped = dropped.all(dim=2).sum(dim=1)  # whole frames zeroed, per clip
+    freq_dropped = dropped.all(dim=1).sum(dim=1)  # whole mel bins zeroed, per clip
+    assert time_dropped.max() <= 2 * 63 and freq_dropped.max() <= 2 * 7
+    # Every zero belongs to a dropped frame or a dropped bin; everything else is kept.
+    stripe = dropped.all(dim=2, keepdim=True) | dropped.all(dim=1, keepdim=True)
+    assert torch.equal(dropped, stripe)
+    torch.testing.assert_close(out[~dropped], feats[~dropped])
