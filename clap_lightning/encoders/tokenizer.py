@@ -7,6 +7,8 @@ from typing import Iterable, Sequence
 
 import torch
 
+from clap_lightning.errors import ConfigError
+
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUILTIN_PREFIX = "builtin:"
 EOS_TOKEN = "<|endoftext|>"
@@ -18,7 +20,7 @@ def resolve_tokenizer_path(name_or_path: str) -> str:
         path = ASSETS / "tokenizers" / name_or_path[len(BUILTIN_PREFIX) :]
         if not path.is_dir():
             known = sorted(p.name for p in (ASSETS / "tokenizers").iterdir())
-            raise ValueError(f"unknown built-in tokenizer '{name_or_path}'; known: {', '.join(known)}")
+            raise ConfigError(f"unknown built-in tokenizer '{name_or_path}'; known: {', '.join(known)}")
         return str(path)
     return name_or_path
 

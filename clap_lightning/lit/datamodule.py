@@ -55,8 +55,9 @@ class ClapDataModule(L.LightningDataModule):
     def train_dataloader(self) -> wds.WebLoader:
         return self._loader(self.config.data.train, is_train=True)
 
-    def val_dataloader(self) -> wds.WebLoader:
-        return self._loader(self.config.data.val, is_train=False)
+    def val_dataloader(self) -> wds.WebLoader | list:
+        # No validation shards configured: an empty list tells Lightning to skip validation.
+        return self._loader(self.config.data.val, is_train=False) if self.config.data.val else []
 
     def test_dataloader(self) -> wds.WebLoader:
         return self._loader(self.config.data.test, is_train=False)

@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from clap_lightning.config import ExperimentConfig, local_batch_size, save_config
+from clap_lightning.data.sources import resolve_shards
 from clap_lightning.errors import CheckpointError
 from clap_lightning.lit.datamodule import ClapDataModule
 from clap_lightning.lit.pretraining import ClapPretraining
@@ -45,6 +46,8 @@ def run_stage(stage: str, config: ExperimentConfig, ckpt_path: Optional[str] = N
     local_batch_size(config)  # refuse a global batch that does not divide, before anything starts
     if ckpt_path and ckpt_path != "last" and not Path(ckpt_path).is_file():
         raise CheckpointError(f"checkpoint not found: {ckpt_path}")
+    for spec in stage_shards(stage, config):
+        resolve_shards(spec)  # a missing or empty shard directory fails now, not inside the loop
     L.seed_everything(config.seed, workers=True, verbose=False)
     trainer = build_trainer(config)
     datamodule = ClapDataModule(config)
@@ -54,6 +57,13 @@ def run_stage(stage: str, config: ExperimentConfig, ckpt_path: Optional[str] = N
         return []
     module = load_pretraining(ckpt_path) if ckpt_path else ClapPretraining(config)
     return getattr(trainer, stage)(module, datamodule=datamodule)
+
+
+def stage_shards(stage: str, config: ExperimentConfig) -> list[str]:
+    """The shard specifications a stage reads (validation during fit only when configured)."""
+    data = config.data
+    return {"fit": [data.train] + ([data.val] if data.val else []), "validate": [data.val],
+            "test": [data.test]}[stage]
 
 
 def load_pretraining(path: str | Path, map_location: str = "cpu") -> ClapPretraining:

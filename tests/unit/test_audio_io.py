@@ -1,0 +1,48 @@
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from clap_lightning.audio.io import Resampler, fit_length, read_clip
+
+
+def flac_bytes(audio: np.ndarray, rate: int) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, rate, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def test_read_clip_seeks_to_a_random_crop_and_downmixes():
+    ramp = (np.arange(16000) % 1000 / 1000.0 - 0.5).astype(np.float32)
+    stereo = np.stack([ramp, ramp * 0.5], axis=1)
+    data = flac_bytes(stereo, 16000)
+    audio, rate, total = read_clip(data, 4000, np.random.default_rng(0))
+    assert rate == 16000 and total == 16000 and audio.shape == (4000,)
+    start = int(np.random.default_rng(0).integers(0, 16000 - 4000 + 1))
+    np.testing.assert_allclose(audio, 0.75 * ramp[start:start + 4000], atol=1e-4)  # mean of the channels
+    head, _, _ = read_clip(data, 4000, None)  # no rng: deterministic crop from the start
+    np.testing.assert_allclose(head, 0.75 * ramp[:4000], atol=1e-4)
+
+
+@pytest.mark.parametrize("mode, expected, length", [
+    ("repeat", [1, 2, 3, 1, 2, 3, 1], 3),
+    ("zero", [1, 2, 3, 0, 0, 0, 0], 3),
+])
+def test_fit_length_pads_short_clips(mode, expected, length):
+    clip, real = fit_length(torch.tensor([1.0, 2.0, 3.0]), 7, mode)
+    assert clip.tolist() == expected and real == length
+    cropped, real = fit_length(torch.arange(10.0), 4, mode)
+    assert cropped.tolist() == [0, 1, 2, 3] and real == 4
+
+
+def test_resampler_builds_each_kernel_once_and_passes_matching_rates():
+    resample = Resampler(16000)
+    tone = torch.sin(torch.arange(48000) / 48000 * 2 * torch.pi * 440)
+    out = resample(tone, 48000)
+    assert out.shape == (16000,) and len(resample._kernels) == 1
+    resample(tone, 48000)
+    assert len(resample._kernels) == 1
+    same = torch.randn(100)
+    assert resample(same, 16000) is same

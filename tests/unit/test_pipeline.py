@@ -1,0 +1,70 @@
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+
+from clap_lightning.data.pipeline import ClipDecoder
+from clap_lightning.data.sources import resolve_shards
+from clap_lightning.errors import DataError
+from tests.unit.test_audio_io import flac_bytes
+
+
+def raw_sample(key="demo-1", text=("a tone",), audio=None, rate=16000, json_bytes=None):
+    audio = np.full(8000, 0.1, dtype=np.float32) if audio is None else audio
+    meta = {"text": list(text), "source": "demo", "id": key, "split": "train", "sample_rate": rate,
+            "duration": len(audio) / rate, "labels": ["tone"]}
+    return {"__key__": key, "flac": flac_bytes(audio, rate) if len(audio) else b"",
+            "json": json_bytes if json_bytes is not None else json.dumps(meta).encode()}
+
+
+def test_decoder_crops_resamples_and_keeps_metadata():
+    decoder = ClipDecoder(sample_rate=8000, clip_samples=6000, pad_mode="repeat", is_train=False)
+    out = decoder(raw_sample(audio=np.full(16000, 0.25, dtype=np.float32)))
+    assert out["audio"].shape == (6000,) and out["length"] == 6000
+    assert out["texts"] == ["a tone"] and out["meta"]["labels"] == ["tone"]
+    assert abs(float(out["audio"][1000:5000].mean()) - 0.25) < 1e-3
+
+
+@pytest.mark.parametrize("sample, reason", [
+    (raw_sample(json_bytes=b"{not json"), "bad_json"),
+    (raw_sample(text=()), "empty_text"),
+    (raw_sample(text=("  ",)), "empty_text"),
+    ({"__key__": "x", "json": json.dumps({"text": ["a"]}).encode()}, "missing_audio"),
+    (dict(raw_sample(), flac=raw_sample()["flac"][:60]), "bad_audio"),
+])
+def test_bad_samples_are_skipped_and_counted(sample, reason):
+    decoder = ClipDecoder(sample_rate=16000, clip_samples=4000, pad_mode="zero", is_train=True)
+    assert decoder(sample) is None
+    assert decoder.skipped == {reason: 1}
+
+
+def test_resolve_shards_forms(tmp_path):
+    split = tmp_path / "demo" / "train"
+    split.mkdir(parents=True)
+    for i in range(3):
+        with tarfile.open(split / f"demo-train-{i:06d}.tar", "w"):
+            pass
+    assert len(resolve_shards(str(split)).urls) == 3  # no manifest: the directory's tars
+    (split / "manifest.json").write_text(json.dumps(
+        {"shards": [{"name": f"demo-train-{i:06d}.tar", "count": 5} for i in range(2)]}))
+    source = resolve_shards(str(split))
+    assert len(source.urls) == 2 and source.num_samples == 10
+    brace = resolve_shards(str(split / "demo-train-{000000..000002}.tar"))
+    assert len(brace.urls) == 3
+    assert resolve_shards("pipe:aws s3 cp s3://b/x-{0..3}.tar -").urls[1] == "pipe:aws s3 cp s3://b/x-1.tar -"
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(brace.urls) + "\n")
+    assert resolve_shards(str(listing)).urls == brace.urls
+    assert len(resolve_shards(f"{split}::{listing}").urls) == 5
+
+
+def test_resolve_shards_errors(tmp_path):
+    with pytest.raises(DataError, match="shard directory not found: .*nope"):
+        resolve_shards(str(tmp_path / "nope"))
+    with pytest.raises(DataError, match="no shards found"):
+        resolve_shards(str(tmp_path))
+    with pytest.raises(DataError, match="1 of 2 shards"):
+        (tmp_path / "a-0.tar").write_bytes(b"")
+        resolve_shards(str(tmp_path / "a-{0..1}.tar"))
