@@ -7,6 +7,8 @@ from clap_lightning.objectives.contrastive import (
     ContrastiveOutput,
     compute_logit_scale,
     compute_logits,
+    compute_scaled_similarity,
+    normalize_embeddings,
     symmetric_infonce,
 )
 
@@ -16,7 +18,9 @@ __all__ = [
     "ContrastiveOutput",
     "compute_logit_scale",
     "compute_logits",
+    "compute_scaled_similarity",
     "gather_with_grad",
+    "normalize_embeddings",
     "rank",
     "symmetric_infonce",
     "world_size",

@@ -30,6 +30,19 @@ def compute_logit_scale(logit_scale: Tensor) -> Tensor:
     return logit_scale.float().clamp(0.0, MAX_LOG_LOGIT_SCALE).exp()
 
 
+def normalize_embeddings(emb: Tensor) -> Tensor:
+    """Return `emb` L2-normalised along the last dim, in fp32 whatever the autocast state."""
+    with torch.autocast(device_type=emb.device.type, enabled=False):
+        return F.normalize(emb.float(), dim=-1)
+
+
+def compute_scaled_similarity(rows: Tensor, columns: Tensor, logit_scale: Tensor) -> Tensor:
+    """Return ``exp(clamped logit_scale) * rows @ columns.T`` in fp32 for already normalised embeddings."""
+    with torch.autocast(device_type=rows.device.type, enabled=False):
+        # Scaling the [n, D] rows rather than the [n, N] product keeps one logits-sized buffer fewer.
+        return (compute_logit_scale(logit_scale) * rows.float()) @ columns.float().T
+
+
 def compute_logits(audio_emb: Tensor, text_emb: Tensor, logit_scale: Tensor) -> Tensor:
     """Return scaled cosine similarities of every audio row against every text row, in fp32.
 
@@ -41,10 +54,7 @@ def compute_logits(audio_emb: Tensor, text_emb: Tensor, logit_scale: Tensor) -> 
     Returns:
         ``logits_per_audio``, ``[Na, Nt]`` float32; its transpose is ``logits_per_text``.
     """
-    with torch.autocast(device_type=audio_emb.device.type, enabled=False):
-        audio = F.normalize(audio_emb.float(), dim=-1)
-        text = F.normalize(text_emb.float(), dim=-1)
-        return compute_logit_scale(logit_scale) * audio @ text.T
+    return compute_scaled_similarity(normalize_embeddings(audio_emb), normalize_embeddings(text_emb), logit_scale)
 
 
 def symmetric_infonce(logits_per_audio: Tensor, labels: Tensor, logits_per_text: Tensor | None = None) -> Tensor:
@@ -112,15 +122,17 @@ class ContrastiveObjective:
                 f"found {tuple(audio_emb.shape)} and {tuple(text_emb.shape)}"
             )
         local_batch, dim = audio_emb.shape
-        # One gather for both modalities: one size check and one backward all-reduce, not two.
-        pairs = torch.cat([audio_emb.float(), text_emb.float()], dim=1)  # [b, 2D]
-        all_audio, all_text = gather_with_grad(pairs).split(dim, dim=1)  # [W*b, D] each
+        # Normalise before the gather so no rank re-normalises (and stores) the gathered copies,
+        # and gather both modalities at once: one size check and one backward all-reduce.
+        local_pairs = torch.cat([normalize_embeddings(audio_emb), normalize_embeddings(text_emb)], dim=1)  # [b, 2D]
+        local_audio, local_text = local_pairs.split(dim, dim=1)  # [b, D] each
+        all_audio, all_text = gather_with_grad(local_pairs).split(dim, dim=1)  # [W*b, D] each
         if self.use_local_loss:
-            logits_per_audio = compute_logits(audio_emb, all_text, logit_scale)  # [b, W*b]
-            logits_per_text = compute_logits(all_audio, text_emb, logit_scale).T  # [b, W*b]
+            logits_per_audio = compute_scaled_similarity(local_audio, all_text, logit_scale)  # [b, W*b]
+            logits_per_text = compute_scaled_similarity(local_text, all_audio, logit_scale)  # [b, W*b]
             offset = rank() * local_batch
         else:
-            logits_per_audio = compute_logits(all_audio, all_text, logit_scale)  # [W*b, W*b]
+            logits_per_audio = compute_scaled_similarity(all_audio, all_text, logit_scale)  # [W*b, W*b]
             logits_per_text = logits_per_audio.T
             offset = 0
         labels = torch.arange(logits_per_audio.shape[0], device=audio_emb.device) + offset

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from clap_lightning.objectives import ContrastiveObjective, compute_logits, symmetric_infonce
+from clap_lightning.objectives import ContrastiveObjective, compute_logits, gather_with_grad, symmetric_infonce
 
 WORLD_SIZE = 2
 LOCAL_BATCH = 4
@@ -94,6 +94,10 @@ def run_scenarios(rank: int, world_size: int, out_dir: str) -> None:
         ContrastiveObjective()(torch.randn(unequal_batch, 8), torch.randn(unequal_batch, 8), torch.zeros(1))
     except ValueError as error:
         results["unequal_error"] = str(error)
+    try:
+        gather_with_grad(torch.randn(4, 8 if rank == 0 else 6))
+    except ValueError as error:
+        results["unequal_dim_error"] = str(error)
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
 
 
@@ -152,3 +156,9 @@ def test_gather_without_gradients_gives_wrong_gradients(rank_results, single_pro
 def test_unequal_local_batches_are_refused_on_every_rank(rank_results) -> None:
     expected = "unequal local batch sizes across ranks: [4, 3]; drop the last partial batch (drop_last=True)"
     assert [results.get("unequal_error") for results in rank_results] == [expected] * WORLD_SIZE
+
+
+@pytest.mark.distributed
+def test_unequal_feature_shapes_are_refused_on_every_rank(rank_results) -> None:
+    expected = "unequal feature shapes across ranks: [(8,), (6,)]; expected one shape on every rank"
+    assert [results.get("unequal_dim_error") for results in rank_results] == [expected] * WORLD_SIZE
