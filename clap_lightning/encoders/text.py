@@ -50,9 +50,10 @@ class GPT2TextEncoder(nn.Module):
         if config.pretrained:
             self.base = GPT2Model.from_pretrained(config.pretrained)
         else:
-            vocab_size = build_text_tokenizer(config).vocab_size
+            tokenizer = build_text_tokenizer(config)
+            eos = tokenizer.tokenizer.eos_token_id
             self.base = GPT2Model(GPT2Config(
-                vocab_size=vocab_size, n_positions=config.n_positions, n_embd=config.n_embd,
+                vocab_size=tokenizer.vocab_size, bos_token_id=eos, eos_token_id=eos, n_positions=config.n_positions, n_embd=config.n_embd,
                 n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=config.dropout,
                 embd_pdrop=config.dropout, attn_pdrop=config.dropout,
             ))

@@ -96,3 +96,31 @@ def train_bpe_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: i
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN,
                                    unk_token=EOS_TOKEN)
     fast.save_pretrained(str(out_dir))
+
+
+def iter_shard_captions(spec: str):
+    """Yield every caption stored in the shards of `spec` (any form `resolve_shards` accepts)."""
+    import json
+
+    import webdataset as wds
+
+    from clap_lightning.data.sources import resolve_shards
+
+    for sample in wds.DataPipeline(wds.SimpleShardList(resolve_shards(spec).urls), wds.tarfile_to_samples()):
+        yield from json.loads(sample["json"])["text"]
+
+
+def main(argv=None) -> None:
+    """`python -m clap_lightning.encoders.tokenizer SHARDS OUT_DIR [--vocab-size N]`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Train a byte-level BPE tokenizer on the captions of shards.")
+    parser.add_argument("shards", help="shard directory, brace pattern or list")
+    parser.add_argument("out", help="directory to save the tokenizer to")
+    parser.add_argument("--vocab-size", type=int, default=1000)
+    args = parser.parse_args(argv)
+    train_bpe_tokenizer(iter_shard_captions(args.shards), args.out, args.vocab_size)
+
+
+if __name__ == "__main__":
+    main()

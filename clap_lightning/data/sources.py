@@ -1,0 +1,80 @@
+"""Resolve a shard specification into a list of shard URLs and a sample count."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import braceexpand
+
+from clap_lightning.errors import DataError
+
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass
+class ShardSource:
+    """Shard URLs and, when a manifest says so, how many samples they hold."""
+
+    urls: list[str]
+    num_samples: Optional[int] = None
+
+
+def _from_manifest(split_dir: Path) -> ShardSource:
+    manifest = json.loads((split_dir / MANIFEST_NAME).read_text())
+    urls, counts = [], []
+    for shard in manifest.get("shards", []):
+        name = shard if isinstance(shard, str) else shard.get("name") or shard.get("path")
+        urls.append(str(split_dir / Path(name).name))
+        counts.append(None if isinstance(shard, str) else shard.get("count", shard.get("samples")))
+    total = manifest.get("num_samples", manifest.get("samples"))
+    if total is None and counts and None not in counts:
+        total = sum(counts)
+    return ShardSource(urls, total)
+
+
+def resolve_shards(spec: str) -> ShardSource:
+    """Resolve `spec` into shard URLs.
+
+    Accepted forms: a split directory (its `manifest.json`, else its `*.tar`), a text file with
+    one URL per line, a brace pattern (`data/x-{000000..000009}.tar`), or a `pipe:` URL
+    (e.g. `pipe:aws s3 cp s3://bucket/x-{000000..000009}.tar -`). Several forms may be joined
+    with `::`.
+
+    Raises:
+        DataError: the directory or file does not exist, or no shard was found.
+    """
+    if not spec:
+        raise DataError("no shards given (empty shard specification)")
+    urls: list[str] = []
+    total: Optional[int] = 0
+    for part in spec.split("::"):
+        source = _resolve_one(part)
+        urls += source.urls
+        total = None if total is None or source.num_samples is None else total + source.num_samples
+    if not urls:
+        raise DataError(f"no shards found in {spec}")
+    return ShardSource(urls, total)
+
+
+def _resolve_one(spec: str) -> ShardSource:
+    if spec.startswith("pipe:") or "://" in spec:
+        return ShardSource(list(braceexpand.braceexpand(spec)))
+    path = Path(spec)
+    if path.is_dir():
+        if (path / MANIFEST_NAME).is_file():
+            return _from_manifest(path)
+        return ShardSource(sorted(str(p) for p in path.glob("*.tar")))
+    if path.suffix == ".txt" and path.is_file():
+        return ShardSource([line.strip() for line in path.read_text().splitlines() if line.strip()])
+    if "{" in spec:
+        urls = list(braceexpand.braceexpand(spec))
+        missing = [u for u in urls if not Path(u).is_file()]
+        if missing:
+            raise DataError(f"{len(missing)} of {len(urls)} shards in {spec} do not exist, e.g. {missing[0]}")
+        return ShardSource(urls)
+    if path.is_file() and path.suffix == ".tar":
+        return ShardSource([str(path)])
+    raise DataError(f"shard directory not found: {spec}")
