@@ -96,7 +96,10 @@ def time_interleaved(implementations: dict, repeats: int) -> dict:
                 start = time.perf_counter()
                 steps[step]()
                 times[name][step].append(time.perf_counter() - start)
-    return {name: {step: (min(t), statistics.median(t)) for step, t in by_step.items()} for name, by_step in times.items()}
+    return {
+        name: {step: (min(t), statistics.median(t)) for step, t in by_step.items()}
+        for name, by_step in times.items()
+    }
 
 
 def main() -> None:
