@@ -72,7 +72,7 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1  # micro-batches per optimizer step
     gradient_clip_val: Optional[float] = None  # clip gradient norm (None = off)
     log_every_n_steps: int = 10  # logging interval in steps
-    val_check_interval: Optional[float] = None  # validate every N steps (int) or fraction of an epoch
+    val_check_interval: Optional[float] = None  # > 1: validate every N steps; <= 1: fraction of an epoch
     limit_val_batches: Optional[float] = None  # cap validation batches
     enable_progress_bar: bool = True  # Lightning's progress bar
     checkpoint_every_n_steps: int = 0  # save a checkpoint every N steps (0 = at epoch end only)

@@ -22,18 +22,25 @@ def build_trainer(config: ExperimentConfig) -> L.Trainer:
     """A Trainer writing checkpoints, CSV logs and the resolved config under `config.run_dir`."""
     t = config.trainer
     run_dir = Path(config.run_dir)
+    # Saved at every epoch end (which max_steps also triggers) and every N steps when configured.
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=1,
+                                 save_on_train_epoch_end=True,
                                  every_n_train_steps=t.checkpoint_every_n_steps or None)
     return L.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
         precision=t.precision, max_steps=t.max_steps, max_epochs=t.max_epochs if t.max_steps < 0 else None,
         accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
-        log_every_n_steps=t.log_every_n_steps, val_check_interval=t.val_check_interval,
+        log_every_n_steps=t.log_every_n_steps, val_check_interval=val_check_interval(t.val_check_interval),
         limit_val_batches=t.limit_val_batches, enable_progress_bar=t.enable_progress_bar,
         default_root_dir=str(run_dir), callbacks=[checkpoint],
-        logger=CSVLogger(str(run_dir), name="logs", version=""),
+        logger=CSVLogger(str(run_dir), name="logs"),  # logs/version_N: a resumed run never overwrites
         num_sanity_val_steps=0,
     )
+
+
+def val_check_interval(value: Optional[float]) -> Optional[float | int]:
+    """Lightning reads a float as a fraction of an epoch and an int as a number of steps."""
+    return int(value) if value is not None and value > 1 else value
 
 
 @rank_zero_only
