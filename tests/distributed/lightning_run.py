@@ -3,7 +3,7 @@
 Run as a script (Lightning's DDP launcher re-runs this file for the other ranks):
 
     python tests/distributed/lightning_run.py --out losses.json --tokenizer DIR --devices 2 \\
-        [--strategy ddp|deepspeed] [--deepspeed-config configs/deepspeed/zero2.json] [--local-loss]
+        [--strategy ddp|deepspeed] [--deepspeed-config configs/deepspeed/zero2.json] [--local-loss] [--gradcache N]
 
 Every rank reads the same in-memory data set; a contiguous batch sampler gives rank r the
 rows [r*b, (r+1)*b) of each global batch, so one process with the global batch sees exactly
@@ -112,9 +112,10 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
         "model": model,
         "data": {"global_batch_size": GLOBAL_BATCH},
         "trainer": {"accelerator": "cpu", "devices": args.devices, "strategy": args.strategy,
-                    "deepspeed_config": args.deepspeed_config, "max_steps": STEPS},
+                    "deepspeed_config": args.deepspeed_config, "max_steps": STEPS,
+                    "accumulate_grad_batches": args.gradcache or 1},
         "optim": {"lr": 1e-3, "warmup_steps": 5, "weight_decay": 0.1},
-        "objective": {"use_local_loss": args.local_loss},
+        "objective": {"use_local_loss": args.local_loss, "accumulation": "gradcache" if args.gradcache else "plain"},
     })
     validate_components(config)
     return config
@@ -128,6 +129,7 @@ def main() -> None:
     parser.add_argument("--strategy", default="auto")
     parser.add_argument("--deepspeed-config", default="")
     parser.add_argument("--local-loss", action="store_true")
+    parser.add_argument("--gradcache", type=int, default=0, help="micro-batches per step with GradCache (0 = off)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = build_config(args)
@@ -135,7 +137,7 @@ def main() -> None:
     module = FixedNormStatistics(config)
     data = RandomPairsData(RandomPairs(STEPS * GLOBAL_BATCH, config.model.clip_samples,
                                        config.model.text_encoder["max_length"], module.model.build_tokenizer().vocab_size))
-    assert local_batch_size(config) == GLOBAL_BATCH // args.devices
+    assert local_batch_size(config) == GLOBAL_BATCH // args.devices  # GradCache splits it inside the step
     trainer = L.Trainer(
         accelerator="cpu", devices=args.devices, strategy=build_strategy(config), max_steps=STEPS,
         use_distributed_sampler=False, logger=False, enable_checkpointing=False, enable_progress_bar=False,

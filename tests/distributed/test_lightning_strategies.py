@@ -1,5 +1,8 @@
 """Losses over 20 steps through Lightning: DDP at world size 2 = one process; DeepSpeed ZeRO-2/3 = DDP.
 
+GradCache under DDP (2 micro-batches of 2 per rank) keeps the 8-pair contrastive batch, so
+its losses equal the one-process run too (manual optimization and DDP's gradient sync together).
+
 Each run is `lightning_run.py` in a subprocess (Lightning's launcher starts the second rank),
 training the tiny CLAP from the same seed on the same fixed random batches; it writes the
 per-step global-batch losses, compared here to 1e-5. The first DeepSpeed run on a machine
@@ -24,6 +27,7 @@ RUNS = {
     "single": ["--devices", "1"],
     "ddp": ["--devices", "2", "--strategy", "ddp"],
     "ddp_local": ["--devices", "2", "--strategy", "ddp", "--local-loss"],
+    "ddp_gradcache": ["--devices", "2", "--strategy", "ddp", "--gradcache", "2"],
     "zero2": ["--devices", "2", "--strategy", "deepspeed", "--deepspeed-config", "configs/deepspeed/zero2.json"],
     "zero3": ["--devices", "2", "--strategy", "deepspeed", "--deepspeed-config", "configs/deepspeed/zero3.json"],
 }
@@ -55,7 +59,7 @@ def max_abs_diff(a: list[float], b: list[float]) -> float:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("name", ["ddp", "ddp_local"])
+@pytest.mark.parametrize("name", ["ddp", "ddp_local", "ddp_gradcache"])
 def test_ddp_losses_equal_one_process_on_the_global_batch(run_losses, name: str) -> None:
     reference = run_losses("single")
     assert max(reference) - min(reference) > 1e-2  # the model trains: the comparison is not of constants
