@@ -38,16 +38,17 @@ class CaptionerConfig:
     train_decoder: bool = False  # fine-tune GPT2 too (paper and clapcap: frozen)
 
 
-def build_decoder(config: CaptionerConfig, vocab_size: int) -> nn.Module:
+def build_decoder(config: CaptionerConfig, tokenizer: CaptionTokenizer) -> nn.Module:
     """A `GPT2LMHeadModel`, loaded from a local path or built with random weights."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     if config.decoder_pretrained:
         return GPT2LMHeadModel.from_pretrained(config.decoder_pretrained)
+    eos = tokenizer.tokenizer.eos_token_id
     return GPT2LMHeadModel(GPT2Config(
-        vocab_size=vocab_size, n_positions=config.n_positions, n_embd=config.mapper.n_embd,
+        vocab_size=tokenizer.vocab_size, n_positions=config.n_positions, n_embd=config.mapper.n_embd,
         n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=config.dropout,
-        embd_pdrop=config.dropout, attn_pdrop=config.dropout))
+        embd_pdrop=config.dropout, attn_pdrop=config.dropout, bos_token_id=eos, eos_token_id=eos))
 
 
 def build_caption_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix_length: int) -> torch.Tensor:
@@ -87,7 +88,7 @@ class Captioner(nn.Module):
         self.config = config
         self.tokenizer = CaptionTokenizer(config.tokenizer, max_length=config.max_caption_tokens, append_eos=True)
         self.mapper = build_mapper(config.mapper)
-        self.decoder = build_decoder(config, self.tokenizer.vocab_size)
+        self.decoder = build_decoder(config, self.tokenizer)
         n_embd = self.decoder.config.n_embd
         if n_embd != config.mapper.n_embd:
             raise ValueError(f"mapper.n_embd must equal the decoder's hidden size {n_embd}; got {config.mapper.n_embd}")
