@@ -8,7 +8,7 @@ from typing import Sequence
 
 import torch
 
-from clap_lightning.errors import CheckpointError, DataError
+from clap_lightning.errors import CheckpointError, ConfigError, DataError
 
 
 def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +58,10 @@ def caption_files(args: argparse.Namespace) -> list[tuple[str, str]]:
     clap = load_pretraining(clap_path).model
     overrides = {k: getattr(args, k) for k in ("beam_size", "max_length", "length_penalty", "temperature")
                  if getattr(args, k) is not None}
-    decoding = dataclasses.replace(config.decoding, **overrides)
+    try:
+        decoding = dataclasses.replace(config.decoding, **overrides)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     captioner.clap = clap.requires_grad_(False).eval()
     captioner.to(device)
