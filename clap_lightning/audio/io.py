@@ -20,6 +20,10 @@ def read_clip(data: bytes, num_samples: Optional[int], rng: Optional[np.random.G
 
     Returns:
         (mono float32 audio [T], sample rate, total frames in the file).
+
+    Raises:
+        ValueError: the file holds fewer frames than its header states (truncated).
+        soundfile.LibsndfileError: the bytes are not decodable audio.
     """
     with sf.SoundFile(io.BytesIO(data)) as f:
         total = f.frames
@@ -30,6 +34,9 @@ def read_clip(data: bytes, num_samples: Optional[int], rng: Optional[np.random.G
             f.seek(start)
         audio = f.read(frames=-1 if num_samples is None else num_samples, dtype="float32", always_2d=True)
         rate = f.samplerate
+    expected = total - start if num_samples is None else min(num_samples, total - start)
+    if len(audio) < expected:  # the header promised more frames than the data holds: a truncated file
+        raise ValueError(f"truncated audio: read {len(audio)} of {expected} frames")
     return audio.mean(axis=1), rate, total
 
 

@@ -34,6 +34,8 @@ class ClapPretraining(L.LightningModule):
         self.log_dict({"train/loss": out.loss, "train/a2t_acc": out.a2t_acc, "train/t2a_acc": out.t2a_acc},
                       prog_bar=True, batch_size=audio_emb.shape[0])
         self.log("train/logit_scale", logit_scale.detach().exp().squeeze(), batch_size=audio_emb.shape[0])
+        for reason, count in batch.get("skipped", {}).items():  # this rank's running totals of bad samples
+            self.log(f"data/skipped_{reason}", float(count), batch_size=audio_emb.shape[0])
         return out.loss
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
