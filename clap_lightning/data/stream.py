@@ -54,7 +54,7 @@ def read_tar_samples(url: str, skipped: Counter) -> Iterator[dict[str, Any]]:
     """
     stream = None
     try:
-        stream = wds.gopen(url, "rb")
+        stream = wds.gopen(url, "rb", bufsize=1 << 20)  # large reads: members are ~1 MB of FLAC
         tar = tarfile.open(fileobj=stream, mode="r|*")
     except Exception as err:  # missing file, failed pipe command, not a tar
         if stream is not None:
