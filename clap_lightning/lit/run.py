@@ -28,7 +28,9 @@ def build_trainer(config: ExperimentConfig) -> L.Trainer:
                                  save_on_train_epoch_end=True,
                                  every_n_train_steps=t.checkpoint_every_n_steps or None)
     # GradCache accumulates and clips inside one manually optimised step (ClapPretraining._gradcache_step).
-    is_gradcache = config.objective.accumulation == "gradcache"
+    # Other runs (captioning) have no `objective` section and use Lightning's accumulation.
+    objective = getattr(config, "objective", None)
+    is_gradcache = objective is not None and objective.accumulation == "gradcache"
     return L.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(config),
         precision=t.precision, max_steps=t.max_steps, max_epochs=t.max_epochs if t.max_steps < 0 else None,
