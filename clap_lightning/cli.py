@@ -1,4 +1,4 @@
-"""The `clap-lightning` command: fit | validate | test | zeroshot."""
+"""The `clap-lightning` command: fit | validate | test | zeroshot | eval."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from clap_lightning.errors import ClapError
+from clap_lightning.eval.eval_cli import add_eval_arguments, eval_command
 
 log = logging.getLogger("clap_lightning")
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     zs.add_argument("--out", default=None, help="report directory (default: <run_dir>/zeroshot)")
     zs.add_argument("--batch-size", type=int, default=64)
     zs.add_argument("--num-workers", type=int, default=2)
+    add_eval_arguments(commands.add_parser("eval", help="score a checkpoint on registry tasks vs the paper"))
     return parser
 
 
@@ -68,7 +70,7 @@ def run_zeroshot_command(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"fit": run_stage_command, "validate": run_stage_command, "test": run_stage_command,
-            "zeroshot": run_zeroshot_command}
+            "zeroshot": run_zeroshot_command, "eval": eval_command}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
