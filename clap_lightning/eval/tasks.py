@@ -221,8 +221,8 @@ _TASK_LIST = [
                threshold=0.5,
                protocol="evaluation set (1,103 clips), micro F1 over clip x class decisions at per-clip softmax >= 0.5",
                notes="Unverified: the paper states neither the set (dev test 488 vs evaluation 1,103) nor the "
-                     "threshold; 0.5 is the DCASE2017 baseline's global threshold, applied here to the softmax over the "
-                     "17 classes (see eval/zeroshot.py: sigmoid of a scaled cosine is ~1 for every class)."),
+                     "threshold; 0.5 is the DCASE2017 baseline's global threshold, applied here to the softmax "
+                     "over the 17 classes (eval/zeroshot.py: sigmoid of a scaled cosine is ~1 for every class)."),
     _zero_shot("audioset", "AudioSet", "mAP", 0.102, 0.058, classes_from="shards", num_classes=527,
                protocol="eval_segments.csv (20,383 listed; report how many were scored)",
                notes="527 display names of class_labels_indices.csv, discovered from the shards. The poster text "
