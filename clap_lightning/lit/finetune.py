@@ -20,6 +20,7 @@ import webdataset as wds
 from torch import nn
 
 from clap_lightning.data.pipeline import ClipDecoder, drop_none
+from clap_lightning.errors import DataError
 from clap_lightning.eval.embed import ClipSettings, split_urls
 from clap_lightning.eval.tasks import TaskSpec
 from clap_lightning.eval.zeroshot import read_labels
@@ -142,7 +143,10 @@ def finetune_once(audio_encoder: nn.Module, spec: TaskSpec, clip: ClipSettings, 
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0)
     trainer.fit(module, train_dataloaders=train)
-    return float(trainer.test(module, dataloaders=test, verbose=False)[0]["test/acc"])
+    scores = trainer.test(module, dataloaders=test, verbose=False)[0]
+    if "test/acc" not in scores:
+        raise DataError(f"{spec.name}: no test clips (held-out folds {test_folds})")
+    return float(scores["test/acc"])
 
 
 def finetune_task(audio_encoder: nn.Module, spec: TaskSpec, clip: ClipSettings, data_root: str | Path,
