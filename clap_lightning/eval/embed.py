@@ -6,6 +6,7 @@ one set of embeddings: the cache is keyed by source, split and checkpoint, not b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,6 +18,7 @@ from typing import Any, Iterator, Optional
 import torch
 import torch.nn.functional as F
 import webdataset as wds
+from torch import nn
 
 from clap_lightning.data.pipeline import ClipDecoder, drop_none
 from clap_lightning.data.sources import resolve_shards
@@ -71,20 +73,32 @@ def build_eval_loader(urls: list[str], clip: ClipSettings, batch_size: int, num_
     return wds.WebLoader(wds.DataPipeline(*stages), batch_size=None, num_workers=workers)
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put `model` in eval mode, then restore every submodule's own mode.
+
+    `model.train(was_training)` would not do: it would also switch frozen towers (kept in eval
+    mode by `ClapPretraining`) back to train mode.
+    """
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
 @torch.no_grad()
 def embed_batches(model, batches: Iterator[dict[str, Any]]) -> EmbeddedSplit:
-    """Run `model.encode_audio` over evaluation batches; restores the model's train/eval mode."""
-    was_training = model.training
-    model.eval()
+    """Run `model.encode_audio` over evaluation batches in eval mode (each submodule's mode is restored)."""
     device = next(model.parameters()).device
     embs, keys, metas = [], [], []
-    try:
+    with eval_mode(model):
         for batch in batches:
             embs.append(F.normalize(model.encode_audio(batch["audio"].to(device)).float(), dim=-1).cpu())
             keys += batch["key"]
             metas += batch["meta"]
-    finally:
-        model.train(was_training)
     if not embs:
         raise DataError("the evaluation shards yielded no clips")
     return EmbeddedSplit(torch.cat(embs), keys, metas)

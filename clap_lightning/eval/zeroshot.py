@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from clap_lightning.errors import DataError
+from clap_lightning.eval.embed import eval_mode
 from clap_lightning.eval.metrics import accuracy, f1_at_threshold, mean_average_precision
 from clap_lightning.models.clap import CLAP
 
@@ -111,17 +112,13 @@ DEFAULT_F1_THRESHOLD = 0.5
 
 @torch.no_grad()
 def embed_texts(model: CLAP, tokenizer, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """Embed texts in batches; returns [N, D], L2-normalised, on the CPU (restores train/eval mode)."""
-    was_training = model.training
-    model.eval()
+    """Embed texts in batches; returns [N, D], L2-normalised, on the CPU (each submodule's mode is restored)."""
     device = next(model.parameters()).device
     out = []
-    try:
+    with eval_mode(model):
         for start in range(0, len(texts), batch_size):
             tokens = {k: v.to(device) for k, v in tokenizer(list(texts[start:start + batch_size])).items()}
             out.append(F.normalize(model.encode_text(tokens["input_ids"], tokens["attention_mask"]).float(), dim=-1))
-    finally:
-        model.train(was_training)
     return torch.cat(out).cpu()
 
 

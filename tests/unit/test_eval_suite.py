@@ -75,6 +75,23 @@ def test_prompt_ensembling_averages_normalised_embeddings_and_renormalises():
     assert torch.allclose(first_only, F.normalize(vectors[[0, 2]], dim=-1))
 
 
+def test_embedding_restores_each_submodules_mode():
+    # A training model with a frozen tower kept in eval mode (as ClapPretraining does).
+    model = _TableTextModel(torch.eye(2))
+    model.tower = nn.Dropout(0.5).eval()
+    seen = []
+
+    def encode_text(input_ids, attention_mask):
+        seen.append((model.training, model.tower.training))
+        return model.vectors[input_ids[:, 0]]
+
+    model.encode_text = encode_text
+    tokenizer = lambda batch: {"input_ids": torch.zeros(len(batch), 1, dtype=torch.long),  # noqa: E731
+                               "attention_mask": torch.ones(len(batch), 1, dtype=torch.long)}
+    embed_class_prompt_sets(model, tokenizer, [["x"]], ensemble=False)
+    assert seen == [(False, False)] and model.training and not model.tower.training
+
+
 def _blobs(n_per_class: int, n_classes: int, dim: int, spread: float, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     centres = torch.randn(n_classes, dim, generator=generator) * 3
