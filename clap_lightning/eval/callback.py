@@ -32,6 +32,8 @@ class TaskEvalCallback(L.Callback):
             self.specs = resolve_tasks(config.tasks)
         except ValueError as err:
             raise ConfigError(f"eval.tasks: {err}") from None
+        if not config.data:
+            raise ConfigError(f"eval.tasks is '{config.tasks}' but eval.data is empty; set the shard root")
         if config.every_n_val < 1:
             raise ConfigError(f"eval.every_n_val must be >= 1, got {config.every_n_val}")
         self.config = config
@@ -72,4 +74,8 @@ class TaskEvalCallback(L.Callback):
 
 def build_eval_callbacks(config: ExperimentConfig) -> list[L.Callback]:
     """The validation-time task callback when `eval.tasks` is set, else nothing."""
-    return [TaskEvalCallback(config.eval)] if config.eval.tasks.strip() else []
+    if not config.eval.tasks.strip():
+        return []
+    if not config.data.val:
+        log.warning("eval.tasks is set but data.val is empty: no validation runs during fit, so neither do the tasks")
+    return [TaskEvalCallback(config.eval)]

@@ -175,9 +175,11 @@ def test_callback_log_keys_and_config_errors():
                       for m, k in (("R@1", "r@1"), ("R@5", "r@5"), ("R@10", "r@10"), ("mAP@10", "mAP@10"))}
     assert TaskEvalCallback.metrics_to_log(get_task("demo"), {"acc": 0.5}) == {"val/demo/acc": 0.5}
     with pytest.raises(ConfigError, match="eval.tasks: unknown task 'nope'; known: "):
-        TaskEvalCallback(EvalConfig(tasks="demo,nope"))
+        TaskEvalCallback(EvalConfig(tasks="demo,nope", data="/d"))
     with pytest.raises(ConfigError, match="every_n_val"):
-        TaskEvalCallback(EvalConfig(tasks="demo", every_n_val=0))
+        TaskEvalCallback(EvalConfig(tasks="demo", data="/d", every_n_val=0))
+    with pytest.raises(ConfigError, match="eval.data is empty"):
+        TaskEvalCallback(EvalConfig(tasks="demo"))
     assert load_config(None, ["eval.tasks=demo", "eval.every_n_val=2"]).eval.every_n_val == 2
     with pytest.raises(ConfigError, match="eval.taks"):
         load_config(None, ["eval.taks=demo"])
