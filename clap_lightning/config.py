@@ -44,10 +44,20 @@ class ModelConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One weighted training source."""
+
+    shards: str = ""  # shard specification, same forms as data.train
+    weight: float = 1.0  # relative share of training samples drawn from this source
+
+
+@dataclass
 class DataConfig:
     """Where shards are and how batches are made."""
 
     train: str = ""  # train shards: a split dir with manifest.json, a brace pattern, or a .txt list
+    train_sources: list[SourceConfig] = field(default_factory=list)  # weighted train sources (instead of data.train)
+    seed: int = 0  # seeds the training streams with (seed, epoch, rank, worker, position)
     val: str = ""  # validation shards, same forms ("" = no validation)
     test: str = ""  # test shards, same forms
     global_batch_size: int = 64  # pairs per optimizer step over all devices (paper: 1536)
@@ -56,6 +66,10 @@ class DataConfig:
     epoch_samples: int = 0  # training samples per epoch; 0 = one pass over the train manifest
     pad_mode: str = "repeat"  # short clips: "repeat" (msclap) or "zero"
     eval_batch_size: int = 64  # per-device batch for validation, test and zero-shot
+
+    def training_sources(self) -> list[SourceConfig]:
+        """`train_sources`, or `train` as a single source of weight 1."""
+        return list(self.train_sources) if self.train_sources else [SourceConfig(self.train, 1.0)]
 
 
 @dataclass
@@ -225,6 +239,11 @@ def validate_components(config: ExperimentConfig) -> None:
     if audio_rate is not None and audio_rate != config.model.sample_rate:
         raise ConfigError(f"model.sample_rate ({config.model.sample_rate}) differs from "
                           f"model.audio_encoder.sample_rate ({audio_rate}); they must agree")
+    if config.data.train and config.data.train_sources:
+        raise ConfigError("set either data.train or data.train_sources, not both")
+    for i, source in enumerate(config.data.train_sources):
+        if not source.weight > 0:
+            raise ConfigError(f"data.train_sources[{i}].weight must be > 0, got {source.weight}")
     if config.data.pad_mode not in ("repeat", "zero"):
         raise ConfigError(f"data.pad_mode must be 'repeat' or 'zero', got '{config.data.pad_mode}'")
     validate_training(config)

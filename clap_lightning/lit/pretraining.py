@@ -69,7 +69,7 @@ class ClapPretraining(L.LightningModule):
             return self._gradcache_step(batch)
         audio_emb, text_emb, logit_scale = self(batch)
         out = self.objective(audio_emb, text_emb, logit_scale)
-        self._log_train(out, logit_scale)
+        self._log_train(out, logit_scale, batch)
         return out.loss
 
     def _gradcache_step(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -84,16 +84,18 @@ class ClapPretraining(L.LightningModule):
         optimizer.step()
         optimizer.zero_grad()
         scheduler.step()
-        self._log_train(out, logit_scale)
+        self._log_train(out, logit_scale, batch)
         return out.loss
 
-    def _log_train(self, out: ContrastiveOutput, logit_scale: torch.Tensor) -> None:
+    def _log_train(self, out: ContrastiveOutput, logit_scale: torch.Tensor, batch: dict[str, Any]) -> None:
         # Local loss: each rank holds its rows' share, whose mean over ranks is the global-batch loss.
         self.log("train/loss", out.loss, prog_bar=True, sync_dist=self.objective.use_local_loss,
                  batch_size=out.global_batch_size)
         self.log_dict({"train/a2t_acc": out.a2t_acc, "train/t2a_acc": out.t2a_acc,
                        "train/logit_scale": compute_logit_scale(logit_scale.detach()).squeeze()},
                       batch_size=out.global_batch_size)
+        for reason, count in batch.get("skipped", {}).items():  # this rank's running totals of bad samples
+            self.log(f"data/skipped_{reason}", float(count), batch_size=out.global_batch_size)
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         # Evaluation batches may be partial and differ across ranks, so the loss is per rank.

@@ -74,7 +74,7 @@ def run_stage(stage: str, config: ExperimentConfig, ckpt_path: Optional[str] = N
 def stage_shards(stage: str, config: ExperimentConfig) -> list[str]:
     """The shard specifications a stage reads (validation during fit only when configured)."""
     data = config.data
-    return {"fit": [data.train] + ([data.val] if data.val else []), "validate": [data.val],
+    return {"fit": [s.shards for s in data.training_sources()] + ([data.val] if data.val else []), "validate": [data.val],
             "test": [data.test]}[stage]
 
 
