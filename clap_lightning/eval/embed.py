@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import webdataset as wds
 from torch import nn
 
-from clap_lightning.data.pipeline import ClipDecoder, drop_none
+from clap_lightning.data.pipeline import ClipDecoder
 from clap_lightning.data.sources import resolve_shards
 from clap_lightning.errors import DataError
 
@@ -58,6 +58,11 @@ class EvalCollate:
         }
 
 
+def is_decoded(sample: Optional[dict[str, Any]]) -> bool:
+    """False for the samples `ClipDecoder` rejected (it returns None and counts why)."""
+    return sample is not None
+
+
 def build_eval_loader(urls: list[str], clip: ClipSettings, batch_size: int, num_workers: int) -> wds.WebLoader:
     """Read every clip of `urls` once, deterministically cropped from the start.
 
@@ -68,7 +73,7 @@ def build_eval_loader(urls: list[str], clip: ClipSettings, batch_size: int, num_
     decoder = ClipDecoder(clip.sample_rate, clip.clip_samples, clip.pad_mode, is_train=False)
     workers = max(0, min(num_workers, len(urls)))
     stages = [wds.SimpleShardList(urls)] + ([wds.split_by_worker] if workers else [])
-    stages += [wds.tarfile_to_samples(handler=wds.warn_and_continue), wds.map(decoder), drop_none,
+    stages += [wds.tarfile_to_samples(handler=wds.warn_and_continue), wds.map(decoder), wds.select(is_decoded),
                wds.batched(batch_size, collation_fn=EvalCollate(), partial=True)]
     return wds.WebLoader(wds.DataPipeline(*stages), batch_size=None, num_workers=workers)
 

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 import webdataset as wds
 from torch import nn
 
-from clap_lightning.data.pipeline import ClipDecoder, drop_none
+from clap_lightning.data.pipeline import ClipDecoder
 from clap_lightning.errors import DataError
-from clap_lightning.eval.embed import ClipSettings, split_urls
+from clap_lightning.eval.embed import ClipSettings, is_decoded, split_urls
 from clap_lightning.eval.tasks import TaskSpec
 from clap_lightning.eval.zeroshot import read_labels
 
@@ -118,7 +118,8 @@ def build_labelled_loader(urls: list[str], clip: ClipSettings, spec: TaskSpec, k
     stages += [wds.shuffle(len(urls))] if is_train else []
     stages += [wds.split_by_worker] if workers else []
     stages += [wds.tarfile_to_samples(handler=wds.warn_and_continue), wds.select(keep),
-               wds.map(ClipDecoder(clip.sample_rate, clip.clip_samples, clip.pad_mode, is_train)), drop_none]
+               wds.map(ClipDecoder(clip.sample_rate, clip.clip_samples, clip.pad_mode, is_train)),
+               wds.select(is_decoded)]
     stages += [wds.shuffle(config.shuffle_buffer)] if is_train else []
     stages += [wds.batched(config.batch_size, collation_fn=LabelledCollate(spec.label_field, spec.classes),
                            partial=not is_train)]
