@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from clap_lightning.config import ExperimentConfig, local_batch_size, save_config
 from clap_lightning.data.sources import resolve_shards
 from clap_lightning.errors import CheckpointError
+from clap_lightning.eval.callback import build_eval_callbacks
 from clap_lightning.lit.datamodule import ClapDataModule
 from clap_lightning.lit.pretraining import ClapPretraining
 from clap_lightning.lit.strategies import build_strategy
@@ -38,7 +39,7 @@ def build_trainer(config: ExperimentConfig) -> L.Trainer:
         gradient_clip_val=None if is_gradcache else t.gradient_clip_val,
         log_every_n_steps=t.log_every_n_steps, val_check_interval=val_check_interval(t.val_check_interval),
         limit_val_batches=t.limit_val_batches, enable_progress_bar=t.enable_progress_bar,
-        default_root_dir=str(run_dir), callbacks=[checkpoint],
+        default_root_dir=str(run_dir), callbacks=[checkpoint, *build_eval_callbacks(config)],
         logger=CSVLogger(str(run_dir), name="logs"),  # logs/version_N: a resumed run never overwrites
         num_sanity_val_steps=0,
     )
