@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import io
 import json
 import logging
@@ -59,6 +60,7 @@ class WriterConfig:
     workers: int = 1  # worker processes converting shards; 0 or 1 converts in this process
     part: tuple[int, int] | None = None  # (i, n): build only shards whose index % n == i
     show_progress: bool = True  # tqdm progress bar on stderr
+    exclude: frozenset[str] = frozenset()  # ids/keys of clips to leave out (evaluation sets); see read_exclude_file
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0 or self.samples_per_shard <= 0:
@@ -87,6 +89,54 @@ def parse_size(text: str) -> int:
     if not match or int(match.group(1)) == 0:
         raise ValueError(f"bad size '{text}': expected a positive byte count such as 500000, 512M or 1G")
     return int(match.group(1)) * 1024 ** " kmg".index(match.group(2) or " ")
+
+
+def read_exclude_file(path: str | Path) -> frozenset[str]:
+    """Read a leakage exclusion list: a json list, or one id per line ('#' starts a comment).
+
+    Entries are compared with each item's `Recipe.match_ids` (its stable id and cross-corpus
+    ids such as "freesound:1234" or "youtube:<ytid>") and with its sample key `<source>-<id>`.
+
+    Raises:
+        FileNotFoundError / ValueError: one line naming the file and what was wrong.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--exclude file {path} not found")
+    text = path.read_text(encoding="utf-8-sig")
+    if text.lstrip().startswith("["):
+        try:
+            entries = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--exclude file {path} is not a valid json list: {err}") from None
+        if not all(isinstance(e, (str, int)) and not isinstance(e, bool) for e in entries):
+            raise ValueError(f"--exclude file {path}: expected a json list of string or integer ids")
+    else:
+        entries = [line.split("#", 1)[0] for line in text.splitlines()]
+    ids = frozenset(str(e).strip() for e in entries if str(e).strip())
+    if not ids:
+        raise ValueError(f"--exclude file {path} lists no ids")
+    return ids
+
+
+def apply_exclude(recipe: Recipe, items: list[Any], exclude: frozenset[str]) -> tuple[list[Any], int]:
+    """Drop the items whose match ids or sample key are in `exclude`; return (kept, number dropped).
+
+    Raises:
+        ValueError: the recipe gives no ids for any item, so nothing could be matched.
+    """
+    if not exclude:
+        return items, 0
+    kept, any_ids = [], False
+    for item in items:
+        ids = recipe.match_ids(item)
+        any_ids = any_ids or bool(ids)
+        keys = {schema.sample_key(recipe.name, ids[0])} if ids and ids[0] else set()
+        if exclude.isdisjoint(ids) and exclude.isdisjoint(keys):
+            kept.append(item)
+    if not any_ids:
+        raise ValueError(f"corpus '{recipe.name}' gives no ids to match --exclude against (Recipe.match_ids)")
+    return kept, len(items) - len(kept)
 
 
 def plan_shards(n_items: int, samples_per_shard: int, max_shard_bytes: int | None = None,
@@ -352,9 +402,14 @@ def run_tasks(tasks: list[ShardTask], workers: int, desc: str, show_progress: bo
 
 
 def _build_params(recipe: Recipe, config: WriterConfig, n_items: int, n_shards: int, src: Path | None) -> dict[str, Any]:
+    # The exclusion list changes the shard plan, so its digest is a build parameter.
+    exclude = None
+    if config.exclude:
+        digest = hashlib.sha1("\n".join(sorted(config.exclude)).encode("utf-8")).hexdigest()
+        exclude = {"ids": len(config.exclude), "sha1": digest}
     return {"sample_rate": config.sample_rate, "samples_per_shard": config.samples_per_shard,
             "max_shard_bytes": config.max_shard_bytes, "items": n_items, "planned_shards": n_shards,
-            "src": str(Path(src).resolve()) if src is not None else None}
+            "exclude": exclude, "src": str(Path(src).resolve()) if src is not None else None}
 
 
 def _recipe_info(recipe: Recipe) -> dict[str, Any]:
@@ -378,7 +433,7 @@ def _check_previous_build(directory: Path, manifest: dict[str, Any]) -> None:
 
 
 def _make_manifest(recipe: Recipe, split: str, build: dict[str, Any], stats: list[dict[str, Any]],
-                   part: tuple[int, int] | None) -> dict[str, Any]:
+                   part: tuple[int, int] | None, excluded: int = 0) -> dict[str, Any]:
     stats = sorted(stats, key=lambda s: s["index"])
     skipped: dict[str, int] = {}
     for shard in stats:
@@ -395,6 +450,7 @@ def _make_manifest(recipe: Recipe, split: str, build: dict[str, Any], stats: lis
         "empty_shards": [{k: s[k] for k in fields} for s in stats if s["samples"] == 0],
         "num_samples": sum(s["samples"] for s in stats), "items": sum(s["items"] for s in stats),
         "hours": round(seconds / 3600, 6), "clipped": sum(s["clipped"] for s in stats),
+        "excluded": excluded,  # items of the whole split dropped by --exclude, before planning
         "skipped": dict(sorted(skipped.items())),
         "skipped_examples": [e for s in stats for e in s["skipped_examples"]][: 4 * _MAX_EXAMPLES],
     }
@@ -412,6 +468,9 @@ def build_split(recipe: Recipe, split: str, out: str | Path, src: str | Path | N
     items = recipe.items(src, split)
     if not items:
         raise ValueError(f"corpus '{recipe.name}' split '{split}' has no items" + (f" under {src}" if src else ""))
+    items, excluded = apply_exclude(recipe, items, config.exclude)
+    if not items:
+        raise ValueError(f"corpus '{recipe.name}' split '{split}': all {excluded} items are in the --exclude list")
     estimates = None
     if config.max_shard_bytes is not None:
         estimates = [recipe.estimate_bytes(item, config.sample_rate) for item in items]
@@ -435,12 +494,25 @@ def build_split(recipe: Recipe, split: str, out: str | Path, src: str | Path | N
             tasks.append(ShardTask(recipe, split, i, items[start:stop], path, config.sample_rate))
     stats += run_tasks(tasks, config.workers, f"{recipe.name}/{split}", config.show_progress)
 
-    manifest = _make_manifest(recipe, split, build, stats, config.part)
+    manifest = _make_manifest(recipe, split, build, stats, config.part, excluded)
+    if manifest["num_samples"] == 0 and config.part is None:
+        _remove_empty_build(directory, stats)
+        example = manifest["skipped_examples"][0]["detail"] if manifest["skipped_examples"] else ""
+        raise ValueError(f"corpus '{recipe.name}' split '{split}': no usable clips among {manifest['items']} items "
+                         f"(skipped: {manifest['skipped']}); first problem: {example}")
     if config.part is None:
         _write_final(directory, manifest)
     else:
         write_json_atomic(directory / schema.part_manifest_name(*config.part), manifest)
     return manifest
+
+
+def _remove_empty_build(directory: Path, stats: list[dict[str, Any]]) -> None:
+    # Every shard is empty: delete them, so a rerun after fixing the corpus rebuilds them
+    # instead of reusing empty "complete" shards.
+    for shard in stats:
+        for path in (directory / shard["name"], directory / STATS_DIR / (shard["name"] + ".json")):
+            path.unlink(missing_ok=True)
 
 
 def check_src(recipe: Recipe, src: str | Path | None) -> None:
