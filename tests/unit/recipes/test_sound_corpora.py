@@ -118,8 +118,8 @@ def test_clotho_split_mapping_and_five_captions(corpus):
     assert test["clotho_split"] == "evaluation" and test["text"] == [f"evaluation caption {i}" for i in range(5)]
     assert test["sound_id"] == "80399" and test["tags"] == ["birds", "dawn", "é"] and test["file_name"] == "Radio Garble.wav"
     assert all(m["skipped"] == {"malformed_row": 1} for m in manifests.values())
-    # Excluding by Freesound id (e.g. a WavCaps-style blacklist) empties the split: that is an error.
-    with pytest.raises(ValueError, match="all 1 items are in the --exclude list"):
+    # Excluding the one test clip by Freesound id (a WavCaps-style blacklist) leaves only the bad row: an error.
+    with pytest.raises(ValueError, match="no usable clips among 1 items"):
         corpus.build("clotho", splits=["test"], exclude=["freesound:80399"])
 
 
