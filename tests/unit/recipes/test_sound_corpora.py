@@ -119,6 +119,7 @@ def test_clotho_split_mapping_and_five_captions(corpus):
     assert test["sound_id"] == "80399" and test["tags"] == ["birds", "dawn", "é"] and test["file_name"] == "Radio Garble.wav"
     assert all(m["skipped"] == {"malformed_row": 1} for m in manifests.values())
     # Excluding the one test clip by Freesound id (a WavCaps-style blacklist) leaves only the bad row: an error.
+    corpus.out = corpus.out.with_name("excluded")
     with pytest.raises(ValueError, match="no usable clips among 1 items"):
         corpus.build("clotho", splits=["test"], exclude=["freesound:80399"])
 
