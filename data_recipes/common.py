@@ -56,6 +56,11 @@ class BadRow:
 class ClipRecipe(Recipe):
     """A recipe whose `items()` returns `ClipItem`/`BadRow`s; `load()` reads the audio."""
 
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        if isinstance(self.config, HeldOutConfig) and self.config.test_fraction <= 0:
+            self.splits = tuple(s for s in self.splits if s != "test")  # nothing is held out
+
     def load(self, item: ClipItem | BadRow, sample_rate: int) -> Sample:
         """Read the item's audio (segment) and attach its captions and metadata."""
         if isinstance(item, BadRow):

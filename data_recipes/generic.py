@@ -44,6 +44,10 @@ def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _hash_splits(config: Any) -> tuple[str, ...]:
+    return ("train", "test") if config.test_fraction > 0 else ("train",)
+
+
 def _check_name(name: str) -> str:
     if not _NAME.match(name):
         raise ValueError(f"bad corpus name '{name}': expected lower-case letters, digits and '_'")
@@ -85,7 +89,7 @@ class CsvRecipe(ClipRecipe):
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         self.name = _check_name(self.config.name)
-        self.splits = tuple(_names(self.config.splits)) if self.config.split_column else ("train", "test")
+        self.splits = tuple(_names(self.config.splits)) if self.config.split_column else _hash_splits(self.config)
 
     def items(self, src: Path, split: str) -> list[ClipItem | BadRow]:
         cfg = self.config
@@ -151,7 +155,7 @@ class FolderRecipe(ClipRecipe):
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
         self.name = _check_name(self.config.name)
-        self.splits = tuple(_names(self.config.splits)) if self.config.split_folders else ("train", "test")
+        self.splits = tuple(_names(self.config.splits)) if self.config.split_folders else _hash_splits(self.config)
         try:
             self._pattern = re.compile(self.config.pattern) if self.config.pattern else None
         except re.error as err:
