@@ -16,6 +16,7 @@ from clap_lightning.data.sources import resolve_shards
 from clap_lightning.errors import CheckpointError
 from clap_lightning.lit.datamodule import ClapDataModule
 from clap_lightning.lit.pretraining import ClapPretraining
+from clap_lightning.lit.strategies import build_strategy
 
 
 def build_trainer(config: ExperimentConfig) -> L.Trainer:
@@ -26,10 +27,13 @@ def build_trainer(config: ExperimentConfig) -> L.Trainer:
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=1,
                                  save_on_train_epoch_end=True,
                                  every_n_train_steps=t.checkpoint_every_n_steps or None)
+    # GradCache accumulates and clips inside one manually optimised step (ClapPretraining._gradcache_step).
+    is_gradcache = config.objective.accumulation == "gradcache"
     return L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(config),
         precision=t.precision, max_steps=t.max_steps, max_epochs=t.max_epochs if t.max_steps < 0 else None,
-        accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
+        accumulate_grad_batches=1 if is_gradcache else t.accumulate_grad_batches,
+        gradient_clip_val=None if is_gradcache else t.gradient_clip_val,
         log_every_n_steps=t.log_every_n_steps, val_check_interval=val_check_interval(t.val_check_interval),
         limit_val_batches=t.limit_val_batches, enable_progress_bar=t.enable_progress_bar,
         default_root_dir=str(run_dir), callbacks=[checkpoint],
@@ -69,7 +73,7 @@ def run_stage(stage: str, config: ExperimentConfig, ckpt_path: Optional[str] = N
 def stage_shards(stage: str, config: ExperimentConfig) -> list[str]:
     """The shard specifications a stage reads (validation during fit only when configured)."""
     data = config.data
-    return {"fit": [data.train] + ([data.val] if data.val else []), "validate": [data.val],
+    return {"fit": [s.shards for s in data.training_sources()] + ([data.val] if data.val else []), "validate": [data.val],
             "test": [data.test]}[stage]
 
 
