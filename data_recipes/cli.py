@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 from pathlib import Path
 
-from data_recipes import base, checks, writer
+from data_recipes import base, checks, leakage, writer
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,7 +44,7 @@ def cmd_build(args: argparse.Namespace) -> None:
         workers=args.workers,
         part=writer.parse_part(args.part) if args.part else None,
         show_progress=not args.no_progress,
-        exclude=writer.read_exclude_file(args.exclude) if args.exclude else frozenset(),
+        exclude=leakage.read_exclude_file(args.exclude) if args.exclude else frozenset(),
     )
     manifests = writer.build_corpus(recipe, args.out, args.src, args.split, config)
     for split, m in manifests.items():

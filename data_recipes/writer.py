@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from clap_lightning.data import schema
 from data_recipes.base import Recipe, SkipSample
+from data_recipes.leakage import apply_exclude
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class WriterConfig:
     workers: int = 1  # worker processes converting shards; 0 or 1 converts in this process
     part: tuple[int, int] | None = None  # (i, n): build only shards whose index % n == i
     show_progress: bool = True  # tqdm progress bar on stderr
-    exclude: frozenset[str] = frozenset()  # ids/keys of clips to leave out (evaluation sets); see read_exclude_file
+    exclude: frozenset[str] = frozenset()  # ids/keys of clips to leave out (evaluation sets); see data_recipes.leakage
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0 or self.samples_per_shard <= 0:
@@ -89,54 +90,6 @@ def parse_size(text: str) -> int:
     if not match or int(match.group(1)) == 0:
         raise ValueError(f"bad size '{text}': expected a positive byte count such as 500000, 512M or 1G")
     return int(match.group(1)) * 1024 ** " kmg".index(match.group(2) or " ")
-
-
-def read_exclude_file(path: str | Path) -> frozenset[str]:
-    """Read a leakage exclusion list: a json list, or one id per line ('#' starts a comment).
-
-    Entries are compared with each item's `Recipe.match_ids` (its stable id and cross-corpus
-    ids such as "freesound:1234" or "youtube:<ytid>") and with its sample key `<source>-<id>`.
-
-    Raises:
-        FileNotFoundError / ValueError: one line naming the file and what was wrong.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--exclude file {path} not found")
-    text = path.read_text(encoding="utf-8-sig")
-    if text.lstrip().startswith("["):
-        try:
-            entries = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--exclude file {path} is not a valid json list: {err}") from None
-        if not all(isinstance(e, (str, int)) and not isinstance(e, bool) for e in entries):
-            raise ValueError(f"--exclude file {path}: expected a json list of string or integer ids")
-    else:
-        entries = [line.split("#", 1)[0] for line in text.splitlines()]
-    ids = frozenset(str(e).strip() for e in entries if str(e).strip())
-    if not ids:
-        raise ValueError(f"--exclude file {path} lists no ids")
-    return ids
-
-
-def apply_exclude(recipe: Recipe, items: list[Any], exclude: frozenset[str]) -> tuple[list[Any], int]:
-    """Drop the items whose match ids or sample key are in `exclude`; return (kept, number dropped).
-
-    Raises:
-        ValueError: the recipe gives no ids for any item, so nothing could be matched.
-    """
-    if not exclude:
-        return items, 0
-    kept, any_ids = [], False
-    for item in items:
-        ids = recipe.match_ids(item)
-        any_ids = any_ids or bool(ids)
-        keys = {schema.sample_key(recipe.name, ids[0])} if ids and ids[0] else set()
-        if exclude.isdisjoint(ids) and exclude.isdisjoint(keys):
-            kept.append(item)
-    if not any_ids:
-        raise ValueError(f"corpus '{recipe.name}' gives no ids to match --exclude against (Recipe.match_ids)")
-    return kept, len(items) - len(kept)
 
 
 def plan_shards(n_items: int, samples_per_shard: int, max_shard_bytes: int | None = None,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from clap_lightning.data import schema
-from data_recipes import writer
+from data_recipes import leakage
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -77,15 +77,15 @@ def test_folder_recipe_labels_from_folders_or_pattern(corpus):
 def test_exclude_file_formats(tmp_path):
     lines = tmp_path / "ids.txt"
     lines.write_text("# AudioCaps test\nyoutube:abc\n\nclotho-x  # a key\n")
-    assert writer.read_exclude_file(lines) == {"youtube:abc", "clotho-x"}
+    assert leakage.read_exclude_file(lines) == {"youtube:abc", "clotho-x"}
     listed = tmp_path / "ids.json"
     listed.write_text(json.dumps(["freesound:1", 2]))
-    assert writer.read_exclude_file(listed) == {"freesound:1", "2"}
+    assert leakage.read_exclude_file(listed) == {"freesound:1", "2"}
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(ValueError, match="lists no ids"):
-        writer.read_exclude_file(tmp_path / "empty.txt")
+        leakage.read_exclude_file(tmp_path / "empty.txt")
     with pytest.raises(FileNotFoundError, match="not found"):
-        writer.read_exclude_file(tmp_path / "absent.txt")
+        leakage.read_exclude_file(tmp_path / "absent.txt")
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
