@@ -37,6 +37,7 @@ class ModelConfig:
     logit_scale_init: float = math.log(1 / 0.07)  # initial log temperature, as CLIP
     audio_encoder: dict = field(default_factory=lambda: {"name": "htsat"})  # `name` + that encoder's config
     text_encoder: dict = field(default_factory=lambda: {"name": "gpt2"})  # `name` + that encoder's config
+    audio_encoder_init: str = ""  # checkpoint (e.g. multi-task) whose audio encoder a fresh `fit` starts from
 
     @property
     def clip_samples(self) -> int:

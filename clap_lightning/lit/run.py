@@ -18,6 +18,7 @@ from clap_lightning.eval.callback import build_eval_callbacks
 from clap_lightning.lit.datamodule import ClapDataModule
 from clap_lightning.lit.pretraining import ClapPretraining
 from clap_lightning.lit.strategies import build_strategy
+from clap_lightning.models.encoder_init import init_audio_encoder
 
 
 def build_trainer(config: ExperimentConfig) -> L.Trainer:
@@ -66,8 +67,11 @@ def run_stage(stage: str, config: ExperimentConfig, ckpt_path: Optional[str] = N
     trainer = build_trainer(config)
     datamodule = ClapDataModule(config)
     if stage == "fit":
+        module = ClapPretraining(config)
+        if config.model.audio_encoder_init and not ckpt_path:  # a resumed run has its own weights
+            init_audio_encoder(module.model.audio_encoder, config.model.audio_encoder_init)
         write_run_config(config)
-        trainer.fit(ClapPretraining(config), datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         return []
     module = load_pretraining(ckpt_path) if ckpt_path else ClapPretraining(config)
     return getattr(trainer, stage)(module, datamodule=datamodule)

@@ -1,0 +1,178 @@
+"""Supervised multi-task pretraining of the audio encoder (HTSAT-22): LightningModule, DataModule, fit.
+
+One audio encoder (built from `model.audio_encoder`, as in CLAP) is trained with one head
+per task on batches that mix the tasks' sources by temperature sampling. The checkpoint
+keeps the encoder under `model.audio_encoder.`, so `model.audio_encoder_init: <ckpt>`
+starts a contrastive `fit` from it (models/encoder_init.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torch import nn
+
+from clap_lightning.config import local_batch_size
+from clap_lightning.data.multitask import MultiTaskCollate
+from clap_lightning.data.pipeline import ClapLoader, ClapStream, ClipDecoder
+from clap_lightning.data.sources import resolve_shards
+from clap_lightning.eval.metrics import accuracy, mean_average_precision
+from clap_lightning.lit.datamodule import ClapDataModule
+from clap_lightning.lit.multitask_config import (MultiTaskConfig, SourcePlan, experiment_view, head_specs, label_specs,
+                                                 multitask_config_from, multitask_container, plan_sources,
+                                                 resolve_tasks, save_multitask_config)
+from clap_lightning.lit.optim import build_optimizer
+from clap_lightning.models.encoder_init import init_audio_encoder
+from clap_lightning.models.multitask import MultiTaskClassifier, compute_multitask_loss
+from clap_lightning.objectives.collectives import is_distributed, world_size
+
+
+class MultiTaskPretraining(L.LightningModule):
+    """Glue: encode -> one head per task -> masked multi-task loss -> log; per-task validation metrics.
+
+    Validation keeps each task's labelled outputs and targets for the epoch, gathers them
+    from every rank and logs `val/<task>/acc` (single), `val/<task>/mAP` (multi) or
+    `val/<task>/r2` and `val/<task>/mse` (regression, in standardised units).
+    The resolved config (classes included) is the only hyperparameter.
+    """
+
+    def __init__(self, config: MultiTaskConfig | dict) -> None:
+        super().__init__()
+        config = multitask_config_from(config)
+        self.save_hyperparameters({"config": multitask_container(config)})
+        self.config = config
+        self.specs = {spec.name: spec for spec in head_specs(config)}
+        self.model = MultiTaskClassifier(config.model.audio_encoder, list(self.specs.values()), config.head_dropout)
+        self._val_rows: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+
+    def forward(self, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model(audio)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, per_task = compute_multitask_loss(self(batch["audio"]), batch["targets"], batch["masks"], self.specs)
+        size = batch["audio"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        for name, task_loss in per_task.items():
+            labelled = int(batch["masks"][name].sum())
+            if labelled:  # a task absent from this batch has no loss to average in
+                self.log(f"train/{name}/loss", task_loss, batch_size=labelled)
+        for reason, count in batch.get("skipped", {}).items():
+            self.log(f"data/skipped_{reason}", float(count), batch_size=size)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_rows = {name: ([], []) for name in self.specs}
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        outputs = self(batch["audio"])
+        loss, _ = compute_multitask_loss(outputs, batch["targets"], batch["masks"], self.specs)
+        self.log("val/loss", loss, sync_dist=True, batch_size=batch["audio"].shape[0], add_dataloader_idx=False)
+        for name in self.specs:
+            mask = batch["masks"][name].bool()
+            if mask.any():
+                self._val_rows[name][0].append(outputs[name][mask].detach().float().cpu())
+                self._val_rows[name][1].append(batch["targets"][name][mask].detach().cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        for name, spec in self.specs.items():
+            outputs, targets = (_gather_rows(rows) for rows in self._val_rows.get(name, ([], [])))
+            if outputs is None:
+                continue
+            for metric, value in compute_task_metrics(spec.kind, outputs, targets).items():
+                self.log(f"val/{name}/{metric}", value, rank_zero_only=False, sync_dist=False)
+        self._val_rows = {}
+
+    def configure_optimizers(self):
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        return build_optimizer(self.model, self.config.optim, int(total))
+
+
+def _gather_rows(rows: list[torch.Tensor]) -> Optional[torch.Tensor]:
+    """This rank's rows concatenated with every other rank's (sizes may differ); None when there are none."""
+    local = torch.cat(rows) if rows else None
+    if is_distributed() and world_size() > 1:
+        everyone: list[Optional[torch.Tensor]] = [None] * world_size()
+        torch.distributed.all_gather_object(everyone, local)
+        parts = [part for part in everyone if part is not None]
+        return torch.cat(parts) if parts else None
+    return local
+
+
+def compute_task_metrics(kind: str, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """acc (single), mAP (multi, classes without positives left out) or r2 and mse (regression)."""
+    if kind == "single":
+        return {"acc": accuracy(outputs, targets.long())}
+    if kind == "multi":
+        if not targets.sum():
+            return {}
+        return {"mAP": mean_average_precision(outputs, targets.long())}
+    mse = (outputs - targets).square().mean().item()
+    variance = targets.var(unbiased=False).item()
+    return {"mse": mse, **({"r2": 1.0 - mse / variance} if variance > 0 else {})}
+
+
+class MultiTaskDataModule(ClapDataModule):
+    """The contrastive DataModule's weighted, resumable training stream, with multi-task labels.
+
+    Training mixes the plan's sources with its temperature weights; validation has one loader
+    per distinct validation spec, each labelling the tasks that name it.
+    """
+
+    def __init__(self, config: MultiTaskConfig, plan: SourcePlan) -> None:
+        super().__init__(experiment_view(config, plan))
+        self.multitask = config
+        self.plan = plan
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        pass  # no tokenizer: targets come from the jsons
+
+    def _decoder_collate(self, is_train: bool) -> tuple[ClipDecoder, MultiTaskCollate]:
+        model = self.config.model
+        decoder = ClipDecoder(model.sample_rate, model.clip_samples, self.config.data.pad_mode, is_train)
+        return decoder, MultiTaskCollate(label_specs(self.multitask, self.plan.train, "train"))
+
+    def _val_loader(self, index: int, spec: str) -> ClapLoader:
+        data = self.config.data
+        rank, world = self._rank_world()
+        urls = resolve_shards(spec).urls
+        model = self.config.model
+        decoder = ClipDecoder(model.sample_rate, model.clip_samples, data.pad_mode, is_train=False)
+        collate = MultiTaskCollate(label_specs(self.multitask, self.plan.val, "val"), source=index)
+        stream = ClapStream([urls], decoder, collate, data.eval_batch_size, is_train=False, rank=rank,
+                            world_size=world, name=spec)
+        return self._make_loader(stream, min(data.num_workers, max(1, len(urls[rank::world]))), persistent=False)
+
+    def val_dataloader(self) -> list[ClapLoader]:
+        return [self._val_loader(i, spec) for i, spec in enumerate(self.plan.val)]
+
+
+@rank_zero_only
+def _write_run_config(config: MultiTaskConfig) -> None:
+    save_multitask_config(config, Path(config.run_dir) / "config.yaml")
+
+
+def fit_multitask(config: MultiTaskConfig, ckpt_path: Optional[str] = None) -> MultiTaskPretraining:
+    """Resolve classes, plan the sources, then train; every check happens before a batch is read."""
+    from clap_lightning.lit.run import build_trainer  # uses config.trainer and config.run_dir only
+
+    config = resolve_tasks(config)
+    plan = plan_sources(config)
+    view = experiment_view(config, plan)
+    local_batch_size(view)  # refuse a global batch that does not divide
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    module = MultiTaskPretraining(config)
+    if config.model.audio_encoder_init and not ckpt_path:
+        init_audio_encoder(module.model.audio_encoder, config.model.audio_encoder_init)
+    trainer = build_trainer(view)
+    _write_run_config(config)
+    trainer.fit(module, datamodule=MultiTaskDataModule(config, plan), ckpt_path=ckpt_path)
+    return module
+
+
+def encoder_of(module: MultiTaskPretraining) -> nn.Module:
+    """The trained audio encoder (what `model.audio_encoder_init` loads into CLAP)."""
+    return module.model.audio_encoder

@@ -1,0 +1,64 @@
+"""Initialise an audio encoder from another run's checkpoint (`model.audio_encoder_init`).
+
+A multi-task checkpoint (`clap-lightning multitask fit`) and a contrastive one both keep
+the encoder under `model.audio_encoder.` in their Lightning `state_dict`, so either can
+start a new contrastive run. The load is strict: every tensor must be present with the
+same shape, else a CheckpointError names the first differing keys.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from clap_lightning.errors import CheckpointError
+
+ENCODER_PREFIX = "model.audio_encoder."
+MAX_NAMED_KEYS = 3  # keys named in a mismatch message, per kind of difference
+
+
+def load_audio_encoder_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The audio encoder's tensors from a clap-lightning checkpoint, keys without the prefix."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"audio encoder checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated file, not a torch file, ...
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(err).strip().splitlines()[0]}") from None
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    encoder = {k[len(ENCODER_PREFIX):]: v for k, v in (state or {}).items() if k.startswith(ENCODER_PREFIX)}
+    if not encoder:
+        raise CheckpointError(f"{path} holds no audio encoder (no '{ENCODER_PREFIX}*' tensors in its state_dict)")
+    return encoder
+
+
+def _named(keys: list[str]) -> str:
+    more = f" (+{len(keys) - MAX_NAMED_KEYS} more)" if len(keys) > MAX_NAMED_KEYS else ""
+    return ", ".join(keys[:MAX_NAMED_KEYS]) + more
+
+
+def describe_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """'' when the two state dicts have the same keys and shapes, else what differs (a few keys each)."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [f"{k} {list(found[k].shape)} vs {list(v.shape)}" for k, v in expected.items()
+              if k in found and found[k].shape != v.shape]
+    parts = [f"{label}: {_named(keys)}" for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                                            ("shape (checkpoint vs model)", shapes)) if keys]
+    return "; ".join(parts)
+
+
+def init_audio_encoder(encoder: nn.Module, path: str | Path) -> None:
+    """Copy a checkpoint's audio encoder into `encoder` (strict: same keys, same shapes).
+
+    Raises:
+        CheckpointError: missing file, no encoder inside, or another architecture (naming keys).
+    """
+    state = load_audio_encoder_state(path)
+    mismatch = describe_mismatch(encoder.state_dict(), state)
+    if mismatch:
+        raise CheckpointError(f"the audio encoder in {path} does not match model.audio_encoder: {mismatch}")
+    encoder.load_state_dict(state, strict=True)
