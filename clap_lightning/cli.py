@@ -1,4 +1,4 @@
-"""The `clap-lightning` command: fit | validate | test | zeroshot | caption | eval."""
+"""The `clap-lightning` command: fit | validate | test | zeroshot | caption | eval | multitask fit."""
 
 from __future__ import annotations
 
@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_caption_arguments(commands.add_parser("caption", help="caption audio files with a captioning checkpoint"))
     add_eval_arguments(commands.add_parser("eval", help="score a checkpoint on registry tasks vs the paper"))
+    multitask = commands.add_parser("multitask", help="supervised multi-task pretraining of the audio encoder")
+    stages = multitask.add_subparsers(dest="multitask_command", required=True)
+    _add_config_args(stages.add_parser("fit", help="train (or resume), e.g. --config configs/multitask/demo3.yaml"))
     return parser
 
 
@@ -78,8 +81,17 @@ def run_caption_command(args: argparse.Namespace) -> int:
     return caption_command(args) or 0
 
 
+def run_multitask_command(args: argparse.Namespace) -> int:
+    from clap_lightning.lit.multitask import fit_multitask
+    from clap_lightning.lit.multitask_config import load_multitask_config
+
+    fit_multitask(load_multitask_config(args.config, args.overrides), args.ckpt_path)
+    return 0
+
+
 COMMANDS = {"fit": run_stage_command, "validate": run_stage_command, "test": run_stage_command,
-            "zeroshot": run_zeroshot_command, "caption": run_caption_command, "eval": eval_command}
+            "zeroshot": run_zeroshot_command, "caption": run_caption_command, "eval": eval_command,
+            "multitask": run_multitask_command}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

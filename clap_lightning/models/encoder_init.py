@@ -19,16 +19,28 @@ ENCODER_PREFIX = "model.audio_encoder."
 MAX_NAMED_KEYS = 3  # keys named in a mismatch message, per kind of difference
 
 
-def load_audio_encoder_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """The audio encoder's tensors from a clap-lightning checkpoint, keys without the prefix."""
-    path = Path(path)
+# Encoder options that shape the input features but not the tensors: a difference passes a
+# strict load unnoticed, yet the encoder would read features it was never trained on.
+FRONT_END_KEYS = ("sample_rate", "mel_sample_rate", "n_fft", "hop_length", "n_mels", "fmin", "fmax")
+
+
+def _read_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"audio encoder checkpoint not found: {path}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # truncated file, not a torch file, ...
         raise CheckpointError(f"cannot read checkpoint {path}: {str(err).strip().splitlines()[0]}") from None
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    return checkpoint if isinstance(checkpoint, dict) else {}
+
+
+def load_audio_encoder_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The audio encoder's tensors from a clap-lightning checkpoint, keys without the prefix."""
+    return _encoder_state(Path(path), _read_checkpoint(Path(path)))
+
+
+def _encoder_state(path: Path, checkpoint: dict) -> dict[str, torch.Tensor]:
+    state = checkpoint.get("state_dict")
     encoder = {k[len(ENCODER_PREFIX):]: v for k, v in (state or {}).items() if k.startswith(ENCODER_PREFIX)}
     if not encoder:
         raise CheckpointError(f"{path} holds no audio encoder (no '{ENCODER_PREFIX}*' tensors in its state_dict)")
@@ -51,13 +63,32 @@ def describe_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.
     return "; ".join(parts)
 
 
+def front_end_differences(encoder: nn.Module, checkpoint: dict) -> list[str]:
+    """Front-end options (FRONT_END_KEYS) where the checkpoint's stored encoder config differs from `encoder.cfg`."""
+    from clap_lightning.encoders.registry import AUDIO_ENCODERS
+
+    section = ((checkpoint.get("hyper_parameters") or {}).get("config") or {}).get("model", {}).get("audio_encoder")
+    if not section or not hasattr(encoder, "cfg"):
+        return []  # nothing stored to compare with (e.g. a hand-made state dict)
+    options = dict(section)
+    stored = AUDIO_ENCODERS.parse_config(options.pop("name"), options)
+    return [f"{key} {getattr(stored, key)} vs {getattr(encoder.cfg, key)}" for key in FRONT_END_KEYS
+            if hasattr(stored, key) and hasattr(encoder.cfg, key) and getattr(stored, key) != getattr(encoder.cfg, key)]
+
+
 def init_audio_encoder(encoder: nn.Module, path: str | Path) -> None:
-    """Copy a checkpoint's audio encoder into `encoder` (strict: same keys, same shapes).
+    """Copy a checkpoint's audio encoder into `encoder` (strict: same keys, same shapes, same front end).
 
     Raises:
-        CheckpointError: missing file, no encoder inside, or another architecture (naming keys).
+        CheckpointError: missing file, no encoder inside, or another architecture or front end (naming keys).
     """
-    state = load_audio_encoder_state(path)
+    path = Path(path)
+    checkpoint = _read_checkpoint(path)
+    state = _encoder_state(path, checkpoint)
+    front_end = front_end_differences(encoder, checkpoint)
+    if front_end:
+        raise CheckpointError(f"the audio encoder in {path} was trained on another front end "
+                              f"(checkpoint vs model.audio_encoder): {_named(front_end)}")
     mismatch = describe_mismatch(encoder.state_dict(), state)
     if mismatch:
         raise CheckpointError(f"the audio encoder in {path} does not match model.audio_encoder: {mismatch}")
