@@ -14,12 +14,12 @@ from typing import Any, Optional
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from torch import nn
 
 from clap_lightning.config import local_batch_size
 from clap_lightning.data.multitask import MultiTaskCollate
 from clap_lightning.data.pipeline import ClapLoader, ClapStream, ClipDecoder
 from clap_lightning.data.sources import resolve_shards
+from clap_lightning.errors import CheckpointError
 from clap_lightning.eval.metrics import accuracy, mean_average_precision
 from clap_lightning.lit.datamodule import ClapDataModule
 from clap_lightning.lit.multitask_config import (MultiTaskConfig, SourcePlan, experiment_view, head_specs, label_specs,
@@ -173,6 +173,21 @@ def fit_multitask(config: MultiTaskConfig, ckpt_path: Optional[str] = None) -> M
     return module
 
 
-def encoder_of(module: MultiTaskPretraining) -> nn.Module:
-    """The trained audio encoder (what `model.audio_encoder_init` loads into CLAP)."""
-    return module.model.audio_encoder
+def load_multitask(path: str | Path, map_location: str = "cpu") -> MultiTaskPretraining:
+    """Rebuild a `MultiTaskPretraining` from its checkpoint, with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # truncated file, not a torch file, ...
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(err).strip().splitlines()[0]}") from None
+    stored = checkpoint.get("hyper_parameters", {}).get("config") if isinstance(checkpoint, dict) else None
+    if not isinstance(stored, dict) or "tasks" not in stored:
+        raise CheckpointError(f"{path} is not a multi-task checkpoint (no stored tasks)")
+    module = MultiTaskPretraining(stored)
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not match its stored architecture: {str(err).splitlines()[0]}") from None
+    return module
