@@ -60,12 +60,17 @@ class CLIPTextConfig(BertTextConfig):
     dropout: float = 0.0  # attention dropout (CLIP has no hidden dropout)
 
 
-def _vocab_and_pad(config: BertTextConfig) -> tuple[int, int]:
-    """Vocabulary size and pad id for a random init: from the config, else from the tokenizer."""
+def _vocab_pad_eos(config: BertTextConfig) -> tuple[int, int, int]:
+    """Vocabulary size, pad id and end id for a random init: from the tokenizer unless `vocab_size` is set.
+
+    Without a tokenizer the released models' conventions apply: RoBERTa pads with 1, BERT with 0,
+    CLIP's end-of-text is the last id.
+    """
     if config.vocab_size is not None:
-        return config.vocab_size, 1 if isinstance(config, RobertaTextConfig) else 0
+        return config.vocab_size, 1 if isinstance(config, RobertaTextConfig) else 0, config.vocab_size - 1
     tokenizer = build_encoder_tokenizer(config).tokenizer
-    return len(tokenizer), tokenizer.pad_token_id or 0
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    return len(tokenizer), tokenizer.pad_token_id or 0, eos
 
 
 def build_encoder_tokenizer(config: BertTextConfig) -> CaptionTokenizer:
@@ -107,7 +112,7 @@ class _ClsEncoder(_TransformersTextEncoder):
         model_cls = getattr(transformers, f"{self.model_name}Model")
         if config.pretrained:
             return model_cls.from_pretrained(config.pretrained)
-        vocab_size, pad_id = _vocab_and_pad(config)
+        vocab_size, pad_id, _ = _vocab_pad_eos(config)
         hf_config = getattr(transformers, f"{self.model_name}Config")(
             vocab_size=vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
             num_attention_heads=config.num_heads, intermediate_size=config.intermediate_size,
@@ -149,12 +154,13 @@ class CLIPTextEncoder(_TransformersTextEncoder):
         if config.pretrained:
             model = CLIPTextModelWithProjection.from_pretrained(config.pretrained)
         else:
-            vocab_size, pad_id = _vocab_and_pad(config)
+            vocab_size, pad_id, eos_id = _vocab_pad_eos(config)
+            # HF computes its own pooled output from `eos_token_id` in every forward; we pool by mask.
             model = CLIPTextModelWithProjection(HFCLIPTextConfig(
                 vocab_size=vocab_size, hidden_size=config.hidden_size, num_hidden_layers=config.num_layers,
                 num_attention_heads=config.num_heads, intermediate_size=config.intermediate_size,
                 max_position_embeddings=config.max_positions, projection_dim=config.projection_dim,
-                attention_dropout=config.dropout, pad_token_id=pad_id, bos_token_id=None, eos_token_id=None,
+                attention_dropout=config.dropout, pad_token_id=pad_id, bos_token_id=None, eos_token_id=eos_id,
             ))
         self.base = model.text_model
         self.clip_text_projection = model.text_projection
