@@ -65,13 +65,20 @@ def read_msclap_state(path: str | Path) -> dict[str, torch.Tensor]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle.UnpicklingError for arbitrary objects, RuntimeError for non-torch files
         raise CheckpointError(
-            f"cannot load {path} with torch.load(weights_only=True): {str(err).splitlines()[0]} "
+            f"cannot load {path} with torch.load(weights_only=True): {_load_error_reason(err)} "
             "(refusing to unpickle arbitrary objects; re-save its 'model' state dict with torch.save "
             "in an environment you trust)") from None
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(f"{path} is not an msclap checkpoint: expected a dict of tensors under 'model'")
     return state
+
+
+def _load_error_reason(err: Exception) -> str:
+    """The informative line of a torch.load error (for weights_only, the offending global)."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(err).splitlines() if line.strip()]
+    reason = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else type(err).__name__)
+    return reason.removeprefix("WeightsUnpickler error: ")
 
 
 def detect_variant(state: Mapping[str, torch.Tensor]) -> Optional[str]:
