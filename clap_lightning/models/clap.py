@@ -170,11 +170,19 @@ def prepare_audio(audio: AudioInput | Sequence[AudioInput], sample_rate: Optiona
     resample = Resampler(target_rate)
     clips = []
     for item in items:
-        wave, rate = read_audio_file(item, num_samples, target_rate) if isinstance(item, (str, Path)) \
-            else (to_mono(item), sample_rate or target_rate)
+        if isinstance(item, (str, Path)):
+            wave, rate = read_audio_file(item, num_samples, target_rate)
+        else:  # cut what the clip needs before resampling, as a file is read: same result either way
+            rate = sample_rate or target_rate
+            wave = to_mono(item)[:frames_needed(num_samples, rate, target_rate)]
         clip, _ = fit_length(resample(wave, rate), num_samples, "repeat")
         clips.append(clip)
     return torch.stack(clips)
+
+
+def frames_needed(num_samples: int, rate: int, target_rate: int) -> int:
+    """Frames at `rate` that resample to at least `num_samples` at `target_rate` (as the eval loader)."""
+    return -(-num_samples * rate // target_rate) + 1
 
 
 def to_mono(wave: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -196,6 +204,6 @@ def read_audio_file(path: str | Path, num_samples: int, target_rate: int) -> tup
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
-    frames = -(-num_samples * sf.info(str(path)).samplerate // target_rate) + 1  # as the eval loader
+    frames = frames_needed(num_samples, sf.info(str(path)).samplerate, target_rate)
     audio, rate, _ = read_clip(path.read_bytes(), frames, None)
     return torch.from_numpy(audio), rate
