@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -103,7 +104,7 @@ class CLAP(nn.Module):
         """
         clips = prepare_audio(audio, sample_rate, self.config.sample_rate, self.config.clip_samples)
         device = self.logit_scale.device
-        with evaluating(self):
+        with eval_mode(self):
             embs = [self.encode_audio(clips[i:i + batch_size].to(device)) for i in range(0, len(clips), batch_size)]
         return F.normalize(torch.cat(embs).float(), dim=-1)
 
@@ -115,24 +116,21 @@ class CLAP(nn.Module):
             self._tokenizer = self.build_tokenizer()  # a plain attribute: not a module, not saved
         device = self.logit_scale.device
         embs = []
-        with evaluating(self):
+        with eval_mode(self):
             for i in range(0, len(captions), batch_size):
                 batch = self._tokenizer(captions[i:i + batch_size])
                 embs.append(self.encode_text(batch["input_ids"].to(device), batch["attention_mask"].to(device)))
         return F.normalize(torch.cat(embs).float(), dim=-1)
 
 
-class evaluating:
-    """Context manager: eval mode inside, the previous mode restored after."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.was_training = model, model.training
-
-    def __enter__(self) -> nn.Module:
-        return self.model.eval()
-
-    def __exit__(self, *exc) -> None:
-        self.model.train(self.was_training)
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Eval mode inside the block, the previous mode restored after."""
+    was_training = model.training
+    try:
+        yield model.eval()
+    finally:
+        model.train(was_training)
 
 
 def read_checkpoint(path: str | Path, map_location="cpu") -> tuple[dict[str, torch.Tensor], dict]:
