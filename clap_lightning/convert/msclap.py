@@ -265,7 +265,8 @@ def infer_mapper_config(mapper: Mapping[str, torch.Tensor]) -> dict:
 
 def add_msclap_arguments(parser) -> None:
     """Arguments of `clap-lightning convert msclap` (the CLI adds them to its subparser)."""
-    parser.add_argument("file", help="msclap checkpoint (CLAP_weights_2022.pth, CLAP_weights_2023.pth, clapcap_weights_2023.pth)")
+    parser.add_argument("file", help="msclap checkpoint (CLAP_weights_2022.pth, CLAP_weights_2023.pth, "
+                                     "clapcap_weights_2023.pth)")
     parser.add_argument("--out", required=True, help="output file (.ckpt)")
     parser.add_argument("--variant", choices=("auto",) + VARIANTS, default="auto",
                         help="msclap release; auto = detect from the keys")

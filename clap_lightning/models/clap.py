@@ -86,7 +86,8 @@ class CLAP(nn.Module):
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as err:
-            raise CheckpointError(f"{path} does not match its stored architecture: {str(err).splitlines()[0]}") from None
+            reason = str(err).splitlines()[0]
+            raise CheckpointError(f"{path} does not match its stored architecture: {reason}") from None
         return model.to(map_location).eval()
 
     @torch.no_grad()
