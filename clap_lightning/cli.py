@@ -1,4 +1,4 @@
-"""The `clap-lightning` command: fit | validate | test | zeroshot | caption | eval."""
+"""The `clap-lightning` command: fit | validate | test | zeroshot | eval | caption | convert."""
 
 from __future__ import annotations
 
@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_caption_arguments(commands.add_parser("caption", help="caption audio files with a captioning checkpoint"))
     add_eval_arguments(commands.add_parser("eval", help="score a checkpoint on registry tasks vs the paper"))
+    from clap_lightning.convert import add_msclap_arguments
+
+    formats = commands.add_parser("convert", help="import released weights").add_subparsers(dest="format", required=True)
+    add_msclap_arguments(formats.add_parser("msclap", help="Microsoft CLAP 2022 / 2023 / clapcap checkpoints"))
     return parser
 
 
@@ -72,6 +76,14 @@ def run_zeroshot_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_convert_command(args: argparse.Namespace) -> int:
+    from clap_lightning.convert import convert_command
+
+    convert_command(args)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def run_caption_command(args: argparse.Namespace) -> int:
     from clap_lightning.eval.captioning_cli import caption_command
 
@@ -79,7 +91,8 @@ def run_caption_command(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"fit": run_stage_command, "validate": run_stage_command, "test": run_stage_command,
-            "zeroshot": run_zeroshot_command, "caption": run_caption_command, "eval": eval_command}
+            "zeroshot": run_zeroshot_command, "caption": run_caption_command, "eval": eval_command,
+            "convert": run_convert_command}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -140,3 +140,16 @@ def test_full_size_layout_of_another_release_is_refused():
     mapped, unmapped = map_clap_keys(state, "2022")
     with pytest.raises(CheckpointError, match=r"unexpected .*\(\+\d+ more\); missing .*\(\+\d+ more\)"):
         load_strict(model, mapped, unmapped, "msclap 2022 into 2023")
+
+
+def test_clapcap_mapper_matches_msclap(reference):
+    """msclap's clapcap mapper (random weights) and ours, loaded from the same `clap_project.*` keys."""
+    from clap_lightning.models.mapper import MapperConfig, build_mapper
+
+    mapper = build_mapper(MapperConfig(**reference["mapper_config"])).eval()
+    prefix = "clap_project."
+    mapper.load_state_dict({k[len(prefix):]: v for k, v in reference["clapcap_state_dict"].items()
+                            if k.startswith(prefix)})
+    with torch.no_grad():
+        out = mapper(reference["mapper_input"])
+    assert (out - reference["mapper_output"]).abs().max() <= 1e-4
