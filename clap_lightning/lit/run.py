@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Optional
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from clap_lightning.checkpoint import read_lightning_checkpoint
 from clap_lightning.config import ExperimentConfig, local_batch_size, save_config
 from clap_lightning.data.sources import resolve_shards
 from clap_lightning.errors import CheckpointError
@@ -82,16 +82,7 @@ def stage_shards(stage: str, config: ExperimentConfig) -> list[str]:
 
 def load_pretraining(path: str | Path, map_location: str = "cpu") -> ClapPretraining:
     """Load a `ClapPretraining` checkpoint, with one-line errors for missing or foreign files."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # truncated file, not a torch file, ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
-    config = checkpoint.get("hyper_parameters", {}).get("config") if isinstance(checkpoint, dict) else None
-    if config is None:
-        raise CheckpointError(f"{path} is not a clap-lightning checkpoint (no stored config)")
+    checkpoint, config = read_lightning_checkpoint(path, map_location)
     module = ClapPretraining(config)
     try:
         module.load_state_dict(checkpoint["state_dict"])

@@ -136,21 +136,11 @@ def eval_mode(model: nn.Module):
 
 def read_checkpoint(path: str | Path, map_location="cpu") -> tuple[dict[str, torch.Tensor], dict]:
     """Return (CLAP state dict, stored experiment config) of a clap-lightning checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"cannot load {path} with torch.load(weights_only=True): "
-                              f"{str(err).splitlines()[0]}") from None
-    stored = checkpoint.get("hyper_parameters", {}).get("config") if isinstance(checkpoint, dict) else None
-    if stored is None or "state_dict" not in checkpoint:
-        hint = " (an msclap file? convert it with `clap-lightning convert msclap`)" if "model" in checkpoint else ""
-        raise CheckpointError(f"{path} is not a clap-lightning checkpoint (no stored config){hint}")
+    from clap_lightning.checkpoint import read_lightning_checkpoint
+
+    checkpoint, stored = read_lightning_checkpoint(path, map_location)
     prefix = "model."
-    state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    return state, stored
+    return {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}, stored
 
 
 def prepare_audio(audio: AudioInput | Sequence[AudioInput], sample_rate: Optional[int], target_rate: int,
