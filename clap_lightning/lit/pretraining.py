@@ -34,6 +34,8 @@ class ClapPretraining(L.LightningModule):
         self.log_dict({"train/loss": out.loss, "train/a2t_acc": out.a2t_acc, "train/t2a_acc": out.t2a_acc},
                       prog_bar=True, batch_size=audio_emb.shape[0])
         self.log("train/logit_scale", logit_scale.detach().exp().squeeze(), batch_size=audio_emb.shape[0])
+        # Pairs in the contrastive batch (world size x local batch): proves the gather spans every rank.
+        self.log("train/global_batch", float(out.global_batch_size), batch_size=audio_emb.shape[0])
         return out.loss
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from clap_lightning.config import ExperimentConfig, local_batch_size, save_config
 from clap_lightning.data.sources import resolve_shards
 from clap_lightning.errors import CheckpointError
+from clap_lightning.lit.checkpointing import AttemptRecord, resolve_ckpt_path, training_plugins
 from clap_lightning.lit.datamodule import ClapDataModule
 from clap_lightning.lit.pretraining import ClapPretraining
 
@@ -30,7 +31,8 @@ def build_trainer(config: ExperimentConfig) -> L.Trainer:
         accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
         log_every_n_steps=t.log_every_n_steps, val_check_interval=t.val_check_interval,
         limit_val_batches=t.limit_val_batches, enable_progress_bar=t.enable_progress_bar,
-        default_root_dir=str(run_dir), callbacks=[checkpoint],
+        default_root_dir=str(run_dir), callbacks=[checkpoint, AttemptRecord()],
+        plugins=training_plugins(),  # atomic checkpoint writes; SLURM auto-requeue inside srun
         logger=CSVLogger(str(run_dir), name="logs", version=""),
         num_sanity_val_steps=0,
     )
@@ -44,6 +46,7 @@ def write_run_config(config: ExperimentConfig) -> None:
 def run_stage(stage: str, config: ExperimentConfig, ckpt_path: Optional[str] = None) -> list[dict]:
     """Run `fit`, `validate` or `test`; the same checks happen before any data is read."""
     local_batch_size(config)  # refuse a global batch that does not divide, before anything starts
+    ckpt_path = resolve_ckpt_path(ckpt_path, config.run_dir, stage)  # "auto": newest complete checkpoint
     if ckpt_path and ckpt_path != "last" and not Path(ckpt_path).is_file():
         raise CheckpointError(f"checkpoint not found: {ckpt_path}")
     for spec in stage_shards(stage, config):
