@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     zs.add_argument("--out", default=None, help="report directory (default: <run_dir>/zeroshot)")
     zs.add_argument("--batch-size", type=int, default=64)
     zs.add_argument("--num-workers", type=int, default=2)
+    from clap_lightning.eval.captioning_cli import add_caption_arguments
+
+    add_caption_arguments(commands.add_parser("caption", help="caption audio files with a captioning checkpoint"))
     return parser
 
 
@@ -68,8 +71,14 @@ def run_zeroshot_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_caption_command(args: argparse.Namespace) -> int:
+    from clap_lightning.eval.captioning_cli import caption_command
+
+    return caption_command(args) or 0
+
+
 COMMANDS = {"fit": run_stage_command, "validate": run_stage_command, "test": run_stage_command,
-            "zeroshot": run_zeroshot_command}
+            "zeroshot": run_zeroshot_command, "caption": run_caption_command}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

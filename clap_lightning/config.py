@@ -44,10 +44,20 @@ class ModelConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One weighted training source."""
+
+    shards: str = ""  # shard specification, same forms as data.train
+    weight: float = 1.0  # relative share of training samples drawn from this source
+
+
+@dataclass
 class DataConfig:
     """Where shards are and how batches are made."""
 
     train: str = ""  # train shards: a split dir with manifest.json, a brace pattern, or a .txt list
+    train_sources: list[SourceConfig] = field(default_factory=list)  # weighted train sources (instead of data.train)
+    seed: int = 0  # seeds the training streams with (seed, epoch, rank, worker, position)
     val: str = ""  # validation shards, same forms ("" = no validation)
     test: str = ""  # test shards, same forms
     global_batch_size: int = 64  # pairs per optimizer step over all devices (paper: 1536)
@@ -57,6 +67,10 @@ class DataConfig:
     pad_mode: str = "repeat"  # short clips: "repeat" (msclap) or "zero"
     eval_batch_size: int = 64  # per-device batch for validation, test and zero-shot
 
+    def training_sources(self) -> list[SourceConfig]:
+        """`train_sources`, or `train` as a single source of weight 1."""
+        return list(self.train_sources) if self.train_sources else [SourceConfig(self.train, 1.0)]
+
 
 @dataclass
 class TrainerConfig:
@@ -65,14 +79,15 @@ class TrainerConfig:
     accelerator: str = "auto"  # cpu, gpu, auto
     devices: int = 1  # devices per node
     num_nodes: int = 1  # nodes
-    strategy: str = "auto"  # auto, ddp, deepspeed_stage_2, ...
+    strategy: str = "auto"  # auto (= ddp on several devices), ddp, or deepspeed (with deepspeed_config)
+    deepspeed_config: str = ""  # DeepSpeed JSON when strategy is deepspeed, e.g. configs/deepspeed/zero2.json
     precision: str = "32-true"  # 32-true, bf16-mixed, ...
     max_steps: int = -1  # optimizer steps (-1 = use max_epochs)
     max_epochs: int = 1  # epochs when max_steps is -1
     accumulate_grad_batches: int = 1  # micro-batches per optimizer step
     gradient_clip_val: Optional[float] = None  # clip gradient norm (None = off)
     log_every_n_steps: int = 10  # logging interval in steps
-    val_check_interval: Optional[float] = None  # validate every N steps (int) or fraction of an epoch
+    val_check_interval: Optional[float] = None  # > 1: validate every N steps; <= 1: fraction of an epoch
     limit_val_batches: Optional[float] = None  # cap validation batches
     enable_progress_bar: bool = True  # Lightning's progress bar
     checkpoint_every_n_steps: int = 0  # save a checkpoint every N steps (0 = at epoch end only)
@@ -88,6 +103,19 @@ class OptimConfig:
     eps: float = 1e-6  # AdamW epsilon
     warmup_steps: int = 100  # linear warmup steps
     min_lr_ratio: float = 0.0  # final lr as a fraction of lr at the end of the cosine
+
+
+ACCUMULATION_MODES = ("plain", "gradcache")
+
+
+@dataclass
+class ObjectiveConfig:
+    """The contrastive objective and which towers it trains. Features are always gathered with gradients."""
+
+    use_local_loss: bool = False  # this rank's rows against all columns: memory O(b*W*b) not O((W*b)^2), same grads
+    accumulation: str = "plain"  # with accumulate_grad_batches > 1: plain (negatives = one micro-batch) or gradcache
+    freeze_audio_encoder: bool = False  # audio encoder in eval mode without gradients (its projection still trains)
+    freeze_text_encoder: bool = False  # text encoder in eval mode without gradients (msclap froze GPT2)
 
 
 @dataclass
@@ -109,6 +137,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
 
 
@@ -198,8 +227,31 @@ def validate_components(config: ExperimentConfig) -> None:
     if audio_rate is not None and audio_rate != config.model.sample_rate:
         raise ConfigError(f"model.sample_rate ({config.model.sample_rate}) differs from "
                           f"model.audio_encoder.sample_rate ({audio_rate}); they must agree")
+    if config.data.train and config.data.train_sources:
+        raise ConfigError("set either data.train or data.train_sources, not both")
+    for i, source in enumerate(config.data.train_sources):
+        if not source.weight > 0:
+            raise ConfigError(f"data.train_sources[{i}].weight must be > 0, got {source.weight}")
     if config.data.pad_mode not in ("repeat", "zero"):
         raise ConfigError(f"data.pad_mode must be 'repeat' or 'zero', got '{config.data.pad_mode}'")
+    validate_training(config)
+
+
+def validate_training(config: ExperimentConfig) -> None:
+    """Check objective and strategy switches that only make sense together."""
+    objective, trainer = config.objective, config.trainer
+    if objective.accumulation not in ACCUMULATION_MODES:
+        raise ConfigError(f"objective.accumulation must be one of {', '.join(ACCUMULATION_MODES)}, "
+                          f"got '{objective.accumulation}'")
+    if trainer.strategy == "deepspeed" and not trainer.deepspeed_config:
+        raise ConfigError("trainer.strategy is deepspeed but trainer.deepspeed_config is empty; "
+                          "name a JSON file such as configs/deepspeed/zero2.json")
+    if trainer.deepspeed_config and trainer.strategy != "deepspeed":
+        raise ConfigError(f"trainer.deepspeed_config is set but trainer.strategy is '{trainer.strategy}', "
+                          "expected deepspeed")
+    if objective.accumulation == "gradcache" and trainer.strategy.startswith("deepspeed"):
+        raise ConfigError("objective.accumulation=gradcache runs under DDP only; "
+                          f"found trainer.strategy={trainer.strategy}")
 
 
 def to_container(config: ExperimentConfig) -> dict:
@@ -223,7 +275,10 @@ def save_config(config: ExperimentConfig, path: str | Path) -> None:
 
 
 def local_batch_size(config: ExperimentConfig) -> int:
-    """Per-device micro-batch: global batch / (devices x nodes x accumulation), or refuse.
+    """Per-device loader batch: global batch / (devices x nodes x accumulation), or refuse.
+
+    With `objective.accumulation=gradcache` the loader yields all `accumulate_grad_batches`
+    micro-batches of a step at once (global / (devices x nodes)); the module splits them.
 
     Raises:
         ConfigError: naming the numbers when they do not divide.
@@ -234,4 +289,7 @@ def local_batch_size(config: ExperimentConfig) -> int:
         raise ConfigError(
             f"data.global_batch_size {config.data.global_batch_size} is not divisible by devices {t.devices} "
             f"x num_nodes {t.num_nodes} x accumulate_grad_batches {t.accumulate_grad_batches} = {replicas}")
-    return config.data.global_batch_size // replicas
+    micro_batch = config.data.global_batch_size // replicas
+    if config.objective.accumulation == "gradcache":
+        return micro_batch * t.accumulate_grad_batches
+    return micro_batch

@@ -270,9 +270,9 @@ _SYNONYMS = {
     "sine tone": ("pure tone", "beep", "sine wave", "clean electronic tone"),
     "square wave": ("square wave tone", "hollow buzzy tone", "chiptune note", "square-shaped synth tone"),
     "sawtooth wave": ("saw wave", "bright buzzing synth note", "raspy synthesizer tone", "sawtooth synth"),
-    "bell": ("chime", "ringing bell", "struck metal bell", "bell strike"),
+    "bell": ("chime", "ringing bell", "metallic ding", "gong-like strike"),
     "plucked string": ("string pluck", "plucked guitar-like note", "harp-like pluck", "plucked note"),
-    "chord": ("three-note chord", "harmony of three notes", "organ-like chord", "triad"),
+    "chord": ("triad", "harmony of three notes", "organ-like chord", "three notes played together"),
     "white noise": ("static", "hiss", "broadband hiss", "flat noise"),
     "pink noise": ("rushing noise", "waterfall-like noise", "soft roar of noise", "pink-coloured noise"),
     "brown noise": ("deep rumbling noise", "rumble", "low roar", "brownian noise"),
@@ -297,7 +297,7 @@ _WORDS = {
 }
 _TEMPLATES = (
     "{a}{bg}", "the sound of {a}{bg}", "someone plays {a}{bg}", "{a} can be heard{bg}",
-    "a recording of {a}{bg}", "you hear {a}{bg}", "a {length} clip of {np}{bg}",
+    "a recording of {a}{bg}", "you hear {a}{bg}", "a {length} clip of {a}{bg}",
 )
 _MASS_NOUNS = ("static", "clicking", "ticking")
 
@@ -314,7 +314,7 @@ def _caption(label: str, attrs: dict[str, str], noun: str, rng: np.random.Genera
     adjectives = [pick(name) for name, p in (("length", 0.3), ("loudness", 0.6), ("rhythm", 0.6), ("pitch", 0.6))
                   if name in attrs and not (name == "length" and "{length}" in template) and rng.random() < p]
     phrase = " ".join(adjectives + [noun])
-    return template.format(a=_with_article(phrase, noun), np=phrase, bg=pick("background"), length=pick("length"))
+    return template.format(a=_with_article(phrase, noun), bg=pick("background"), length=pick("length"))
 
 
 def make_captions(label: str, attrs: dict[str, str], rng: np.random.Generator) -> list[str]:
@@ -368,11 +368,14 @@ class DemoRecipe(Recipe):
     def load(self, item: DemoItem, sample_rate: int) -> Sample:
         """Synthesise the clip directly at the build's sample rate (no resampling)."""
         audio = synthesise(item, sample_rate, self.config.seed)
-        attrs = dict(item.attributes)
-        rng = np.random.default_rng([self.config.seed, _SPLIT_CODES[item.split], DEMO_CLASSES.index(item.label), item.index, 2])
-        meta: dict[str, Any] = {"text": make_captions(item.label, attrs, rng), "labels": [item.label], **attrs,
+        meta: dict[str, Any] = {"text": self.captions(item), "labels": [item.label], **dict(item.attributes),
                                 "license": "CC0-1.0"}
         return Sample(item.stable_id, audio, sample_rate, meta)
+
+    def captions(self, item: DemoItem) -> list[str]:
+        """Return the item's 2-3 captions (deterministic, independent of the sample rate)."""
+        rng = np.random.default_rng([self.config.seed, _SPLIT_CODES[item.split], DEMO_CLASSES.index(item.label), item.index, 2])
+        return make_captions(item.label, dict(item.attributes), rng)
 
     def estimate_bytes(self, item: DemoItem, sample_rate: int) -> int:
         """Upper bound: 16-bit PCM of the clip plus 2 KiB of tar headers and json."""

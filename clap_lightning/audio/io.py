@@ -20,6 +20,10 @@ def read_clip(data: bytes, num_samples: Optional[int], rng: Optional[np.random.G
 
     Returns:
         (mono float32 audio [T], sample rate, total frames in the file).
+
+    Raises:
+        ValueError: the file holds fewer frames than its header states (truncated).
+        soundfile.LibsndfileError: the bytes are not decodable audio.
     """
     with sf.SoundFile(io.BytesIO(data)) as f:
         total = f.frames
@@ -30,7 +34,11 @@ def read_clip(data: bytes, num_samples: Optional[int], rng: Optional[np.random.G
             f.seek(start)
         audio = f.read(frames=-1 if num_samples is None else num_samples, dtype="float32", always_2d=True)
         rate = f.samplerate
-    return audio.mean(axis=1), rate, total
+    expected = total - start if num_samples is None else min(num_samples, total - start)
+    if len(audio) < expected:  # the header promised more frames than the data holds: a truncated file
+        raise ValueError(f"truncated audio: read {len(audio)} of {expected} frames")
+    mono = audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1)  # mean() of one channel is a slow copy
+    return mono, rate, total
 
 
 def fit_length(audio: torch.Tensor, num_samples: int, pad_mode: str) -> tuple[torch.Tensor, int]:

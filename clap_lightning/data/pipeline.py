@@ -1,6 +1,10 @@
-"""WebDataset pipelines: shards -> decoded, cropped clips with captions -> tokenized batches.
+"""Shards -> decoded, cropped clips with captions -> tokenized batches, inside loader workers.
 
-Every per-sample step is a small picklable class so it runs inside loader workers.
+`ClapStream` is the IterableDataset every loader worker runs: it reads raw samples
+(`data/stream.py`), decodes them with `ClipDecoder`, batches them with `Collate` and tags
+each training batch with where it ended in the stream, so the DataModule can checkpoint
+the position and a resumed run can skip what it already saw. Every per-sample step is a
+small picklable class.
 """
 
 from __future__ import annotations
@@ -8,27 +12,33 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from clap_lightning.audio.io import Resampler, fit_length, read_clip
+from clap_lightning.data.stream import FailureGuard, mixed_stream, single_pass
+from clap_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = ("flac", "wav", "ogg", "mp3")
+MAX_REPORTED_KEYS = 5  # bad samples named in a warning, per reason and worker
 
 
 class ClipDecoder:
-    """Turn a raw tar sample into {audio [T], length, texts, key, meta}, or None when it is bad.
+    """Turn a raw tar sample into {audio [T], length, texts, caption, key, meta}, or None when it is bad.
+
+    Bad samples are counted in `skipped` by reason: missing_json, bad_json, empty_text,
+    missing_audio, bad_audio (corrupt or truncated), empty_audio, nan_audio.
 
     Args:
-        sample_rate: model rate; clips at another rate are resampled.
+        sample_rate: model rate; clips at another rate are resampled (after the crop).
         clip_samples: samples per clip at `sample_rate`.
         pad_mode: "repeat" or "zero" for short clips.
-        is_train: random crop (train) or a crop from the start (evaluation, deterministic).
+        is_train: random crop and caption (train) or the start and the first caption (evaluation).
     """
 
     def __init__(self, sample_rate: int, clip_samples: int, pad_mode: str, is_train: bool) -> None:
@@ -38,66 +48,65 @@ class ClipDecoder:
         self.is_train = is_train
         self.skipped: Counter = Counter()
         self._resampler: Optional[Resampler] = None
-        self._rng: Optional[np.random.Generator] = None
 
     def _skip(self, reason: str, key: str) -> None:
         self.skipped[reason] += 1
-        if sum(self.skipped.values()) <= 5:
+        if self.skipped[reason] <= MAX_REPORTED_KEYS:
             log.warning("skipping sample %s: %s", key, reason)
 
-    def __call__(self, sample: dict[str, Any]) -> Optional[dict[str, Any]]:
+    def __call__(self, sample: dict[str, Any], rng: Optional[np.random.Generator] = None) -> Optional[dict[str, Any]]:
+        """Decode one sample; `rng` draws the training crop and caption (a fresh one per worker if None)."""
         if self._resampler is None:  # built lazily, once per worker process
             self._resampler = Resampler(self.sample_rate)
-            self._rng = np.random.default_rng(torch.initial_seed() % 2**63) if self.is_train else None
+        if self.is_train and rng is None:
+            rng = np.random.default_rng(torch.initial_seed() % 2**63 + int(self.skipped.total()))
         key = sample.get("__key__", "?")
+        if "json" not in sample:
+            return self._skip("missing_json", key)
         try:
             meta = json.loads(sample["json"])
-        except (KeyError, ValueError):
+            texts = [t for t in meta.get("text") or [] if isinstance(t, str) and t.strip()]
+        except (ValueError, AttributeError, TypeError):  # not json, or not an object with a list
             return self._skip("bad_json", key)
-        texts = [t for t in meta.get("text") or [] if isinstance(t, str) and t.strip()]
         if not texts:
             return self._skip("empty_text", key)
         data = next((sample[ext] for ext in AUDIO_EXTENSIONS if ext in sample), None)
         if data is None:
             return self._skip("missing_audio", key)
+        if len(data) == 0:
+            return self._skip("empty_audio", key)
+        rate = meta.get("sample_rate")
         try:
-            audio, rate, _ = read_clip(data, self._frames_at(meta.get("sample_rate")), self._rng)
-        except (RuntimeError, ValueError, EOFError):  # soundfile raises LibsndfileError (a RuntimeError)
+            audio, rate, _ = read_clip(data, self._frames_at(rate if isinstance(rate, int) else None),
+                                       rng if self.is_train else None)
+        except (RuntimeError, ValueError, EOFError, TypeError):  # soundfile raises LibsndfileError (a RuntimeError)
             return self._skip("bad_audio", key)
-        if audio.size == 0 or not np.isfinite(audio).all():
-            return self._skip("empty_or_nan_audio", key)
+        if audio.size == 0:
+            return self._skip("empty_audio", key)
+        if not np.isfinite(audio).all():
+            return self._skip("nan_audio", key)
         clip, length = fit_length(self._resampler(torch.from_numpy(audio), rate), self.clip_samples, self.pad_mode)
-        return {"audio": clip, "length": length, "texts": texts, "key": key, "meta": meta}
+        caption = texts[int(rng.integers(len(texts)))] if self.is_train else texts[0]
+        return {"audio": clip, "length": length, "texts": texts, "caption": caption, "key": key, "meta": meta,
+                "source_index": sample.get("__source__", 0)}
 
     def _frames_at(self, rate: Optional[int]) -> Optional[int]:
         """Frames to read at the file's rate; read everything when the json does not state it."""
-        if not rate:
+        if not rate or rate <= 0:
             return None
         return -(-self.clip_samples * int(rate) // self.sample_rate) + 1
 
 
-def drop_none(samples: Iterator[Optional[dict]]) -> Iterator[dict]:
-    for sample in samples:
-        if sample is not None:
-            yield sample
-
-
 class Collate:
-    """Stack clips and tokenize one caption per clip (random in training, the first otherwise)."""
+    """Stack clips and tokenize one caption per clip, padded per batch."""
 
     def __init__(self, tokenizer, is_train: bool, label_field: str = "labels") -> None:
         self.tokenizer = tokenizer
         self.is_train = is_train
         self.label_field = label_field
-        self._rng: Optional[np.random.Generator] = None
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        if self.is_train and self._rng is None:
-            self._rng = np.random.default_rng(torch.initial_seed() % 2**63 + 1)
-        if self.is_train:
-            captions = [s["texts"][int(self._rng.integers(len(s["texts"])))] for s in samples]
-        else:
-            captions = [s["texts"][0] for s in samples]
+        captions = [s.get("caption") or s["texts"][0] for s in samples]
         tokens = self.tokenizer(captions)
         return {
             "audio": torch.stack([s["audio"] for s in samples]),  # [B, T]
@@ -106,34 +115,117 @@ class Collate:
             "attention_mask": tokens["attention_mask"],  # [B, L]
             "key": [s["key"] for s in samples],
             "source": [s["meta"].get("source", "") for s in samples],
+            "source_index": [s.get("source_index", 0) for s in samples],
             "labels": [list(s["meta"].get(self.label_field) or []) for s in samples],
             "captions": captions,
         }
 
 
-def build_pipeline(
-    urls: list[str],
-    decoder: ClipDecoder,
-    collate: Collate,
-    batch_size: int,
-    is_train: bool,
-    shuffle_buffer: int = 0,
-    batches_per_worker: int = 0,
-) -> wds.DataPipeline:
-    """The shard-reading pipeline.
+class ClapStream(IterableDataset):
+    """Batches for one rank; each loader worker runs its own copy.
 
-    Training resamples shards forever and is cut into epochs of `batches_per_worker`, so every
-    rank and worker yields the same number of equal-size batches (DDP needs both). Evaluation
-    reads each shard once, split by node then by worker, and keeps the last partial batch.
+    Training draws from `sources` (lists of shard URLs) in proportion to `weights`, resampling
+    shards, with a stream seeded by (seed, epoch, rank, worker); every worker yields exactly
+    `batches_per_worker` full batches per epoch. The epoch advances with every `iter()` in
+    the worker (workers must be persistent). `resume` = {"epoch", "workers": [[batches,
+    position], ...]} makes the worker skip, in that epoch, the first `position` raw samples
+    of its stream without decoding them, and yield only its remaining batches.
+
+    Evaluation reads every shard once, split by rank then by worker, keeping the last partial batch.
     """
-    if is_train:
-        stages = [wds.ResampledShards(urls), wds.tarfile_to_samples(handler=wds.warn_and_continue),
-                  wds.shuffle(shuffle_buffer)]
-    else:
-        stages = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker,
-                  wds.tarfile_to_samples(handler=wds.warn_and_continue)]
-    stages += [wds.map(decoder), drop_none, wds.batched(batch_size, collation_fn=collate, partial=not is_train)]
-    pipeline = wds.DataPipeline(*stages)
-    if is_train:
-        pipeline = pipeline.with_epoch(batches_per_worker)
-    return pipeline
+
+    def __init__(self, sources: Sequence[Sequence[str]], decoder: ClipDecoder, collate: Collate, batch_size: int, *,
+                 is_train: bool, weights: Optional[Sequence[float]] = None, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, shuffle_buffer: int = 0, batches_per_worker: int = 0, num_workers: int = 0,
+                 start_epoch: int = 0, resume: Optional[dict] = None, name: str = "the shards") -> None:
+        self.sources = [list(urls) for urls in sources]
+        self.weights = list(weights) if weights is not None else [1.0] * len(self.sources)
+        self.decoder, self.collate, self.batch_size = decoder, collate, batch_size
+        self.is_train, self.seed, self.rank, self.world_size = is_train, seed, rank, world_size
+        self.shuffle_buffer, self.batches_per_worker = shuffle_buffer, batches_per_worker
+        self.num_workers, self.epoch, self.resume, self.name = max(1, num_workers), start_epoch, resume, name
+
+    def __len__(self) -> int:
+        if not self.is_train:
+            raise TypeError("an evaluation stream has no length known in advance")
+        return self.batches_per_worker * self.num_workers
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if self.is_train:
+            self.epoch += 1
+            return self._train_batches(self.epoch - 1, worker)
+        urls = [u for urls in self.sources for u in urls][self.rank::self.world_size][worker::workers]
+        return self._eval_batches(urls)
+
+    def _train_batches(self, epoch: int, worker: int) -> Iterator[dict[str, Any]]:
+        done, start = 0, 0
+        if self.resume is not None and self.resume["epoch"] == epoch and worker < len(self.resume["workers"]):
+            done, start = self.resume["workers"][worker]
+        seed = (self.seed, epoch, self.rank, worker)
+        skipped = self.decoder.skipped
+        guard = FailureGuard(self.name)
+        reported, samples = Counter(skipped), []
+        if done >= self.batches_per_worker:
+            return
+        for position, raw in mixed_stream(self.sources, self.weights, seed, self.shuffle_buffer, skipped, guard):
+            if position < start:  # fast-forward on resume: seen before the checkpoint, not decoded again
+                continue
+            sample = self.decoder(raw, np.random.default_rng([*seed, position]))
+            if sample is None:
+                guard.fail(skipped)
+                continue
+            guard.ok()
+            samples.append(sample)
+            if len(samples) == self.batch_size:
+                done += 1
+                batch = self.collate(samples)
+                batch["stream"] = {"epoch": epoch, "worker": worker, "batches": done, "position": position + 1}
+                batch["skipped"], reported, samples = dict(skipped - reported), Counter(skipped), []
+                yield batch
+                if done >= self.batches_per_worker:
+                    return
+
+    def _eval_batches(self, urls: list[str]) -> Iterator[dict[str, Any]]:
+        skipped = self.decoder.skipped
+        reported, samples = Counter(skipped), []
+        for raw in single_pass(urls, skipped):
+            sample = self.decoder(raw)
+            if sample is not None:
+                samples.append(sample)
+            if len(samples) == self.batch_size:
+                batch = self.collate(samples)
+                batch["skipped"], reported, samples = dict(skipped - reported), Counter(skipped), []
+                yield batch
+        if samples:
+            batch = self.collate(samples)
+            batch["skipped"] = dict(skipped - reported)
+            yield batch
+
+
+class ClapLoader(DataLoader):
+    """A DataLoader over a `ClapStream` that turns an empty pass into a one-line DataError.
+
+    A DataError raised inside a worker comes back wrapped in a traceback; it is re-raised
+    here with its own message only.
+    """
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        count = 0
+        try:
+            for batch in super().__iter__():
+                count += 1
+                yield batch
+        except DataError as err:
+            raise DataError(_own_message(str(err))) from None
+        stream = self.dataset
+        if count == 0 and (not stream.is_train or stream.resume is None):
+            raise DataError(f"no valid sample in {stream.name}: every sample or shard was skipped")
+
+
+def _own_message(text: str) -> str:
+    """The original message of an exception re-raised from a loader worker."""
+    marker = "DataError: "
+    last = text.strip().splitlines()[-1] if text.strip() else text
+    return last.split(marker, 1)[1] if marker in last else last

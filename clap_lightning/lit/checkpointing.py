@@ -101,9 +101,12 @@ def training_plugins() -> list:
 
 
 def is_complete_checkpoint(path: Path) -> bool:
-    """True for a finished `torch.save` file (zip with its end record) or a DeepSpeed checkpoint directory."""
+    """True for a finished `torch.save` file (a zip with its end record) or DeepSpeed checkpoint directory.
+
+    DeepSpeed writes a checkpoint directory's `latest` tag file after every shard is saved.
+    """
     if path.is_dir():
-        return any(path.iterdir())
+        return (path / "latest").is_file()
     try:
         return path.stat().st_size > 0 and zipfile.is_zipfile(path)
     except OSError:

@@ -2,24 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import hashlib
+import json
+import logging
+from collections import Counter
+from typing import Any, Optional
 
 import lightning as L
 import torch
-import webdataset as wds
 
 from clap_lightning.config import ExperimentConfig, local_batch_size
-from clap_lightning.data.pipeline import ClipDecoder, Collate, build_pipeline
+from clap_lightning.data.pipeline import ClapLoader, ClapStream, ClipDecoder, Collate
 from clap_lightning.data.sources import resolve_shards
+from clap_lightning.encoders.registry import build_caption_tokenizer
 from clap_lightning.errors import DataError
 from clap_lightning.models.clap import split_name
-from clap_lightning.encoders.registry import build_caption_tokenizer
+
+log = logging.getLogger(__name__)
+STATE_VERSION = 1  # bumped when the layout of `state_dict()` changes
 
 
 class ClapDataModule(L.LightningDataModule):
-    """Reads shards lazily: nothing is opened before `setup()`.
+    """Reads shards lazily: nothing is opened before the loaders are requested.
 
+    Training mixes `data.train_sources` (or the single `data.train`) in proportion to their
+    weights, resampling shards; an epoch is `data.epoch_samples` samples (default: the
+    manifests' total), cut into the same number of full batches on every rank and worker.
+    Validation and test read every shard exactly once, split by rank then by worker.
     The per-device batch is derived from `data.global_batch_size` (see `local_batch_size`).
+
+    Resume guarantee. The training stream of worker w on rank r in epoch e is a pure function
+    of (data.seed, e, r, w) and the shard lists; each training batch carries the stream
+    position where it ended, and `state_dict()` (saved by Lightning in every checkpoint)
+    holds, per rank and worker, the batches consumed by training steps and that position.
+    A run resumed from a mid-epoch checkpoint regenerates each worker's stream, skips the
+    consumed raw samples without decoding them, and yields only the remaining batches, so
+    over that epoch every batch is trained on exactly once, with the same samples, crops
+    and captions as an uninterrupted run (only the interleaving of the workers' batches in
+    the resumed epoch may differ). This holds when world size, workers per rank, per-device
+    batch, epoch length, seed, shuffle buffer and sources are unchanged; otherwise the
+    resumed run warns and starts the next epoch's stream instead (no prefix replay).
     """
 
     def __init__(self, config: ExperimentConfig) -> None:
@@ -27,37 +49,118 @@ class ClapDataModule(L.LightningDataModule):
         self.config = config
         self.batch_size = local_batch_size(config)
         self.tokenizer = None
+        self.skipped: Counter = Counter()  # bad samples dropped by training workers, this rank
+        self._progress: dict[str, Any] = {"epoch": None, "workers": {}}  # of batches consumed by training
+        self._fingerprint: Optional[str] = None
+        self._restored: Optional[dict] = None
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.tokenizer is None:
             self.tokenizer = build_caption_tokenizer(*split_name(self.config.model.text_encoder))
 
-    def _loader(self, spec: str, is_train: bool) -> wds.WebLoader:
-        data, model = self.config.data, self.config.model
-        source = resolve_shards(spec)
-        batch_size = self.batch_size if is_train else data.eval_batch_size
-        workers = max(1, min(data.num_workers, len(source.urls))) if data.num_workers else 0
-        batches_per_worker = 0
-        if is_train:
-            world = self.trainer.world_size if self.trainer is not None else 1
-            epoch_samples = data.epoch_samples or source.num_samples
-            if not epoch_samples:
-                raise DataError(f"data.epoch_samples is 0 and {spec} has no manifest to count samples from")
-            batches_per_worker = max(1, epoch_samples // (batch_size * world * max(1, workers)))
-        decoder = ClipDecoder(model.sample_rate, model.clip_samples, data.pad_mode, is_train)
-        collate = Collate(self.tokenizer, is_train, self.config.zeroshot.label_field)
-        pipeline = build_pipeline(source.urls, decoder, collate, batch_size, is_train,
-                                  data.shuffle_buffer, batches_per_worker)
-        return wds.WebLoader(pipeline, batch_size=None, num_workers=workers,
-                             persistent_workers=is_train and workers > 0,
-                             pin_memory=torch.cuda.is_available())
+    def _rank_world(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
 
-    def train_dataloader(self) -> wds.WebLoader:
-        return self._loader(self.config.data.train, is_train=True)
+    def _decoder_collate(self, is_train: bool) -> tuple[ClipDecoder, Collate]:
+        model = self.config.model
+        decoder = ClipDecoder(model.sample_rate, model.clip_samples, self.config.data.pad_mode, is_train)
+        return decoder, Collate(self.tokenizer, is_train, self.config.zeroshot.label_field)
 
-    def val_dataloader(self) -> wds.WebLoader | list:
+    def _make_loader(self, stream: ClapStream, workers: int, persistent: bool) -> ClapLoader:
+        return ClapLoader(stream, batch_size=None, num_workers=workers, persistent_workers=persistent and workers > 0,
+                          pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> ClapLoader:
+        data = self.config.data
+        rank, world = self._rank_world()
+        sources = [(resolve_shards(s.shards), s.weight) for s in data.training_sources()]
+        counts = [source.num_samples for source, _ in sources]
+        epoch_samples = data.epoch_samples or (sum(counts) if None not in counts else 0)
+        if not epoch_samples:
+            raise DataError("data.epoch_samples is 0 and the train shards have no manifest to count samples from")
+        workers = data.num_workers
+        batches_per_worker = max(1, epoch_samples // (self.batch_size * world * max(1, workers)))
+        urls = [source.urls for source, _ in sources]
+        weights = [weight for _, weight in sources]
+        self._fingerprint = _fingerprint(urls, weights, world, workers, self.batch_size, batches_per_worker,
+                                         data.seed, data.shuffle_buffer)
+        start_epoch, resume = self._resume_point(rank, workers, batches_per_worker)
+        decoder, collate = self._decoder_collate(is_train=True)
+        stream = ClapStream(urls, decoder, collate, self.batch_size, is_train=True, weights=weights, seed=data.seed,
+                            rank=rank, world_size=world, shuffle_buffer=data.shuffle_buffer,
+                            batches_per_worker=batches_per_worker, num_workers=workers, start_epoch=start_epoch,
+                            resume=resume, name=" + ".join(s.shards for s in data.training_sources()))
+        # Persistent workers keep their stream's epoch counter (and resampler) between epochs.
+        return self._make_loader(stream, workers, persistent=True)
+
+    def _resume_point(self, rank: int, workers: int, batches_per_worker: int) -> tuple[int, Optional[dict]]:
+        """(first epoch, resume positions) from a restored state, or from the trainer's epoch."""
+        state, self._restored = self._restored, None
+        if not state or state.get("epoch") is None:
+            return (self.trainer.current_epoch if self.trainer is not None else 0), None
+        epoch = state["epoch"]
+        if state.get("fingerprint") != self._fingerprint or rank >= len(state["ranks"]):
+            log.warning("the data settings differ from the checkpoint's; resuming with the stream of epoch %d "
+                        "instead of fast-forwarding epoch %d", epoch + 1, epoch)
+            return epoch + 1, None
+        consumed = [list(state["ranks"][rank].get(w, (0, 0))) for w in range(max(1, workers))]
+        if all(batches >= batches_per_worker for batches, _ in consumed):
+            return epoch + 1, None  # the checkpoint closed the epoch
+        return epoch, {"epoch": epoch, "workers": consumed}
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Record how far training has consumed each worker's stream; total the skipped samples."""
+        if isinstance(batch, dict) and "stream" in batch:
+            where = batch.pop("stream")
+            if where["epoch"] != self._progress["epoch"]:
+                self._progress = {"epoch": where["epoch"], "workers": {}}
+            self._progress["workers"][where["worker"]] = (where["batches"], where["position"])
+            self.skipped.update(batch.get("skipped", {}))
+            batch["skipped"] = dict(self.skipped)  # running totals, logged as data/skipped_<reason>
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Per rank and worker: (batches consumed, stream position) in the current epoch.
+
+        Lightning calls this on every rank while saving a checkpoint, so the ranks' positions
+        are gathered here; only rank 0 writes the file.
+        """
+        ranks = [self._progress["workers"]]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            ranks = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(ranks, self._progress["workers"])
+        return {"version": STATE_VERSION, "epoch": self._progress["epoch"], "ranks": ranks,
+                "fingerprint": self._fingerprint, "skipped": dict(self.skipped)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("version") != STATE_VERSION:
+            log.warning("ignoring data-loader state of version %s (expected %s)", state_dict.get("version"),
+                        STATE_VERSION)
+            return
+        self._restored = state_dict
+        rank, _ = self._rank_world()
+        ranks = state_dict["ranks"]
+        self._progress = {"epoch": state_dict["epoch"], "workers": dict(ranks[rank] if rank < len(ranks) else {})}
+        self.skipped = Counter(state_dict.get("skipped", {}))
+
+    def _eval_loader(self, spec: str) -> ClapLoader:
+        data = self.config.data
+        rank, world = self._rank_world()
+        urls = resolve_shards(spec).urls
+        workers = min(data.num_workers, max(1, len(urls[rank::world])))
+        decoder, collate = self._decoder_collate(is_train=False)
+        stream = ClapStream([urls], decoder, collate, data.eval_batch_size, is_train=False, rank=rank,
+                            world_size=world, name=spec)
+        return self._make_loader(stream, workers, persistent=False)
+
+    def val_dataloader(self) -> ClapLoader | list:
         # No validation shards configured: an empty list tells Lightning to skip validation.
-        return self._loader(self.config.data.val, is_train=False) if self.config.data.val else []
+        return self._eval_loader(self.config.data.val) if self.config.data.val else []
 
-    def test_dataloader(self) -> wds.WebLoader:
-        return self._loader(self.config.data.test, is_train=False)
+    def test_dataloader(self) -> ClapLoader:
+        return self._eval_loader(self.config.data.test)
+
+
+def _fingerprint(*parts: Any) -> str:
+    """A short hash of everything that shapes the training streams."""
+    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]

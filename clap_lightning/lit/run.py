@@ -17,25 +17,36 @@ from clap_lightning.errors import CheckpointError
 from clap_lightning.lit.checkpointing import AttemptRecord, resolve_ckpt_path, training_plugins
 from clap_lightning.lit.datamodule import ClapDataModule
 from clap_lightning.lit.pretraining import ClapPretraining
+from clap_lightning.lit.strategies import build_strategy
 
 
 def build_trainer(config: ExperimentConfig) -> L.Trainer:
     """A Trainer writing checkpoints, CSV logs and the resolved config under `config.run_dir`."""
     t = config.trainer
     run_dir = Path(config.run_dir)
+    # Saved at every epoch end (which max_steps also triggers) and every N steps when configured.
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=1,
+                                 save_on_train_epoch_end=True,
                                  every_n_train_steps=t.checkpoint_every_n_steps or None)
+    # GradCache accumulates and clips inside one manually optimised step (ClapPretraining._gradcache_step).
+    is_gradcache = config.objective.accumulation == "gradcache"
     return L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(config),
         precision=t.precision, max_steps=t.max_steps, max_epochs=t.max_epochs if t.max_steps < 0 else None,
-        accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=t.gradient_clip_val,
-        log_every_n_steps=t.log_every_n_steps, val_check_interval=t.val_check_interval,
+        accumulate_grad_batches=1 if is_gradcache else t.accumulate_grad_batches,
+        gradient_clip_val=None if is_gradcache else t.gradient_clip_val,
+        log_every_n_steps=t.log_every_n_steps, val_check_interval=val_check_interval(t.val_check_interval),
         limit_val_batches=t.limit_val_batches, enable_progress_bar=t.enable_progress_bar,
         default_root_dir=str(run_dir), callbacks=[checkpoint, AttemptRecord()],
         plugins=training_plugins(),  # atomic checkpoint writes; SLURM auto-requeue inside srun
-        logger=CSVLogger(str(run_dir), name="logs", version=""),
+        logger=CSVLogger(str(run_dir), name="logs"),  # logs/version_N: a resumed run never overwrites
         num_sanity_val_steps=0,
     )
+
+
+def val_check_interval(value: Optional[float]) -> Optional[float | int]:
+    """Lightning reads a float as a fraction of an epoch and an int as a number of steps."""
+    return int(value) if value is not None and value > 1 else value
 
 
 @rank_zero_only
@@ -47,7 +58,7 @@ def run_stage(stage: str, config: ExperimentConfig, ckpt_path: Optional[str] = N
     """Run `fit`, `validate` or `test`; the same checks happen before any data is read."""
     local_batch_size(config)  # refuse a global batch that does not divide, before anything starts
     ckpt_path = resolve_ckpt_path(ckpt_path, config.run_dir, stage)  # "auto": newest complete checkpoint
-    if ckpt_path and ckpt_path != "last" and not Path(ckpt_path).is_file():
+    if ckpt_path and ckpt_path != "last" and not Path(ckpt_path).exists():  # DeepSpeed's is a directory
         raise CheckpointError(f"checkpoint not found: {ckpt_path}")
     for spec in stage_shards(stage, config):
         resolve_shards(spec)  # a missing or empty shard directory fails now, not inside the loop
@@ -65,7 +76,7 @@ def run_stage(stage: str, config: ExperimentConfig, ckpt_path: Optional[str] = N
 def stage_shards(stage: str, config: ExperimentConfig) -> list[str]:
     """The shard specifications a stage reads (validation during fit only when configured)."""
     data = config.data
-    return {"fit": [data.train] + ([data.val] if data.val else []), "validate": [data.val],
+    return {"fit": [s.shards for s in data.training_sources()] + ([data.val] if data.val else []), "validate": [data.val],
             "test": [data.test]}[stage]
 
 

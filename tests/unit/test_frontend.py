@@ -47,7 +47,9 @@ def test_slaney_scale_anchor_points():
     np.testing.assert_allclose(mel_to_hz(hz_to_mel(freqs)), freqs, rtol=1e-12, atol=1e-9)
 
 
-@pytest.mark.parametrize("sample_rate,n_fft,n_mels,fmin,fmax", [(16000, 512, 10, 0.0, 8000.0), (32000, 1024, 64, 50.0, 14000.0)])
+@pytest.mark.parametrize(
+    "sample_rate,n_fft,n_mels,fmin,fmax", [(16000, 512, 10, 0.0, 8000.0), (32000, 1024, 64, 50.0, 14000.0)]
+)
 def test_mel_filters_match_closed_form(sample_rate, n_fft, n_mels, fmin, fmax):
     filters = compute_mel_filters(sample_rate, n_fft, n_mels, fmin, fmax)
     assert filters.shape == (n_fft // 2 + 1, n_mels) and filters.dtype == torch.float32

@@ -1,0 +1,134 @@
+"""CaptioningModule: trains the mapper (optionally GPT2) on cached CLAP embeddings; glue only.
+
+Nothing here is rank-specific: under DDP each rank reads its DistributedSampler share of
+the cache and gradients are averaged as usual (the captioning loss is a per-sample mean,
+so no cross-rank gather is needed, unlike the contrastive loss).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from clap_lightning.config import OptimConfig, TrainerConfig
+from clap_lightning.errors import CheckpointError, ConfigError
+from clap_lightning.eval.caption_metrics import compute_caption_metrics
+from clap_lightning.lit.caption_data import CaptionDataConfig, CaptionDataModule, read_embedding_cache
+from clap_lightning.lit.optim import build_optimizer
+from clap_lightning.models.captioner import Captioner, CaptionerConfig, caption_audio
+from clap_lightning.models.decoding import DecodingConfig
+
+
+@dataclass
+class CaptioningConfig:
+    """A captioning run: the captioner, its data (embedding caches), optimiser, trainer, decoding."""
+
+    name: str = "captioning"  # run name
+    seed: int = 0  # global seed
+    run_dir: str = "runs/${name}"  # checkpoints, logs and the resolved config go here
+    clap_checkpoint: str = ""  # the CLAP checkpoint whose audio embeddings the mapper reads (for inference)
+    captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
+    data: CaptionDataConfig = field(default_factory=CaptionDataConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-5, weight_decay=0.01, warmup_steps=500))
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)  # defaults for `caption` and evaluation
+
+
+def captioning_config_from(data: dict | CaptioningConfig | None = None, overrides: tuple[str, ...] = ()) -> CaptioningConfig:
+    """Validate a (nested dict) captioning config plus `key=value` overrides against the schema."""
+    if isinstance(data, CaptioningConfig):
+        data = OmegaConf.to_container(OmegaConf.structured(data))
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(CaptioningConfig), data or {},
+                                 OmegaConf.from_dotlist(list(overrides)))
+        OmegaConf.resolve(merged)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"bad captioning config key '{getattr(err, 'full_key', '?')}': "
+                          f"{str(getattr(err, 'msg', err)).splitlines()[0]}") from None
+
+
+def captioning_container(config: CaptioningConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+
+
+class CaptioningModule(L.LightningModule):
+    """Teacher-forced captioning loss on [prefix ; caption]; only trainable parameters are optimised.
+
+    The resolved config is the only hyperparameter, so `load_captioner(path)` rebuilds the model.
+    """
+
+    def __init__(self, config: CaptioningConfig | dict) -> None:
+        super().__init__()
+        config = config if isinstance(config, CaptioningConfig) else captioning_config_from(config)
+        self.save_hyperparameters({"config": captioning_container(config)})
+        self.config = config
+        self.captioner = Captioner(config.captioner)
+
+    def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        return self.captioner.compute_loss(batch["audio_emb"], batch["input_ids"], batch["attention_mask"])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["audio_emb"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["audio_emb"].shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        return build_optimizer(self.captioner, self.config.optim, int(total))
+
+
+def fit_captioning(config: CaptioningConfig, ckpt_path: Optional[str] = None) -> CaptioningModule:
+    """Train a captioner on the configured embedding caches with the configured Trainer."""
+    from clap_lightning.lit.run import build_trainer  # uses only `config.trainer` and `config.run_dir`
+
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    module = CaptioningModule(config)
+    datamodule = CaptionDataModule(config.data, module.captioner.tokenizer)
+    build_trainer(config).fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    return module
+
+
+def load_captioner(path: str | Path, map_location: str = "cpu") -> tuple[Captioner, CaptioningConfig]:
+    """Rebuild a `Captioner` from a `CaptioningModule` checkpoint, with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # truncated file, not a torch file, ...
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+    stored = checkpoint.get("hyper_parameters", {}).get("config") if isinstance(checkpoint, dict) else None
+    if not isinstance(stored, dict) or "captioner" not in stored:
+        raise CheckpointError(f"{path} is not a captioning checkpoint (no stored captioner config)")
+    config = captioning_config_from(stored)
+    captioner = Captioner(config.captioner)
+    state = {k[len("captioner."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("captioner.")}
+    try:
+        captioner.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not match its stored architecture: {str(err).splitlines()[0]}") from None
+    return captioner.eval(), config
+
+
+def evaluate_captioning(captioner: Captioner, cache_path: str | Path, decoding: Optional[DecodingConfig] = None,
+                        batch_size: int = 32) -> tuple[dict[str, float], list[str]]:
+    """Caption every clip of an embedding cache and score against its captions (one process).
+
+    Returns:
+        (BLEU/ROUGE-L/CIDEr-D scores, the generated captions in cache order).
+    """
+    cache = read_embedding_cache(cache_path)
+    captions = caption_audio(captioner, audio_emb=cache["audio_emb"], decoding=decoding, batch_size=batch_size)
+    return compute_caption_metrics(captions, cache["captions"]), captions

@@ -1,0 +1,162 @@
+"""ClapStream / ClapLoader: exactly-once evaluation, weighted mixing, bad samples, empty datasets."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clap_lightning.data.pipeline import ClapLoader, ClapStream, ClipDecoder, Collate
+from clap_lightning.data.stream import FailureGuard, mixed_stream, read_tar_samples
+from clap_lightning.errors import DataError
+from tests.shard_factory import bad_members, good_members, truncated_tar, write_good_shards, write_tar
+
+CLIP = 2000  # samples per clip at the model rate (8 kHz shards -> 16 kHz model rate: resampled)
+
+
+class FakeTokenizer:
+    """Picklable stand-in: one token per word, padded per batch."""
+
+    def __call__(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        lengths = [len(c.split()) for c in captions]
+        ids = torch.zeros(len(captions), max(lengths), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, n in enumerate(lengths):
+            ids[row, :n], mask[row, :n] = 1, 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+def make_stream(sources, batch_size=4, is_train=False, **kwargs) -> ClapStream:
+    decoder = ClipDecoder(sample_rate=16000, clip_samples=CLIP, pad_mode="zero", is_train=is_train)
+    return ClapStream(sources, decoder, Collate(FakeTokenizer(), is_train), batch_size, is_train=is_train, **kwargs)
+
+
+def keys_of(batches) -> list[str]:
+    return [key for batch in batches for key in batch["key"]]
+
+
+def test_eval_reads_every_sample_exactly_once_over_2_ranks_x_2_workers(tmp_path):
+    # 5 shards of unequal size over 2 ranks x 2 real worker processes: rank r takes shards r::2,
+    # worker w of it shards w::2 of those.
+    urls = write_good_shards(tmp_path, "a", n_shards=5, per_shard=3)
+    urls.append(str(write_tar(tmp_path / "b-000000.tar", [m for i in range(4) for m in good_members(f"b-{i}")])))
+    expected = [f"a-{s}-{i}" for s in range(5) for i in range(3)] + [f"b-{i}" for i in range(4)]
+    seen = []
+    for rank in range(2):
+        stream = make_stream([urls], batch_size=2, rank=rank, world_size=2)
+        seen += keys_of(ClapLoader(stream, batch_size=None, num_workers=2))
+    assert sorted(seen) == sorted(expected)  # none missing, none twice
+
+
+def test_weighted_mixing_matches_the_configured_proportions(tmp_path):
+    sources = [write_good_shards(tmp_path / "a", "a", 2, 5), write_good_shards(tmp_path / "b", "b", 3, 5),
+               write_good_shards(tmp_path / "c", "c", 1, 5)]
+    weights = [0.6, 0.3, 0.1]
+    draws = 3000
+    stream = mixed_stream(sources, weights, (0, 0, 0, 0), 0, Counter(), FailureGuard("test"))
+    counts = Counter(next(stream)[1]["__source__"] for _ in range(draws))
+    for index, weight in enumerate(weights):
+        # Each draw picks source i with probability w_i: a binomial count; allow 4 standard deviations.
+        tolerance = 4 * math.sqrt(draws * weight * (1 - weight))
+        assert abs(counts[index] - draws * weight) <= tolerance, (index, counts)
+    # The same through the full training stream (shuffle buffer, decode, batches): every source is used,
+    # and a stream is a pure function of its seed.
+    first = make_stream(sources, batch_size=8, is_train=True, weights=weights, shuffle_buffer=10,
+                        batches_per_worker=20)
+    batches = list(first)
+    assert len(batches) == 20 and all(len(b["key"]) == 8 for b in batches)
+    assert set(i for b in batches for i in b["source_index"]) == {0, 1, 2}
+    again = make_stream(sources, batch_size=8, is_train=True, weights=weights, shuffle_buffer=10,
+                        batches_per_worker=20)
+    assert keys_of(again) == keys_of(batches)
+    assert torch.equal(torch.cat([b["audio"] for b in batches]), torch.cat([b["audio"] for b in make_stream(
+        sources, batch_size=8, is_train=True, weights=weights, shuffle_buffer=10, batches_per_worker=20)]))
+
+
+def bad_dataset(tmp_path: Path) -> tuple[list[str], list[str]]:
+    """Shards holding every kind of bad input next to good samples; returns (urls, good keys)."""
+    members = good_members("good-0")
+    for kind in bad_members().values():
+        members += kind
+    members += good_members("good-1")
+    urls = [str(write_tar(tmp_path / "mixed.tar", members)),
+            str(truncated_tar(tmp_path / "cut.tar", ["good-2", "good-3", "lost-4"])),
+            str(tmp_path / "missing.tar"),  # cannot be opened
+            str(tmp_path / "not-a-tar.tar")]
+    Path(urls[-1]).write_bytes(b"this is not a tar file")
+    return urls, ["good-0", "good-1", "good-2", "good-3"]
+
+
+EXPECTED_SKIPS = {"bad_audio": 2, "missing_json": 1, "bad_json": 1, "empty_text": 1, "empty_audio": 1,
+                  "nan_audio": 1, "bad_tar": 1, "unreadable_shard": 2}
+
+
+def test_every_kind_of_bad_input_is_skipped_and_counted(tmp_path):
+    urls, good = bad_dataset(tmp_path)
+    batches = list(make_stream([urls], batch_size=3))
+    assert sorted(keys_of(batches)) == good
+    totals = Counter()
+    for batch in batches:
+        totals.update(batch["skipped"])
+    assert dict(totals) == EXPECTED_SKIPS
+    # Training: the resampled stream keeps going past every bad input; batches carry the increments.
+    stream = make_stream([urls], batch_size=3, is_train=True, batches_per_worker=6)
+    batches = list(stream)
+    assert len(batches) == 6 and set(keys_of(batches)) <= set(good)
+    totals = Counter()
+    for batch in batches:
+        totals.update(batch["skipped"])
+    assert set(totals) <= set(EXPECTED_SKIPS) and totals["nan_audio"] >= 1 and totals["unreadable_shard"] >= 1
+    assert totals == stream.decoder.skipped - Counter()  # nothing counted twice or lost (one process)
+
+
+def test_a_truncated_tar_keeps_the_samples_before_the_damage(tmp_path):
+    skipped = Counter()
+    keys = [s["__key__"] for s in read_tar_samples(str(truncated_tar(tmp_path / "t.tar", ["k0", "k1", "k2"])), skipped)]
+    assert keys == ["k0", "k1"] and skipped == {"bad_tar": 1}
+
+
+@pytest.mark.parametrize("is_train, workers", [(False, 0), (False, 2), (True, 1)])
+def test_a_dataset_with_nothing_valid_is_a_data_error(tmp_path, is_train, workers):
+    members = [m for kind in bad_members().values() for m in kind]
+    urls = [str(write_tar(tmp_path / "bad.tar", members)), str(tmp_path / "missing.tar")]
+    stream = make_stream([urls], is_train=is_train, batches_per_worker=2, num_workers=workers, name="bad shards")
+    loader = ClapLoader(stream, batch_size=None, num_workers=workers, persistent_workers=is_train and workers > 0)
+    with pytest.raises(DataError) as err:
+        list(loader)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("no valid sample in")
+    assert "bad shards" in message
+
+
+def test_resumed_training_stream_skips_what_was_consumed(tmp_path):
+    urls = write_good_shards(tmp_path, "a", 3, 6)
+    full = list(make_stream([urls], batch_size=4, is_train=True, shuffle_buffer=5, batches_per_worker=6))
+    where = full[2]["stream"]
+    assert where == {"epoch": 0, "worker": 0, "batches": 3, "position": where["position"]}
+    resumed = list(make_stream([urls], batch_size=4, is_train=True, shuffle_buffer=5, batches_per_worker=6,
+                               resume={"epoch": 0, "workers": [[3, where["position"]]]}))
+    assert len(resumed) == 3 and keys_of(resumed) == keys_of(full[3:])
+    assert torch.equal(torch.cat([b["audio"] for b in resumed]), torch.cat([b["audio"] for b in full[3:]]))
+    # Each iter() is the next epoch, with a different stream; the resume applies only to its epoch.
+    stream = make_stream([urls], batch_size=4, is_train=True, shuffle_buffer=5, batches_per_worker=6)
+    epoch0, epoch1 = list(stream), list(stream)
+    assert keys_of(epoch0) == keys_of(full) and keys_of(epoch1) != keys_of(full)
+    assert {b["stream"]["epoch"] for b in epoch1} == {1}
+
+
+def test_weighted_sources_config():
+    from clap_lightning.config import load_config
+    from clap_lightning.errors import ConfigError
+
+    config = load_config(None, ["data.train_sources=[{shards: a, weight: 0.7}, {shards: b}]"])
+    assert [(s.shards, s.weight) for s in config.data.training_sources()] == [("a", 0.7), ("b", 1.0)]
+    assert [(s.shards, s.weight) for s in load_config(None, ["data.train=x"]).data.training_sources()] == [("x", 1.0)]
+    with pytest.raises(ConfigError, match="either data.train or data.train_sources"):
+        load_config(None, ["data.train=x", "data.train_sources=[{shards: a}]"])
+    with pytest.raises(ConfigError, match=r"train_sources\[0\].weight must be > 0"):
+        load_config(None, ["data.train_sources=[{shards: a, weight: 0}]"])
