@@ -2,7 +2,7 @@
 # Build one corpus's shards as a SLURM job array of PARTS tasks, then merge them in a dependent job.
 #
 #   slurm/submit_shards.sh PARTS NAME OUT [data_recipes build options ...]
-#   e.g. slurm/submit_shards.sh 8 clotho data/shards --src /data/clotho --sample-rate 44100 --workers 8
+#   e.g. slurm/submit_shards.sh 8 clotho data/shards --src /data/clotho --sample-rate 44100
 #
 # Extra sbatch options for both jobs go in SBATCH_ARGS, e.g. SBATCH_ARGS="--partition=cpu --account=x".
 # Prints "<array job id> <merge job id>". The merge runs only if every task succeeds (afterok).
@@ -20,7 +20,7 @@ if ! [[ "$PARTS" =~ ^[1-9][0-9]*$ ]]; then
 fi
 HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck disable=SC2086  # SBATCH_ARGS is a list of options
-array_job=$(sbatch --parsable ${SBATCH_ARGS:-} --array="0-$(( PARTS - 1 ))" \
+array_job=$(sbatch --parsable ${SBATCH_ARGS:-} --array="0-$(( PARTS - 1 ))" --export="ALL,PARTS=${PARTS}" \
     "$HERE/build_shards.sbatch" "$NAME" "$OUT" "$@")
 array_job=${array_job%%;*}  # --parsable prints "id;cluster" on multi-cluster setups
 # shellcheck disable=SC2086

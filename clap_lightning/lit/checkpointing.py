@@ -1,4 +1,4 @@
-"""Checkpoints that survive preemption: atomic writes, the newest complete checkpoint, SLURM requeue.
+"""Checkpoints that survive preemption: atomic writes, and the newest complete checkpoint to resume from.
 
 Lightning 2.6 saves through `fabric.utilities.cloud_io._atomic_save`: the whole checkpoint is
 serialised into memory, written by fsspec to a temporary file made with `tempfile.mkstemp()`
@@ -8,29 +8,23 @@ truncated `last.ckpt` or `hpc_ckpt_N.ckpt` behind, and the in-memory copy double
 for large models. `AtomicCheckpointIO` streams to a temporary file *beside* the target,
 fsyncs and renames it, which is atomic on a local disk and on NFS/Lustre alike.
 
-On SLURM, Lightning's `SLURMEnvironment(auto_requeue=True)` saves `<run_dir>/hpc_ckpt_N.ckpt`
-when the job receives SIGUSR1 (`#SBATCH --signal=SIGUSR1@90`) and runs `scontrol requeue`.
-Lightning restores hpc checkpoints by itself only when `fit` gets no `ckpt_path`, and its
+A requeued SLURM job leaves `<run_dir>/hpc_ckpt_N.ckpt` (see `clap_lightning.lit.slurm`).
+Lightning restores those by itself only when `fit` gets no `ckpt_path`, and its
 `ckpt_path="last"` looks only at ModelCheckpoint files; `--ckpt_path auto` takes the newest
 complete file of both kinds (`find_resume_checkpoint`), so a requeue after a node failure
-does not fall back to an older hpc checkpoint.
+does not fall back to an older hpc checkpoint, nor a periodic save to an older hpc one.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import socket
-import time
 import uuid
 import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
-import lightning as L
 import torch
-from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from clap_lightning.errors import CheckpointError
@@ -86,20 +80,6 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def training_plugins() -> list:
-    """Trainer plugins: atomic checkpoint writes, plus SLURM auto-requeue inside an `srun` task.
-
-    Outside SLURM, and in interactive allocations (job name `bash` or `interactive`, where
-    Lightning launches its own processes), no cluster environment is forced. A Strategy
-    *instance* that carries its own `cluster_environment` or `checkpoint_io` conflicts with
-    these plugins (Lightning: "choose one").
-    """
-    plugins: list = [AtomicCheckpointIO()]
-    if SLURMEnvironment.detect():
-        plugins.append(SLURMEnvironment(auto_requeue=True))
-    return plugins
-
-
 def is_complete_checkpoint(path: Path) -> bool:
     """True for a finished `torch.save` file (a zip with its end record) or DeepSpeed checkpoint directory.
 
@@ -143,41 +123,3 @@ def resolve_ckpt_path(ckpt_path: Optional[str], run_dir: str | Path, stage: str)
         raise CheckpointError(f"--ckpt_path auto: no complete checkpoint in {run_dir}")
     log.info("--ckpt_path auto: %s", f"resuming from {found}" if found else f"no checkpoint in {run_dir}, starting fresh")
     return str(found) if found else None
-
-
-class AttemptRecord(L.Callback):
-    """Appends one JSON line per rank and attempt to `<run_dir>/attempts/rank-<R>.jsonl`.
-
-    Tells a cluster team which node ran which rank, under which cluster environment, which
-    restart (`SLURM_RESTART_COUNT`) it was, the step it started at, the checkpoint it resumed
-    from, and (at the end) the step reached and the contrastive batch it saw (`train/global_batch`).
-    """
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        env = trainer._accelerator_connector.cluster_environment
-        self._write(trainer, {
-            "event": "start", "time": round(time.time(), 3), "step": trainer.global_step,
-            "resumed_from": trainer.ckpt_path,
-            "cluster_environment": type(env).__name__, "host": socket.gethostname(),
-            "global_rank": trainer.global_rank, "local_rank": trainer.local_rank,
-            "node_rank": trainer.node_rank, "world_size": trainer.world_size,
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "slurm_procid": os.environ.get("SLURM_PROCID"),
-            "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
-        })
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metric = trainer.callback_metrics.get("train/global_batch")
-        datamodule = trainer.datamodule
-        self._write(trainer, {
-            "event": "end", "time": round(time.time(), 3), "step": trainer.global_step,
-            "global_rank": trainer.global_rank,
-            "global_batch": int(metric.item()) if metric is not None else None,
-            "local_batch": getattr(datamodule, "batch_size", None),
-        })
-
-    @staticmethod
-    def _write(trainer: L.Trainer, record: dict[str, Any]) -> None:
-        path = Path(trainer.default_root_dir) / "attempts" / f"rank-{trainer.global_rank}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")

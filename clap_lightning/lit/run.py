@@ -14,9 +14,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from clap_lightning.config import ExperimentConfig, local_batch_size, save_config
 from clap_lightning.data.sources import resolve_shards
 from clap_lightning.errors import CheckpointError
-from clap_lightning.lit.checkpointing import AttemptRecord, resolve_ckpt_path, training_plugins
+from clap_lightning.lit.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
 from clap_lightning.lit.datamodule import ClapDataModule
 from clap_lightning.lit.pretraining import ClapPretraining
+from clap_lightning.lit.slurm import cluster_callbacks, cluster_plugins
 from clap_lightning.lit.strategies import build_strategy
 
 
@@ -37,8 +38,8 @@ def build_trainer(config: ExperimentConfig) -> L.Trainer:
         gradient_clip_val=None if is_gradcache else t.gradient_clip_val,
         log_every_n_steps=t.log_every_n_steps, val_check_interval=val_check_interval(t.val_check_interval),
         limit_val_batches=t.limit_val_batches, enable_progress_bar=t.enable_progress_bar,
-        default_root_dir=str(run_dir), callbacks=[checkpoint, AttemptRecord()],
-        plugins=training_plugins(),  # atomic checkpoint writes; SLURM auto-requeue inside srun
+        default_root_dir=str(run_dir), callbacks=[checkpoint, *cluster_callbacks()],  # + requeue on SIGUSR1
+        plugins=[AtomicCheckpointIO(), *cluster_plugins()],  # atomic checkpoint writes; SLURM ranks
         logger=CSVLogger(str(run_dir), name="logs"),  # logs/version_N: a resumed run never overwrites
         num_sanity_val_steps=0,
     )

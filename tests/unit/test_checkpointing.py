@@ -1,4 +1,4 @@
-"""Atomic checkpoint writes, the newest complete checkpoint, and when SLURM requeue is switched on."""
+"""Atomic checkpoint writes and the newest complete checkpoint to resume from."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.trainer.connectors.checkpoint_connector import _CheckpointConnector
 
 from clap_lightning.errors import CheckpointError
 from clap_lightning.lit.checkpointing import (
     TMP_PREFIX, AtomicCheckpointIO, find_resume_checkpoint, is_complete_checkpoint, resolve_ckpt_path,
-    training_plugins,
 )
 
 
@@ -81,21 +79,3 @@ def test_auto_is_fresh_for_fit_and_an_error_for_evaluation(tmp_path):
         resolve_ckpt_path("auto", tmp_path, "test")
     hpc = write(tmp_path / "hpc_ckpt_3.ckpt", 9, 1000)
     assert resolve_ckpt_path("auto", tmp_path, "test") == str(hpc)
-
-
-def _slurm_env(monkeypatch, job_name: str) -> None:
-    for key, value in {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_PROCID": "0",
-                       "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_ID": "7",
-                       "SLURM_NODELIST": "node1", "SLURM_JOB_NAME": job_name}.items():
-        monkeypatch.setenv(key, value)
-
-
-def test_slurm_requeue_only_inside_an_srun_task(monkeypatch):
-    for key in [k for k in os.environ if k.startswith("SLURM_")]:
-        monkeypatch.delenv(key)
-    assert [type(p) for p in training_plugins()] == [AtomicCheckpointIO]
-    _slurm_env(monkeypatch, "interactive")  # `srun --pty bash` style allocation: Lightning launches processes
-    assert [type(p) for p in training_plugins()] == [AtomicCheckpointIO]
-    _slurm_env(monkeypatch, "clap-pretrain")
-    plugins = training_plugins()
-    assert isinstance(plugins[1], SLURMEnvironment) and plugins[1].auto_requeue
