@@ -1,4 +1,4 @@
-"""The `clap-lightning` command: fit | validate | test | zeroshot."""
+"""The `clap-lightning` command: fit | validate | test | zeroshot | caption | eval."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from clap_lightning.errors import ClapError
+from clap_lightning.eval.eval_cli import add_eval_arguments, eval_command
 
 log = logging.getLogger("clap_lightning")
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     from clap_lightning.eval.captioning_cli import add_caption_arguments
 
     add_caption_arguments(commands.add_parser("caption", help="caption audio files with a captioning checkpoint"))
+    add_eval_arguments(commands.add_parser("eval", help="score a checkpoint on registry tasks vs the paper"))
     return parser
 
 
@@ -78,7 +80,7 @@ def run_caption_command(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"fit": run_stage_command, "validate": run_stage_command, "test": run_stage_command,
-            "zeroshot": run_zeroshot_command, "caption": run_caption_command}
+            "zeroshot": run_zeroshot_command, "caption": run_caption_command, "eval": eval_command}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

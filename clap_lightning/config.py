@@ -127,6 +127,17 @@ class ZeroShotConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Registry tasks scored during pretraining validation (eval/callback.py)."""
+
+    tasks: str = ""  # comma-separated task names or a group, e.g. "demo" or "esc50,clotho" ("" = none)
+    data: str = ""  # root holding <source>/<split>/ shard folders of those tasks
+    every_n_val: int = 1  # run the tasks at every N-th validation
+    batch_size: int = 64  # clips per forward pass
+    ensemble_prompts: bool = False  # average every prompt template of a task (else the first)
+
+
+@dataclass
 class ExperimentConfig:
     """A whole run."""
 
@@ -139,6 +150,7 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def _first_line(err: OmegaConfBaseException) -> str:

@@ -70,6 +70,12 @@ class Recipe:
         """Load (or synthesise) one item; `sample_rate` is the build's target rate, a hint."""
         raise NotImplementedError
 
+    def match_ids(self, item: Any) -> tuple[str, ...]:
+        """Return the ids `--exclude` compares with this item: its stable id first, then
+        cross-corpus ids such as "freesound:1234" or "youtube:<ytid>" (cheap, from `items`)."""
+        stable_id = getattr(item, "stable_id", None)
+        return (stable_id,) if isinstance(stable_id, str) else ()
+
     def estimate_bytes(self, item: Any, sample_rate: int) -> int | None:
         """Return an upper-bound estimate of the item's encoded size, or None when unknown.
 
@@ -101,6 +107,27 @@ def register_recipe(cls: type[Recipe]) -> type[Recipe]:
 def _import_builtin_recipes() -> None:
     # Importing the modules runs their @register_recipe decorators; add new recipes here.
     from data_recipes import demo  # noqa: F401
+    from data_recipes import generic  # noqa: F401
+    from data_recipes import wavcaps  # noqa: F401
+    from data_recipes import audioset  # noqa: F401
+    from data_recipes import fsd50k  # noqa: F401
+    from data_recipes import clotho  # noqa: F401
+    from data_recipes import audiocaps  # noqa: F401
+    from data_recipes import macs  # noqa: F401
+    from data_recipes import wavtext5k  # noqa: F401
+    from data_recipes import sounddescs  # noqa: F401
+    from data_recipes import nsynth  # noqa: F401
+    from data_recipes import fma  # noqa: F401
+    from data_recipes import cmu_mosi  # noqa: F401
+    from data_recipes import meld  # noqa: F401
+    from data_recipes import iemocap  # noqa: F401
+    from data_recipes import cmu_mosei  # noqa: F401
+    from data_recipes import msp_podcast  # noqa: F401
+    from data_recipes import cochlscene  # noqa: F401
+    from data_recipes import ljspeech  # noqa: F401
+    from data_recipes import epic_sounds  # noqa: F401
+    from data_recipes import kinetics  # noqa: F401
+    from data_recipes import findsounds  # noqa: F401
 
 
 def recipe_names() -> list[str]:

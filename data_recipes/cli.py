@@ -1,4 +1,4 @@
-"""`python -m data_recipes`: list corpora, build shards, merge `--part` manifests."""
+"""`python -m data_recipes`: list corpora, build shards, merge `--part` manifests, validate, stats."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import logging
 import sys
 from typing import Any, Sequence
 
-from data_recipes import base, writer
+from pathlib import Path
+
+from data_recipes import base, checks, leakage, writer
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,18 +44,48 @@ def cmd_build(args: argparse.Namespace) -> None:
         workers=args.workers,
         part=writer.parse_part(args.part) if args.part else None,
         show_progress=not args.no_progress,
+        exclude=leakage.read_exclude_file(args.exclude) if args.exclude else frozenset(),
     )
     manifests = writer.build_corpus(recipe, args.out, args.src, args.split, config)
     for split, m in manifests.items():
         part = f" (part {m['part']['index']}/{m['part']['count']})" if m["part"] else ""
         skipped = sum(m["skipped"].values())
+        excluded = f", {m['excluded']} excluded" if args.exclude else ""
         print(f"{recipe.name}/{split}{part}: {m['num_samples']} clips, {m['hours']:.3f} h, "
-              f"{len(m['shards'])} shards, {skipped} skipped {m['skipped'] or ''}".rstrip())
+              f"{len(m['shards'])} shards{excluded}, {skipped} skipped {m['skipped'] or ''}".rstrip())
 
 
 def cmd_merge(args: argparse.Namespace) -> None:
     m = writer.merge_parts(args.out, args.name, args.split)
     print(f"{args.name}/{args.split}: merged {len(m['shards'])} shards, {m['num_samples']} clips, {m['hours']:.3f} h")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    bad = 0
+    for directory in checks.find_split_dirs(args.out):
+        report = checks.validate_split(directory)
+        status = "ok" if not report.problem_count else f"{report.problem_count} problem(s)"
+        print(f"{directory}: {report.samples} clips, {report.seconds / 3600:.3f} h decoded: {status}")
+        for problem in report.problems:
+            print(f"  - {problem}")
+        bad += bool(report.problem_count)
+    print(f"validate: {bad} split(s) with problems" if bad else "validate: all splits ok")
+    return 1 if bad else 0
+
+
+def cmd_stats(args: argparse.Namespace) -> None:
+    stats = [checks.split_stats(d) for d in checks.find_split_dirs(args.out)]
+    print(f"{'split':32s} {'clips':>8s} {'hours':>9s} {'capt/clip':>9s} {'median s':>9s} {'labels':>7s} {'excluded':>8s}")
+    for s in stats:
+        print(f"{s['split']:32s} {s['clips']:8d} {s['hours']:9.3f} {s['captions_per_clip']['mean']:9.2f} "
+              f"{s['duration_s']['median']:9.2f} {s['distinct_labels']:7d} {s['excluded']:8d}")
+    total = sum(s["clips"] for s in stats), sum(s["hours"] for s in stats)
+    print(f"{'total':32s} {total[0]:8d} {total[1]:9.3f}")
+    png = Path(args.png) if args.png else Path(args.out) / "durations.png"
+    checks.plot_durations(stats, png)
+    print(f"duration histogram: {png}")
+    if args.json:
+        writer.write_json_atomic(Path(args.json), [{k: v for k, v in s.items() if k != "durations"} for s in stats])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--max-shard-bytes", help="also cut shards by estimated size, e.g. 1G")
     build.add_argument("--part", help="i/n: build only shards with index %% n == i (SLURM arrays)")
     build.add_argument("-o", "--option", action="append", default=[], help="recipe option KEY=VALUE (repeatable)")
+    build.add_argument("--exclude", help="file of ids/keys to leave out (evaluation sets): one per line or a json list")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     build.set_defaults(func=cmd_build)
 
@@ -80,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("name", help="corpus name")
     merge.add_argument("split", help="split name")
     merge.set_defaults(func=cmd_merge)
+
+    validate = sub.add_parser("validate", help="decode every clip and check shards against their manifests")
+    validate.add_argument("out", help="output root given to build, or one split directory")
+    validate.set_defaults(func=cmd_validate)
+
+    stats = sub.add_parser("stats", help="clips, hours, captions per clip and a duration histogram")
+    stats.add_argument("out", help="output root given to build, or one split directory")
+    stats.add_argument("--png", help="histogram path (default OUT/durations.png)")
+    stats.add_argument("--json", help="also write the figures to this json file")
+    stats.set_defaults(func=cmd_stats)
     return parser
 
 
@@ -87,8 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
-        args.func(args)
+        code = args.func(args)
     except (ValueError, OSError, writer.WorkerDied) as err:
         print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
         return 2 if not isinstance(err, writer.WorkerDied) else 1
-    return 0
+    return code or 0

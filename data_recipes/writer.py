@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import io
 import json
 import logging
@@ -42,6 +43,7 @@ from tqdm import tqdm
 
 from clap_lightning.data import schema
 from data_recipes.base import Recipe, SkipSample
+from data_recipes.leakage import apply_exclude
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,7 @@ class WriterConfig:
     workers: int = 1  # worker processes converting shards; 0 or 1 converts in this process
     part: tuple[int, int] | None = None  # (i, n): build only shards whose index % n == i
     show_progress: bool = True  # tqdm progress bar on stderr
+    exclude: frozenset[str] = frozenset()  # ids/keys of clips to leave out (evaluation sets); see data_recipes.leakage
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0 or self.samples_per_shard <= 0:
@@ -352,9 +355,14 @@ def run_tasks(tasks: list[ShardTask], workers: int, desc: str, show_progress: bo
 
 
 def _build_params(recipe: Recipe, config: WriterConfig, n_items: int, n_shards: int, src: Path | None) -> dict[str, Any]:
+    # The exclusion list changes the shard plan, so its digest is a build parameter.
+    exclude = None
+    if config.exclude:
+        digest = hashlib.sha1("\n".join(sorted(config.exclude)).encode("utf-8")).hexdigest()
+        exclude = {"ids": len(config.exclude), "sha1": digest}
     return {"sample_rate": config.sample_rate, "samples_per_shard": config.samples_per_shard,
             "max_shard_bytes": config.max_shard_bytes, "items": n_items, "planned_shards": n_shards,
-            "src": str(Path(src).resolve()) if src is not None else None}
+            "exclude": exclude, "src": str(Path(src).resolve()) if src is not None else None}
 
 
 def _recipe_info(recipe: Recipe) -> dict[str, Any]:
@@ -378,7 +386,7 @@ def _check_previous_build(directory: Path, manifest: dict[str, Any]) -> None:
 
 
 def _make_manifest(recipe: Recipe, split: str, build: dict[str, Any], stats: list[dict[str, Any]],
-                   part: tuple[int, int] | None) -> dict[str, Any]:
+                   part: tuple[int, int] | None, excluded: int = 0) -> dict[str, Any]:
     stats = sorted(stats, key=lambda s: s["index"])
     skipped: dict[str, int] = {}
     for shard in stats:
@@ -395,6 +403,7 @@ def _make_manifest(recipe: Recipe, split: str, build: dict[str, Any], stats: lis
         "empty_shards": [{k: s[k] for k in fields} for s in stats if s["samples"] == 0],
         "num_samples": sum(s["samples"] for s in stats), "items": sum(s["items"] for s in stats),
         "hours": round(seconds / 3600, 6), "clipped": sum(s["clipped"] for s in stats),
+        "excluded": excluded,  # items of the whole split dropped by --exclude, before planning
         "skipped": dict(sorted(skipped.items())),
         "skipped_examples": [e for s in stats for e in s["skipped_examples"]][: 4 * _MAX_EXAMPLES],
     }
@@ -412,6 +421,9 @@ def build_split(recipe: Recipe, split: str, out: str | Path, src: str | Path | N
     items = recipe.items(src, split)
     if not items:
         raise ValueError(f"corpus '{recipe.name}' split '{split}' has no items" + (f" under {src}" if src else ""))
+    items, excluded = apply_exclude(recipe, items, config.exclude)
+    if not items:
+        raise ValueError(f"corpus '{recipe.name}' split '{split}': all {excluded} items are in the --exclude list")
     estimates = None
     if config.max_shard_bytes is not None:
         estimates = [recipe.estimate_bytes(item, config.sample_rate) for item in items]
@@ -435,12 +447,25 @@ def build_split(recipe: Recipe, split: str, out: str | Path, src: str | Path | N
             tasks.append(ShardTask(recipe, split, i, items[start:stop], path, config.sample_rate))
     stats += run_tasks(tasks, config.workers, f"{recipe.name}/{split}", config.show_progress)
 
-    manifest = _make_manifest(recipe, split, build, stats, config.part)
+    manifest = _make_manifest(recipe, split, build, stats, config.part, excluded)
+    if manifest["num_samples"] == 0 and config.part is None:
+        _remove_empty_build(directory, stats)
+        example = manifest["skipped_examples"][0]["detail"] if manifest["skipped_examples"] else ""
+        raise ValueError(f"corpus '{recipe.name}' split '{split}': no usable clips among {manifest['items']} items "
+                         f"(skipped: {manifest['skipped']}); first problem: {example}")
     if config.part is None:
         _write_final(directory, manifest)
     else:
         write_json_atomic(directory / schema.part_manifest_name(*config.part), manifest)
     return manifest
+
+
+def _remove_empty_build(directory: Path, stats: list[dict[str, Any]]) -> None:
+    # Every shard is empty: delete them, so a rerun after fixing the corpus rebuilds them
+    # instead of reusing empty "complete" shards.
+    for shard in stats:
+        for path in (directory / shard["name"], directory / STATS_DIR / (shard["name"] + ".json")):
+            path.unlink(missing_ok=True)
 
 
 def check_src(recipe: Recipe, src: str | Path | None) -> None:

@@ -66,3 +66,81 @@ def plot_confusion(confusion: torch.Tensor, classes: Sequence[str], path: Path, 
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+# ----------------------------------------------------------------------------- multi-task results
+RESULT_COLUMNS = ("task", "metric", "ours", "paper", "delta", "clips")
+PROBE_METRIC = "probe_acc"  # linear-probe accuracy (eval/linear_probe.py); the paper reports none
+
+
+def _fmt(value) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def result_rows(results: Sequence) -> list[dict]:
+    """One row per (task, metric) with the paper's number and our delta; a skipped task is one row.
+
+    Args:
+        results: `suite.TaskResult`s. Metrics shown: the paper's (headline first), the other
+            metrics of the task's kind that were computed, then the linear probe if run.
+    """
+    from clap_lightning.eval.tasks import KIND_METRICS
+
+    rows = []
+    for result in results:
+        spec = result.spec
+        if result.status:
+            rows.append({"task": spec.name, "metric": spec.metric, "ours": result.status,
+                         "paper": _fmt(spec.paper.get(spec.metric)), "delta": "", "clips": 0})
+            continue
+        names = [spec.metric] + [m for m in (*spec.paper, *KIND_METRICS[spec.kind]) if m != spec.metric]
+        shown = [m for m in dict.fromkeys(names) if spec.result_key(m) in result.metrics]
+        if PROBE_METRIC in result.metrics:
+            shown.append(PROBE_METRIC)
+        for metric in shown:
+            ours = result.metrics[spec.result_key(metric) if metric != PROBE_METRIC else metric]
+            paper = spec.paper.get(metric)
+            rows.append({"task": spec.name, "metric": metric, "ours": _fmt(ours), "paper": _fmt(paper),
+                         "delta": "" if paper is None else f"{ours - paper:+.4f}", "clips": result.num_clips})
+    return rows
+
+
+def plot_comparison(rows: Sequence[dict], path: Path, title: str) -> Path:
+    """Horizontal bars, ours vs the paper, for every scored row (a row without a paper number has one bar)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [row for row in rows if row["ours"] and not row["ours"].startswith("skipped")]
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.45 * len(scored) + 1.5)))
+    if scored:
+        y = torch.arange(len(scored), dtype=torch.float64).numpy()
+        ours = [float(row["ours"]) for row in scored]
+        paper = [float(row["paper"]) if row["paper"] else float("nan") for row in scored]
+        ax.barh(y - 0.2, ours, height=0.4, label="ours", color="tab:blue")
+        ax.barh(y + 0.2, paper, height=0.4, label="paper", color="tab:gray")
+        ax.set_yticks(y, [f"{row['task']} {row['metric']}" for row in scored], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.legend(loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no task was scored", ha="center", va="center")
+        ax.set_axis_off()
+    ax.set_title(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def write_eval_report(results: Sequence, out_dir: str | Path, title: str) -> list[Path]:
+    """Write `results.md`, `results.csv` (the same rows) and `results.png` into `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = result_rows(results)
+    paths = write_table(rows, out_dir / "results", title)
+    paths.append(plot_comparison(rows, out_dir / "results.png", title))
+    return paths

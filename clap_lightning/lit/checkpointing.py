@@ -121,5 +121,6 @@ def resolve_ckpt_path(ckpt_path: Optional[str], run_dir: str | Path, stage: str)
     found = find_resume_checkpoint(run_dir)
     if found is None and stage != "fit":
         raise CheckpointError(f"--ckpt_path auto: no complete checkpoint in {run_dir}")
-    log.info("--ckpt_path auto: %s", f"resuming from {found}" if found else f"no checkpoint in {run_dir}, starting fresh")
+    log.info("--ckpt_path auto: %s",
+             f"resuming from {found}" if found else f"no checkpoint in {run_dir}, starting fresh")
     return str(found) if found else None

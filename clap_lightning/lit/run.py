@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from clap_lightning.config import ExperimentConfig, local_batch_size, save_config
 from clap_lightning.data.sources import resolve_shards
 from clap_lightning.errors import CheckpointError
+from clap_lightning.eval.callback import build_eval_callbacks
 from clap_lightning.lit.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
 from clap_lightning.lit.datamodule import ClapDataModule
 from clap_lightning.lit.pretraining import ClapPretraining
@@ -30,7 +31,9 @@ def build_trainer(config: ExperimentConfig) -> L.Trainer:
                                  save_on_train_epoch_end=True,
                                  every_n_train_steps=t.checkpoint_every_n_steps or None)
     # GradCache accumulates and clips inside one manually optimised step (ClapPretraining._gradcache_step).
-    is_gradcache = config.objective.accumulation == "gradcache"
+    # Other runs (captioning) have no `objective` section and use Lightning's accumulation.
+    objective = getattr(config, "objective", None)
+    is_gradcache = objective is not None and objective.accumulation == "gradcache"
     return L.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(config),
         precision=t.precision, max_steps=t.max_steps, max_epochs=t.max_epochs if t.max_steps < 0 else None,
@@ -38,8 +41,8 @@ def build_trainer(config: ExperimentConfig) -> L.Trainer:
         gradient_clip_val=None if is_gradcache else t.gradient_clip_val,
         log_every_n_steps=t.log_every_n_steps, val_check_interval=val_check_interval(t.val_check_interval),
         limit_val_batches=t.limit_val_batches, enable_progress_bar=t.enable_progress_bar,
-        default_root_dir=str(run_dir), callbacks=[checkpoint, *cluster_callbacks()],  # + requeue on SIGUSR1
-        plugins=[AtomicCheckpointIO(), *cluster_plugins()],  # atomic checkpoint writes; SLURM ranks
+        default_root_dir=str(run_dir), callbacks=[checkpoint, *build_eval_callbacks(config), *cluster_callbacks()],
+        plugins=[AtomicCheckpointIO(), *cluster_plugins()],  # atomic checkpoint writes; SLURM ranks (+ requeue)
         logger=CSVLogger(str(run_dir), name="logs"),  # logs/version_N: a resumed run never overwrites
         num_sanity_val_steps=0,
     )

@@ -37,7 +37,7 @@ def test_fit_resume_and_zeroshot(demo_shards, tmp_path, capsys):
     assert last_line.startswith("zero-shot accuracy: ") and "42 held-out clips, 14 classes" in last_line
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert len(rows) == 15 and rows[-1]["class"] == "ALL"
-    assert abs(float(rows[-1]["accuracy"]) - float(last_line.split()[2])) <= 5e-4  # printed with 3 decimals
+    assert abs(float(rows[-1]["accuracy"]) - float(last_line.split()[2])) < 1e-3  # printed with 3 decimals
     assert (out / "results.md").read_text().startswith("# Zero-shot")
     assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -1,0 +1,169 @@
+"""Embed the audio of an evaluation split once, keeping every clip's json, with an on-disk cache.
+
+Tasks that read the same `<source>/<split>` (NSynth's four, both retrieval directions) share
+one set of embeddings: the cache is keyed by source, split and checkpoint, not by task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+import webdataset as wds
+from torch import nn
+
+from clap_lightning.data.pipeline import ClipDecoder
+from clap_lightning.data.sources import resolve_shards
+from clap_lightning.errors import DataError
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bumped when the cache file layout changes; older files are recomputed
+
+
+@dataclass
+class ClipSettings:
+    """How clips are cut before the audio encoder sees them (from the model's config)."""
+
+    sample_rate: int  # model sample rate
+    clip_samples: int  # samples per clip
+    pad_mode: str = "repeat"  # short clips: "repeat" or "zero"
+
+
+@dataclass
+class EmbeddedSplit:
+    """Audio embeddings of one shard split, with each clip's key and json metadata."""
+
+    audio_emb: torch.Tensor  # [N, D], L2-normalised, float32 on the CPU
+    keys: list[str]
+    metas: list[dict[str, Any]]  # the sample jsons, in row order
+
+
+class EvalCollate:
+    """Stack decoded clips and keep their keys and jsons (no tokenization: tasks build their own text)."""
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "audio": torch.stack([s["audio"] for s in samples]),  # [B, T]
+            "key": [s["key"] for s in samples],
+            "meta": [s["meta"] for s in samples],
+        }
+
+
+def is_decoded(sample: Optional[dict[str, Any]]) -> bool:
+    """False for the samples `ClipDecoder` rejected (it returns None and counts why)."""
+    return sample is not None
+
+
+def build_eval_loader(urls: list[str], clip: ClipSettings, batch_size: int, num_workers: int) -> wds.WebLoader:
+    """Read every clip of `urls` once, deterministically cropped from the start.
+
+    Unlike the DataModule's evaluation pipeline there is no `split_by_node`: every rank sees the
+    whole split, so the validation callback gives identical metrics on every rank and, under
+    ZeRO-3, every rank runs the same number of forward passes.
+    """
+    decoder = ClipDecoder(clip.sample_rate, clip.clip_samples, clip.pad_mode, is_train=False)
+    workers = max(0, min(num_workers, len(urls)))
+    stages = [wds.SimpleShardList(urls)] + ([wds.split_by_worker] if workers else [])
+    stages += [wds.tarfile_to_samples(handler=wds.warn_and_continue), wds.map(decoder), wds.select(is_decoded),
+               wds.batched(batch_size, collation_fn=EvalCollate(), partial=True)]
+    return wds.WebLoader(wds.DataPipeline(*stages), batch_size=None, num_workers=workers)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put `model` in eval mode, then restore every submodule's own mode.
+
+    `model.train(was_training)` would not do: it would also switch frozen towers (kept in eval
+    mode by `ClapPretraining`) back to train mode.
+    """
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
+
+
+@torch.no_grad()
+def embed_batches(model, batches: Iterator[dict[str, Any]]) -> EmbeddedSplit:
+    """Run `model.encode_audio` over evaluation batches in eval mode (each submodule's mode is restored)."""
+    device = next(model.parameters()).device
+    embs, keys, metas = [], [], []
+    with eval_mode(model):
+        for batch in batches:
+            embs.append(F.normalize(model.encode_audio(batch["audio"].to(device)).float(), dim=-1).cpu())
+            keys += batch["key"]
+            metas += batch["meta"]
+    if not embs:
+        raise DataError("the evaluation shards yielded no clips")
+    return EmbeddedSplit(torch.cat(embs), keys, metas)
+
+
+def split_urls(split_dir: Path) -> list[str]:
+    """Shard URLs of a split directory; DataError("no shards at <dir>") when there are none."""
+    try:
+        return resolve_shards(str(split_dir)).urls
+    except DataError:
+        raise DataError(f"no shards at {split_dir}") from None
+
+
+def checkpoint_digest(path: str | Path, chunk_bytes: int = 1 << 24) -> str:
+    """First 16 hex digits of the checkpoint file's sha256: a retrained or edited checkpoint misses the cache."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+class EmbeddingCache:
+    """Embeddings saved as `<dir>/<source>-<split>-<model digest>.pt`, written atomically.
+
+    Args:
+        directory: where cache files live (None disables the cache).
+        model_digest: identifies the weights and clip settings, e.g. `checkpoint_digest(ckpt)`.
+    """
+
+    def __init__(self, directory: Optional[str | Path], model_digest: str) -> None:
+        self.directory = Path(directory) if directory else None
+        self.model_digest = model_digest
+
+    def path(self, source: str, split: str) -> Optional[Path]:
+        if self.directory is None:
+            return None
+        return self.directory / f"{source}-{split}-{self.model_digest}.pt"
+
+    def load(self, source: str, split: str) -> Optional[EmbeddedSplit]:
+        path = self.path(source, split)
+        if path is None or not path.is_file():
+            return None
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a truncated or foreign file: recompute rather than fail
+            log.warning("ignoring unreadable embedding cache %s: %s", path, str(err).splitlines()[0])
+            return None
+        if stored.get("format") != CACHE_FORMAT:
+            return None
+        return EmbeddedSplit(stored["audio_emb"], stored["keys"], [json.loads(m) for m in stored["metas"]])
+
+    def save(self, source: str, split: str, embedded: EmbeddedSplit) -> None:
+        path = self.path(source, split)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # jsons as strings: weights_only loading accepts them whatever the corpus put in its metadata.
+        stored = {"format": CACHE_FORMAT, "audio_emb": embedded.audio_emb, "keys": embedded.keys,
+                  "metas": [json.dumps(m) for m in embedded.metas]}
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        torch.save(stored, tmp)
+        tmp.replace(path)  # readers see the old file or the whole new one, never half

@@ -1,0 +1,150 @@
+"""Generic csv/folder recipes, the leakage filter, and the validate / stats CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from clap_lightning.data import schema
+from data_recipes import leakage
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_csv_recipe_captions_labels_splits_segments(corpus):
+    corpus.csv("meta.tsv", ["path", "cap_a", "cap_b", "category", "fold", "t0", "t1", "who"], [
+        ["clips/a.wav", "a dog barks", "barking", "dog;animal", "train", "", "", "x"],
+        ["clips/b.wav", "", "", "rain", "train", "0.1", "0.2", "y"],  # labels only -> template captions
+        ["clips/c.wav", "", "", "", "train", "", "", "z"],  # nothing to caption
+        ["", "orphan caption", "", "", "train", "", "", ""],  # no audio path
+        ["clips/d.wav", "held out", "", "", "test", "", "", ""],
+        ["clips/e.wav", "missing file", "", "", "train", "", "", ""],
+    ], delimiter="\t")
+    for name in "abcd":
+        corpus.wav(f"clips/{name}.wav")
+    options = {"name": "mycorpus", "file": "meta.tsv", "delimiter": "tab", "audio_column": "path",
+               "caption_columns": "cap_a,cap_b", "label_columns": "category", "split_column": "fold",
+               "splits": "train,test", "start_column": "t0", "end_column": "t1", "meta_columns": "who",
+               "license": "CC-BY-4.0"}
+    manifests = corpus.build("csv", options)
+    train = corpus.samples("mycorpus", "train")
+    dog = train["mycorpus-clips_a"]
+    assert dog["text"] == ["a dog barks", "barking"] and dog["labels"] == ["dog", "animal"]
+    assert dog["source"] == "mycorpus" and dog["who"] == "x" and dog["license"] == "CC-BY-4.0"
+    rain = train["mycorpus-clips_b"]
+    assert all("rain" in t for t in rain["text"]) and rain["duration"] == pytest.approx(0.1)
+    assert manifests["train"]["skipped"] == {"malformed_row": 1, "missing_audio": 1, "no_caption": 1}
+    assert list(corpus.samples("mycorpus", "test")) == ["mycorpus-clips_d"]
+    assert (corpus.out / "mycorpus" / "train" / "mycorpus-train-000000.tar").is_file()
+    with pytest.raises(ValueError, match="no column\\(s\\) caption"):
+        corpus.build("csv", {"file": "meta.tsv", "delimiter": "tab", "audio_column": "path"})
+    with pytest.raises(ValueError, match="bad corpus name 'My Corpus'"):
+        corpus.build("csv", {"name": "My Corpus"})
+
+
+def test_folder_recipe_labels_from_folders_or_pattern(corpus):
+    for path in ("train/dog_bark/1.wav", "train/Rain/2.flac", "train/loose.wav", "test/dog_bark/3.wav", "notes.txt"):
+        if path.endswith("txt"):
+            corpus.text(path, "not audio")
+        else:
+            corpus.wav(path)
+    manifests = corpus.build("folder", {"name": "pets", "split_folders": True, "splits": "train,test"})
+    train = corpus.samples("pets", "train")
+    assert sorted(train) == ["pets-Rain_2", "pets-dog_bark_1"]
+    assert train["pets-dog_bark_1"]["labels"] == ["dog_bark"] and all("dog bark" in t for t in train["pets-dog_bark_1"]["text"])
+    assert train["pets-Rain_2"]["labels"] == ["Rain"] and all("rain" in t for t in train["pets-Rain_2"]["text"])
+    assert manifests["train"]["skipped"] == {"unknown_label": 1} and list(corpus.samples("pets", "test")) == ["pets-dog_bark_3"]
+
+    corpus.out = corpus.out.with_name("by_pattern")
+    for name in ("bangu__bangu-01.wav", "x__daluo-02.wav", "nolabel.wav"):
+        corpus.wav(f"flat/{name}")
+    corpus.src = corpus.src / "flat"
+    manifest = corpus.build("folder", {"name": "gongs", "pattern": r"__(?P<label>[a-z]+)-\d+\.wav$",
+                                       "test_fraction": 0.0}, splits=["train"])["train"]
+    assert {m["labels"][0] for m in corpus.samples("gongs", "train").values()} == {"bangu", "daluo"}
+    assert manifest["skipped"] == {"unknown_label": 1}
+    with pytest.raises(ValueError, match="named group"):
+        corpus.build("folder", {"pattern": "[a-z]+"})
+
+
+def test_exclude_file_formats(tmp_path):
+    lines = tmp_path / "ids.txt"
+    lines.write_text("# AudioCaps test\nyoutube:abc\n\nclotho-x  # a key\n")
+    assert leakage.read_exclude_file(lines) == {"youtube:abc", "clotho-x"}
+    listed = tmp_path / "ids.json"
+    listed.write_text(json.dumps(["freesound:1", 2]))
+    assert leakage.read_exclude_file(listed) == {"freesound:1", "2"}
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="lists no ids"):
+        leakage.read_exclude_file(tmp_path / "empty.txt")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        leakage.read_exclude_file(tmp_path / "absent.txt")
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "data_recipes", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_build_exclude_validate_stats(corpus, tmp_path):
+    corpus.csv("metadata.csv", ["audio", "caption"], [[f"{i}.wav", f"clip number {i}"] for i in range(6)])
+    for i in range(6):
+        corpus.wav(f"{i}.wav", seconds=0.2 + 0.05 * i)
+    (tmp_path / "exclude.txt").write_text("toy-1\n3\n")
+    build = run_cli("build", "csv", "--src", str(corpus.src), "--out", "out", "-o", "name=toy", "--sample-rate", "8000",
+                    "--exclude", str(tmp_path / "exclude.txt"), "--samples-per-shard", "2", "--no-progress", cwd=tmp_path)
+    assert build.returncode == 0, build.stderr
+    assert "toy/train: 4 clips" in build.stdout and "2 excluded" in build.stdout
+    manifest = schema.read_manifest(tmp_path / "out" / "toy" / "train")
+    assert manifest["excluded"] == 2 and manifest["build"]["exclude"]["ids"] == 2
+
+    validate = run_cli("validate", "out", cwd=tmp_path)
+    assert validate.returncode == 0 and "all splits ok" in validate.stdout and "4 clips" in validate.stdout
+
+    stats = run_cli("stats", "out", "--json", "stats.json", cwd=tmp_path)
+    assert stats.returncode == 0, stats.stderr
+    figures = json.loads((tmp_path / "stats.json").read_text())[0]
+    assert figures["clips"] == 4 and figures["captions_per_clip"]["mean"] == 1.0 and figures["excluded"] == 2
+    assert figures["hours"] == pytest.approx((0.2 + 0.3 + 0.4 + 0.45) / 3600, rel=1e-3)
+    png = tmp_path / "out" / "durations.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_validate_reports_damaged_shards(corpus, tmp_path):
+    corpus.csv("metadata.csv", ["audio", "caption"], [[f"{i}.wav", f"clip {i}"] for i in range(5)])
+    for i in range(5):
+        corpus.wav(f"{i}.wav")
+    corpus.build("csv", {"name": "toy"})
+    directory = corpus.out / "toy" / "train"
+    first = directory / "toy-train-000000.tar"
+    with tarfile.open(first) as tar:  # drop one flac and one whole sample, give a json the wrong split
+        members = [(m, tar.extractfile(m).read()) for m in tar if m.name != "toy-0.flac" and not m.name.startswith("toy-1.")]
+    with tarfile.open(first, "w") as tar:
+        for member, data in members:
+            if member.name.endswith(".json") and "toy-2" in member.name:
+                data = json.dumps({**json.loads(data), "split": "test"}).encode()
+                member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    (directory / "toy-train-000009.tar").write_bytes(b"")
+    (directory / "toy-train-000001.tar.tmp").write_bytes(b"")
+    result = run_cli("validate", str(corpus.out), cwd=tmp_path)
+    assert result.returncode == 1 and "1 split(s) with problems" in result.stdout
+    for problem in ("members ['json'], expected flac and json", "json split 'test'", "3 samples, manifest says 4", "h decoded, manifest says",
+                    "toy-train-000009.tar: shard not listed", "unfinished shard"):
+        assert problem in result.stdout, result.stdout
+
+
+def test_nothing_usable_is_an_error_and_leaves_no_shards(corpus):
+    corpus.csv("metadata.csv", ["audio", "caption"], [["missing1.wav", "a"], ["missing2.wav", "b"]])
+    with pytest.raises(ValueError, match="no usable clips among 2 items .*missing_audio"):
+        corpus.build("csv", {"name": "empty"})
+    assert not list((corpus.out / "empty" / "train").glob("*.tar"))
+    assert not (corpus.out / "empty" / "train" / "manifest.json").exists()
