@@ -9,6 +9,7 @@ munged is shared machine-wide: an already running one is reused and left running
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -54,6 +55,9 @@ MpiDefault=none
 MailProg=/bin/true
 # KillWait: seconds between SIGTERM and SIGKILL when a job ends or is requeued (default 30).
 KillWait=5
+# Lightning's default MASTER_PORT is 15000 + the job id's last 4 digits: a random first id keeps two
+# sessions on one machine (CI beside a developer) from both rendezvousing on port 15001.
+FirstJobId={first_job_id}
 # Keep finished jobs visible to `scontrol show job` for the whole session.
 MinJobAge=3600
 # A job whose dependency failed is cancelled rather than left pending forever.
@@ -164,7 +168,8 @@ class LocalCluster:
         for sub in ("state", "spool"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.conf.write_text(SLURM_CONF.format(host=self.host, root=self.root, cpus=self.cpus,
-                                               ctld_port=_free_port(), slurmd_port=_free_port()))
+                                               ctld_port=_free_port(), slurmd_port=_free_port(),
+                                               first_job_id=random.randrange(1000, 9000) * 10))
         self.munged_pid = start_munged()
         if self.munged_pid is None and self.owns_munged and MUNGE_PID.exists():
             self.munged_pid = int(MUNGE_PID.read_text().strip())  # started by the package install
