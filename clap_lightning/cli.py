@@ -17,7 +17,8 @@ log = logging.getLogger("clap_lightning")
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML (configs/experiment/*.yaml)")
     parser.add_argument("--ckpt_path", "--ckpt-path", default=None,
-                        help="checkpoint to resume from (fit) or to evaluate; 'last' = newest in run_dir")
+                        help="checkpoint to resume from (fit) or to evaluate; 'last' = ModelCheckpoint's newest; "
+                             "'auto' = newest complete checkpoint in run_dir incl. SLURM hpc_ckpt_N (fit: none = fresh)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=100")
 
 
