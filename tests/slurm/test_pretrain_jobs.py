@@ -23,12 +23,13 @@ JOB_TIMEOUT_S = 420
 def pretrain_overrides(shards: Path) -> list[str]:
     """The demo's seconds-long CPU run on two DDP ranks, global batch 16 (8 a rank), 10 steps.
 
-    No validation: the one validation shard goes to rank 0 only, and DDP then waits forever in
-    rank 0's validation forward (rank 1 has no batches). run_dir comes from the sbatch script.
+    Validation runs every 5 steps on the demo's single validation shard, which the two ranks
+    share sample by sample (a rank without validation batches would hang DDP). run_dir comes
+    from the sbatch script.
     """
     overrides = [o for o in demo_overrides(shards, Path("unused"), steps=MAX_STEPS)
-                 if not o.startswith(("run_dir=", "data.val="))]
-    return overrides + ["data.val=''", "trainer.accelerator=cpu", "trainer.strategy=ddp",
+                 if not o.startswith(("run_dir=", "trainer.val_check_interval="))]
+    return overrides + ["trainer.val_check_interval=5", "trainer.accelerator=cpu", "trainer.strategy=ddp",
                         "trainer.checkpoint_every_n_steps=2"]
 
 
