@@ -1,4 +1,4 @@
-"""The `clap-lightning` command: fit | validate | test | zeroshot | caption | eval | multitask fit."""
+"""The `clap-lightning` command: fit | validate | test | zeroshot | eval | caption | convert | multitask fit."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ log = logging.getLogger("clap_lightning")
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML (configs/experiment/*.yaml)")
     parser.add_argument("--ckpt_path", "--ckpt-path", default=None,
-                        help="checkpoint to resume from (fit) or to evaluate; 'last' = newest in run_dir")
+                        help="checkpoint to resume from (fit) or to evaluate; 'last' = ModelCheckpoint's newest; "
+                             "'auto' = newest complete checkpoint in run_dir incl. SLURM hpc_ckpt_N (fit: none = fresh)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=100")
 
 
@@ -40,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_caption_arguments(commands.add_parser("caption", help="caption audio files with a captioning checkpoint"))
     add_eval_arguments(commands.add_parser("eval", help="score a checkpoint on registry tasks vs the paper"))
+    from clap_lightning.convert import add_msclap_arguments
+
+    formats = commands.add_parser("convert", help="import released weights").add_subparsers(dest="format", required=True)
+    add_msclap_arguments(formats.add_parser("msclap", help="Microsoft CLAP 2022 / 2023 / clapcap checkpoints"))
     multitask = commands.add_parser("multitask", help="supervised multi-task pretraining of the audio encoder")
     stages = multitask.add_subparsers(dest="multitask_command", required=True)
     _add_config_args(stages.add_parser("fit", help="train (or resume), e.g. --config configs/multitask/demo3.yaml"))
@@ -75,6 +80,14 @@ def run_zeroshot_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_convert_command(args: argparse.Namespace) -> int:
+    from clap_lightning.convert import convert_command
+
+    convert_command(args)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def run_caption_command(args: argparse.Namespace) -> int:
     from clap_lightning.eval.captioning_cli import caption_command
 
@@ -91,7 +104,7 @@ def run_multitask_command(args: argparse.Namespace) -> int:
 
 COMMANDS = {"fit": run_stage_command, "validate": run_stage_command, "test": run_stage_command,
             "zeroshot": run_zeroshot_command, "caption": run_caption_command, "eval": eval_command,
-            "multitask": run_multitask_command}
+            "convert": run_convert_command, "multitask": run_multitask_command}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

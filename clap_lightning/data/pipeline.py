@@ -131,7 +131,8 @@ class ClapStream(IterableDataset):
     position], ...]} makes the worker skip, in that epoch, the first `position` raw samples
     of its stream without decoding them, and yield only its remaining batches.
 
-    Evaluation reads every shard once, split by rank then by worker, keeping the last partial batch.
+    Evaluation reads every sample once, keeping the last partial batch: whole shards split by rank
+    then by worker, or, with fewer shards than ranks, shards by worker and samples by rank.
     """
 
     def __init__(self, sources: Sequence[Sequence[str]], decoder: ClipDecoder, collate: Collate, batch_size: int, *,
@@ -156,8 +157,10 @@ class ClapStream(IterableDataset):
         if self.is_train:
             self.epoch += 1
             return self._train_batches(self.epoch - 1, worker)
-        urls = [u for urls in self.sources for u in urls][self.rank::self.world_size][worker::workers]
-        return self._eval_batches(urls)
+        urls = [u for urls in self.sources for u in urls]
+        if len(urls) >= self.world_size:  # whole shards per rank
+            return self._eval_batches(urls[self.rank::self.world_size][worker::workers])
+        return self._eval_batches(urls[worker::workers], self.rank, self.world_size)  # samples per rank
 
     def _train_batches(self, epoch: int, worker: int) -> Iterator[dict[str, Any]]:
         done, start = 0, 0
@@ -187,10 +190,10 @@ class ClapStream(IterableDataset):
                 if done >= self.batches_per_worker:
                     return
 
-    def _eval_batches(self, urls: list[str]) -> Iterator[dict[str, Any]]:
+    def _eval_batches(self, urls: list[str], rank: int = 0, world_size: int = 1) -> Iterator[dict[str, Any]]:
         skipped = self.decoder.skipped
         reported, samples = Counter(skipped), []
-        for raw in single_pass(urls, skipped):
+        for raw in single_pass(urls, skipped, rank, world_size):
             sample = self.decoder(raw)
             if sample is not None:
                 samples.append(sample)

@@ -94,10 +94,17 @@ def _first_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
-def single_pass(urls: Sequence[str], skipped: Counter) -> Iterator[dict[str, Any]]:
-    """Every sample of `urls`, in order, once."""
-    for url in urls:
-        yield from read_tar_samples(url, skipped)
+def single_pass(urls: Sequence[str], skipped: Counter, rank: int = 0, world_size: int = 1) -> Iterator[dict[str, Any]]:
+    """Every sample of `urls`, in order, once; with `world_size` > 1, only this rank's share.
+
+    The share is sample j of shard i when (i + j) % world_size == rank, so fewer shards than
+    ranks still give every rank samples (an idle rank would hang the others' collectives).
+    Samples of other ranks are skipped before decoding.
+    """
+    for i, url in enumerate(urls):
+        for j, sample in enumerate(read_tar_samples(url, skipped)):
+            if (i + j) % world_size == rank:
+                yield sample
 
 
 def resampled_shards(urls: Sequence[str], rng: np.random.Generator, skipped: Counter,

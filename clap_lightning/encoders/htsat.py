@@ -156,7 +156,7 @@ class HTSATEncoder(nn.Module):
     @staticmethod
     def _build_layers(cfg: HTSATConfig) -> nn.ModuleList:
         grid = cfg.spec_size // cfg.patch_stride
-        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths), device="cpu").tolist()
         layers = nn.ModuleList()
         for i, depth in enumerate(cfg.depths):
             first = sum(cfg.depths[:i])

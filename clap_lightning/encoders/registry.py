@@ -24,7 +24,7 @@ def register_text_encoder(name: str, config_cls: type):
 
 def import_builtin_encoders() -> None:
     # Importing the modules runs their @register_* decorators.
-    from clap_lightning.encoders import cnn14, htsat, text  # noqa: F401
+    from clap_lightning.encoders import cnn14, hf_text, htsat, text  # noqa: F401
 
 
 def build_audio_encoder(name: str, options: Mapping[str, Any] | None = None) -> nn.Module:

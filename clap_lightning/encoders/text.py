@@ -19,6 +19,8 @@ class GPT2TextConfig:
     tokenizer: str = "gpt2"  # tokenizer dir, `builtin:<name>`, or hub id
     pretrained: Optional[str] = None  # local dir (or hub id) of GPT2 weights; None = random init
     max_length: int = 77  # tokens per caption, the appended <|endoftext|> included
+    space_before_eos: bool = False  # tokenize "caption <|endoftext|>" as msclap 2023: a lone space token precedes eos
+    vocab_size: Optional[int] = None  # random init without reading the tokenizer (None = the tokenizer's size)
     n_layer: int = 12  # transformer blocks
     n_head: int = 12  # attention heads
     n_embd: int = 768  # hidden size = output size
@@ -50,10 +52,13 @@ class GPT2TextEncoder(nn.Module):
         if config.pretrained:
             self.base = GPT2Model.from_pretrained(config.pretrained)
         else:
-            tokenizer = build_text_tokenizer(config)
-            eos = tokenizer.tokenizer.eos_token_id
+            if config.vocab_size is None:
+                tokenizer = build_text_tokenizer(config).tokenizer
+                vocab_size, eos = len(tokenizer), tokenizer.eos_token_id
+            else:  # GPT2's own convention: <|endoftext|> is the last id
+                vocab_size, eos = config.vocab_size, config.vocab_size - 1
             self.base = GPT2Model(GPT2Config(
-                vocab_size=tokenizer.vocab_size, bos_token_id=eos, eos_token_id=eos, n_positions=config.n_positions, n_embd=config.n_embd,
+                vocab_size=vocab_size, bos_token_id=eos, eos_token_id=eos, n_positions=config.n_positions, n_embd=config.n_embd,
                 n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=config.dropout,
                 embd_pdrop=config.dropout, attn_pdrop=config.dropout,
             ))
@@ -72,4 +77,5 @@ class GPT2TextEncoder(nn.Module):
 
 def build_text_tokenizer(config: GPT2TextConfig) -> CaptionTokenizer:
     """The tokenizer matching a text encoder config."""
-    return CaptionTokenizer(config.tokenizer, max_length=config.max_length, append_eos=True)
+    return CaptionTokenizer(config.tokenizer, max_length=config.max_length, append_eos=True,
+                            space_before_eos=config.space_before_eos)

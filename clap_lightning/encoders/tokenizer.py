@@ -37,14 +37,19 @@ class CaptionTokenizer:
         name_or_path: a local tokenizer directory, `builtin:<name>`, or a hub id (needs network).
         max_length: maximum tokens per caption, special tokens included.
         append_eos: append the end-of-text token (decoder-only text encoders).
+        space_before_eos: end the text with a space before appending the end-of-text token, as
+            msclap's `caption + ' <|endoftext|>'` does (GPT2 then emits a lone space token, id 220,
+            before eos; the released CLAP 2023 weights were used that way).
     """
 
-    def __init__(self, name_or_path: str, max_length: int = 77, append_eos: bool = True) -> None:
+    def __init__(self, name_or_path: str, max_length: int = 77, append_eos: bool = True,
+                 space_before_eos: bool = False) -> None:
         from transformers import AutoTokenizer
 
         self.name_or_path = name_or_path
         self.max_length = max_length
         self.append_eos = append_eos
+        self.space_before_eos = space_before_eos
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_tokenizer_path(name_or_path))
         if append_eos and self.tokenizer.eos_token_id is None:
             raise ValueError(f"tokenizer '{name_or_path}' has no end-of-text token; cannot append one")
@@ -58,7 +63,8 @@ class CaptionTokenizer:
 
     def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         if self.append_eos:
-            ids = self.tokenizer(list(texts), add_special_tokens=False, truncation=True,
+            texts = [text + " " for text in texts] if self.space_before_eos else list(texts)
+            ids = self.tokenizer(texts, add_special_tokens=False, truncation=True,
                                  max_length=self.max_length - 1)["input_ids"]
             ids = [row + [self.tokenizer.eos_token_id] for row in ids]
         else:

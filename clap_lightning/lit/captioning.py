@@ -16,6 +16,7 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from clap_lightning.checkpoint import read_lightning_checkpoint
 from clap_lightning.config import OptimConfig, TrainerConfig
 from clap_lightning.errors import CheckpointError, ConfigError
 from clap_lightning.eval.caption_metrics import compute_caption_metrics
@@ -102,15 +103,8 @@ def fit_captioning(config: CaptioningConfig, ckpt_path: Optional[str] = None) ->
 
 def load_captioner(path: str | Path, map_location: str = "cpu") -> tuple[Captioner, CaptioningConfig]:
     """Rebuild a `Captioner` from a `CaptioningModule` checkpoint, with one-line errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # truncated file, not a torch file, ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
-    stored = checkpoint.get("hyper_parameters", {}).get("config") if isinstance(checkpoint, dict) else None
-    if not isinstance(stored, dict) or "captioner" not in stored:
+    checkpoint, stored = read_lightning_checkpoint(path, map_location)
+    if "captioner" not in stored:
         raise CheckpointError(f"{path} is not a captioning checkpoint (no stored captioner config)")
     config = captioning_config_from(stored)
     captioner = Captioner(config.captioner)

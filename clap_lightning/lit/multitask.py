@@ -15,12 +15,14 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from clap_lightning.checkpoint import read_lightning_checkpoint
 from clap_lightning.config import local_batch_size
 from clap_lightning.data.multitask import MultiTaskCollate
 from clap_lightning.data.pipeline import ClapLoader, ClapStream, ClipDecoder
 from clap_lightning.data.sources import resolve_shards
 from clap_lightning.errors import CheckpointError
 from clap_lightning.eval.metrics import accuracy, mean_average_precision
+from clap_lightning.lit.checkpointing import resolve_ckpt_path
 from clap_lightning.lit.datamodule import ClapDataModule
 from clap_lightning.lit.multitask_config import (MultiTaskConfig, SourcePlan, experiment_view, head_specs, label_specs,
                                                  multitask_config_from, multitask_container, plan_sources,
@@ -66,6 +68,11 @@ class MultiTaskPretraining(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_rows = {name: ([], []) for name in self.specs}
+        if is_distributed() and world_size() > 1:
+            # DDP runs without per-forward buffer broadcast (lit/strategies.py), so each rank's
+            # BatchNorm statistics drifted apart; validate every rank with rank 0's, the checkpointed ones.
+            for buffer in self.model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         outputs = self(batch["audio"])
@@ -159,6 +166,7 @@ def fit_multitask(config: MultiTaskConfig, ckpt_path: Optional[str] = None) -> M
     """Resolve classes, plan the sources, then train; every check happens before a batch is read."""
     from clap_lightning.lit.run import build_trainer  # uses config.trainer and config.run_dir only
 
+    ckpt_path = resolve_ckpt_path(ckpt_path, config.run_dir, "fit")  # "auto": newest complete checkpoint, or fresh
     config = resolve_tasks(config)
     plan = plan_sources(config)
     view = experiment_view(config, plan)
@@ -175,15 +183,8 @@ def fit_multitask(config: MultiTaskConfig, ckpt_path: Optional[str] = None) -> M
 
 def load_multitask(path: str | Path, map_location: str = "cpu") -> MultiTaskPretraining:
     """Rebuild a `MultiTaskPretraining` from its checkpoint, with one-line errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # truncated file, not a torch file, ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(err).strip().splitlines()[0]}") from None
-    stored = checkpoint.get("hyper_parameters", {}).get("config") if isinstance(checkpoint, dict) else None
-    if not isinstance(stored, dict) or "tasks" not in stored:
+    checkpoint, stored = read_lightning_checkpoint(path, map_location)
+    if "tasks" not in stored:
         raise CheckpointError(f"{path} is not a multi-task checkpoint (no stored tasks)")
     module = MultiTaskPretraining(stored)
     try:

@@ -94,6 +94,8 @@ class ClapPretraining(L.LightningModule):
         self.log_dict({"train/a2t_acc": out.a2t_acc, "train/t2a_acc": out.t2a_acc,
                        "train/logit_scale": compute_logit_scale(logit_scale.detach()).squeeze()},
                       batch_size=out.global_batch_size)
+        # Pairs in the contrastive batch (world size x local batch): shows the gather spans every rank.
+        self.log("train/global_batch", float(out.global_batch_size), batch_size=out.global_batch_size)
         for reason, count in batch.get("skipped", {}).items():  # this rank's running totals of bad samples
             self.log(f"data/skipped_{reason}", float(count), batch_size=out.global_batch_size)
 

@@ -6,17 +6,19 @@ from pathlib import Path
 from typing import Optional
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from clap_lightning.checkpoint import read_lightning_checkpoint
 from clap_lightning.config import ExperimentConfig, local_batch_size, save_config
 from clap_lightning.data.sources import resolve_shards
 from clap_lightning.errors import CheckpointError
 from clap_lightning.eval.callback import build_eval_callbacks
+from clap_lightning.lit.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
 from clap_lightning.lit.datamodule import ClapDataModule
 from clap_lightning.lit.pretraining import ClapPretraining
+from clap_lightning.lit.slurm import cluster_callbacks, cluster_plugins
 from clap_lightning.lit.strategies import build_strategy
 from clap_lightning.models.encoder_init import init_audio_encoder
 
@@ -40,7 +42,8 @@ def build_trainer(config: ExperimentConfig) -> L.Trainer:
         gradient_clip_val=None if is_gradcache else t.gradient_clip_val,
         log_every_n_steps=t.log_every_n_steps, val_check_interval=val_check_interval(t.val_check_interval),
         limit_val_batches=t.limit_val_batches, enable_progress_bar=t.enable_progress_bar,
-        default_root_dir=str(run_dir), callbacks=[checkpoint, *build_eval_callbacks(config)],
+        default_root_dir=str(run_dir), callbacks=[checkpoint, *build_eval_callbacks(config), *cluster_callbacks()],
+        plugins=[AtomicCheckpointIO(), *cluster_plugins()],  # atomic checkpoint writes; SLURM ranks (+ requeue)
         logger=CSVLogger(str(run_dir), name="logs"),  # logs/version_N: a resumed run never overwrites
         num_sanity_val_steps=0,
     )
@@ -59,7 +62,8 @@ def write_run_config(config: ExperimentConfig) -> None:
 def run_stage(stage: str, config: ExperimentConfig, ckpt_path: Optional[str] = None) -> list[dict]:
     """Run `fit`, `validate` or `test`; the same checks happen before any data is read."""
     local_batch_size(config)  # refuse a global batch that does not divide, before anything starts
-    if ckpt_path and ckpt_path != "last" and not Path(ckpt_path).is_file():
+    ckpt_path = resolve_ckpt_path(ckpt_path, config.run_dir, stage)  # "auto": newest complete checkpoint
+    if ckpt_path and ckpt_path != "last" and not Path(ckpt_path).exists():  # DeepSpeed's is a directory
         raise CheckpointError(f"checkpoint not found: {ckpt_path}")
     for spec in stage_shards(stage, config):
         resolve_shards(spec)  # a missing or empty shard directory fails now, not inside the loop
@@ -86,16 +90,7 @@ def stage_shards(stage: str, config: ExperimentConfig) -> list[str]:
 
 def load_pretraining(path: str | Path, map_location: str = "cpu") -> ClapPretraining:
     """Load a `ClapPretraining` checkpoint, with one-line errors for missing or foreign files."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # truncated file, not a torch file, ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
-    config = checkpoint.get("hyper_parameters", {}).get("config") if isinstance(checkpoint, dict) else None
-    if config is None:
-        raise CheckpointError(f"{path} is not a clap-lightning checkpoint (no stored config)")
+    checkpoint, config = read_lightning_checkpoint(path, map_location)
     module = ClapPretraining(config)
     try:
         module.load_state_dict(checkpoint["state_dict"])

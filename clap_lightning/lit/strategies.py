@@ -103,10 +103,14 @@ def read_deepspeed_config(config: ExperimentConfig) -> dict:
 
 
 def build_strategy(config: ExperimentConfig) -> Union[str, Strategy]:
-    """The Trainer's `strategy` argument for a config: a DDP name or a DeepSpeed strategy object."""
+    """The Trainer's `strategy` argument for a config: a DDP or DeepSpeed strategy object, or a name."""
     t = config.trainer
     if t.strategy == "deepspeed":
         return CPUDeepSpeedStrategy(config=read_deepspeed_config(config))
-    if t.strategy == "auto" and t.devices * t.num_nodes > 1:
-        return "ddp"  # Lightning's auto may pick ddp_spawn or ddp_notebook; subprocess DDP is what SLURM runs
+    # Lightning's auto may pick ddp_spawn or ddp_notebook; subprocess DDP is what SLURM runs.
+    if t.strategy == "ddp" or (t.strategy == "auto" and t.devices * t.num_nodes > 1):
+        # No buffer broadcast in forward: it is a collective per forward call, and evaluation ranks may
+        # run different numbers of batches (each reads its own shards), which would hang. BatchNorm
+        # running statistics stay per rank; rank 0's are checkpointed.
+        return DDPStrategy(broadcast_buffers=False)
     return t.strategy

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from clap_lightning.config import ModelConfig
 from clap_lightning.encoders.projection import Projection
 from clap_lightning.encoders.registry import build_audio_encoder, build_caption_tokenizer, build_text_encoder
+from clap_lightning.errors import CheckpointError
+
+AudioInput = Union[str, Path, np.ndarray, torch.Tensor]
 
 
 def split_name(section: dict) -> tuple[str, dict]:
@@ -51,3 +60,139 @@ class CLAP(nn.Module):
     def build_tokenizer(self):
         """The caption tokenizer that matches this model's text encoder."""
         return build_caption_tokenizer(*split_name(self.config.text_encoder))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu",
+                        tokenizer: Optional[str] = None) -> "CLAP":
+        """Load a clap-lightning checkpoint (trained, or converted from msclap) for inference.
+
+        Reads with `torch.load(weights_only=True)`; the model config comes from the checkpoint.
+
+        Args:
+            path: a `.ckpt` written by training or by `clap-lightning convert`.
+            map_location: where to put the weights.
+            tokenizer: a local tokenizer directory overriding the stored one (e.g. offline).
+
+        Raises:
+            CheckpointError: missing, unreadable, foreign or mismatching checkpoint.
+        """
+        from clap_lightning.config import from_container
+
+        state, stored = read_checkpoint(path, map_location)
+        config = from_container(stored).model
+        if tokenizer:
+            config.text_encoder["tokenizer"] = tokenizer
+        model = cls(config)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            reason = str(err).splitlines()[0]
+            raise CheckpointError(f"{path} does not match its stored architecture: {reason}") from None
+        return model.to(map_location).eval()
+
+    @torch.no_grad()
+    def embed_audio(self, audio: AudioInput | Sequence[AudioInput], sample_rate: Optional[int] = None,
+                    batch_size: int = 32) -> torch.Tensor:
+        """L2-normalised audio embeddings [N, d_proj], deterministic (eval mode, crop from the start).
+
+        Args:
+            audio: a file path, a waveform, or a list of them. A waveform is [T] or [channels, T]
+                (a list item) or a batch [N, T] (one tensor/array). Channels are averaged, the
+                rate is converted to the model's, clips are cut from their start or tiled to
+                `config.clip_seconds` (as msclap and the evaluation loader).
+            sample_rate: rate of the waveforms (None = the model's rate); files carry their own.
+            batch_size: clips per forward pass; the result does not depend on it.
+        """
+        clips = prepare_audio(audio, sample_rate, self.config.sample_rate, self.config.clip_samples)
+        device = self.logit_scale.device
+        with eval_mode(self):
+            embs = [self.encode_audio(clips[i:i + batch_size].to(device)) for i in range(0, len(clips), batch_size)]
+        return F.normalize(torch.cat(embs).float(), dim=-1)
+
+    @torch.no_grad()
+    def embed_text(self, captions: str | Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """L2-normalised text embeddings [N, d_proj] of captions (tokenized with the model's tokenizer)."""
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        if getattr(self, "_tokenizer", None) is None:
+            self._tokenizer = self.build_tokenizer()  # a plain attribute: not a module, not saved
+        device = self.logit_scale.device
+        embs = []
+        with eval_mode(self):
+            for i in range(0, len(captions), batch_size):
+                batch = self._tokenizer(captions[i:i + batch_size])
+                embs.append(self.encode_text(batch["input_ids"].to(device), batch["attention_mask"].to(device)))
+        return F.normalize(torch.cat(embs).float(), dim=-1)
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Eval mode inside the block, the previous mode restored after."""
+    was_training = model.training
+    try:
+        yield model.eval()
+    finally:
+        model.train(was_training)
+
+
+def read_checkpoint(path: str | Path, map_location="cpu") -> tuple[dict[str, torch.Tensor], dict]:
+    """Return (CLAP state dict, stored experiment config) of a clap-lightning checkpoint."""
+    from clap_lightning.checkpoint import read_lightning_checkpoint
+
+    checkpoint, stored = read_lightning_checkpoint(path, map_location)
+    prefix = "model."
+    return {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}, stored
+
+
+def prepare_audio(audio: AudioInput | Sequence[AudioInput], sample_rate: Optional[int], target_rate: int,
+                  num_samples: int) -> torch.Tensor:
+    """Decode, down-mix, resample and crop/tile inputs into a batch [N, num_samples] at `target_rate`."""
+    from clap_lightning.audio.io import Resampler, fit_length
+
+    if isinstance(audio, (str, Path)) or (isinstance(audio, (np.ndarray, torch.Tensor)) and audio.ndim == 1):
+        items = [audio]
+    elif isinstance(audio, (np.ndarray, torch.Tensor)):
+        items = list(torch.as_tensor(audio))  # a batch [N, T]
+    else:
+        items = list(audio)
+    if not items:
+        raise ValueError("embed_audio got no audio")
+    resample = Resampler(target_rate)
+    clips = []
+    for item in items:
+        if isinstance(item, (str, Path)):
+            wave, rate = read_audio_file(item, num_samples, target_rate)
+        else:  # cut what the clip needs before resampling, as a file is read: same result either way
+            rate = sample_rate or target_rate
+            wave = to_mono(item)[:frames_needed(num_samples, rate, target_rate)]
+        clip, _ = fit_length(resample(wave, rate), num_samples, "repeat")
+        clips.append(clip)
+    return torch.stack(clips)
+
+
+def frames_needed(num_samples: int, rate: int, target_rate: int) -> int:
+    """Frames at `rate` that resample to at least `num_samples` at `target_rate` (as the eval loader)."""
+    return -(-num_samples * rate // target_rate) + 1
+
+
+def to_mono(wave: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A float32 waveform [T] from [T] or [channels, T]."""
+    wave = torch.as_tensor(wave, dtype=torch.float32)
+    if wave.ndim == 2:
+        wave = wave.mean(dim=0)
+    if wave.ndim != 1 or wave.numel() == 0:
+        raise ValueError(f"expected a waveform [T] or [channels, T], got shape {list(wave.shape)}")
+    return wave
+
+
+def read_audio_file(path: str | Path, num_samples: int, target_rate: int) -> tuple[torch.Tensor, int]:
+    """Decode from the start of a file what `num_samples` at `target_rate` need (mono, its own rate)."""
+    import soundfile as sf
+
+    from clap_lightning.audio.io import read_clip
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"audio file not found: {path}")
+    frames = frames_needed(num_samples, sf.info(str(path)).samplerate, target_rate)
+    audio, rate, _ = read_clip(path.read_bytes(), frames, None)
+    return torch.from_numpy(audio), rate

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from clap_lightning.checkpoint import read_lightning_checkpoint
 from clap_lightning.errors import CheckpointError
 
 ENCODER_PREFIX = "model.audio_encoder."
@@ -25,13 +26,7 @@ FRONT_END_KEYS = ("sample_rate", "mel_sample_rate", "n_fft", "hop_length", "n_me
 
 
 def _read_checkpoint(path: Path) -> dict:
-    if not path.is_file():
-        raise CheckpointError(f"audio encoder checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated file, not a torch file, ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(err).strip().splitlines()[0]}") from None
-    return checkpoint if isinstance(checkpoint, dict) else {}
+    return read_lightning_checkpoint(path)[0]  # safe: torch.load(weights_only=True)
 
 
 def load_audio_encoder_state(path: str | Path) -> dict[str, torch.Tensor]:

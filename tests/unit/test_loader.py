@@ -52,6 +52,15 @@ def test_eval_reads_every_sample_exactly_once_over_2_ranks_x_2_workers(tmp_path)
     assert sorted(seen) == sorted(expected)  # none missing, none twice
 
 
+def test_fewer_shards_than_ranks_still_gives_every_rank_samples_exactly_once(tmp_path):
+    # One validation shard on 2 ranks: splitting whole shards would leave rank 1 idle and hang DDP.
+    urls = write_good_shards(tmp_path, "a", n_shards=1, per_shard=7)
+    per_rank = [keys_of(ClapLoader(make_stream([urls], batch_size=2, rank=rank, world_size=2),
+                                   batch_size=None, num_workers=2)) for rank in range(2)]
+    assert all(per_rank) and not set(per_rank[0]) & set(per_rank[1])
+    assert sorted(per_rank[0] + per_rank[1]) == sorted(f"a-0-{i}" for i in range(7))
+
+
 def test_weighted_mixing_matches_the_configured_proportions(tmp_path):
     sources = [write_good_shards(tmp_path / "a", "a", 2, 5), write_good_shards(tmp_path / "b", "b", 3, 5),
                write_good_shards(tmp_path / "c", "c", 1, 5)]

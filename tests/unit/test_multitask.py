@@ -205,7 +205,7 @@ def _tiny_multitask(embed_dim: int = 32) -> MultiTaskPretraining:
 def test_exported_encoder_loads_into_clap_with_equal_weights(tmp_path: Path) -> None:
     module = _tiny_multitask()
     path = tmp_path / "multitask.ckpt"
-    torch.save({"state_dict": module.state_dict()}, path)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
     clap = CLAP(ModelConfig(**{k: v for k, v in TINY_MODEL.items()}))
     init_audio_encoder(clap.audio_encoder, path)
     expected = module.model.audio_encoder.state_dict()
@@ -216,11 +216,12 @@ def test_exported_encoder_loads_into_clap_with_equal_weights(tmp_path: Path) -> 
 
 def test_export_into_another_architecture_names_keys(tmp_path: Path) -> None:
     path = tmp_path / "wide.ckpt"
-    torch.save({"state_dict": _tiny_multitask(embed_dim=64).state_dict()}, path)
+    wide = _tiny_multitask(embed_dim=64)
+    torch.save({"state_dict": wide.state_dict(), "hyper_parameters": dict(wide.hparams)}, path)
     clap = CLAP(ModelConfig(**TINY_MODEL))
     with pytest.raises(CheckpointError, match=r"does not match model.audio_encoder: .*shape .*patch_embed"):
         init_audio_encoder(clap.audio_encoder, path)
-    torch.save({"state_dict": {"other.weight": torch.zeros(1)}}, path)
+    torch.save({"state_dict": {"other.weight": torch.zeros(1)}, "hyper_parameters": {"config": {}}}, path)
     with pytest.raises(CheckpointError, match="holds no audio encoder"):
         init_audio_encoder(clap.audio_encoder, path)
     with pytest.raises(CheckpointError, match="not found"):

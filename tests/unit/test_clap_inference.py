@@ -1,0 +1,99 @@
+"""CLAP inference API: from_checkpoint, embed_audio (files or waveforms, any rate/channels), embed_text."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from omegaconf import OmegaConf
+
+from clap_lightning.config import ModelConfig, from_container, to_container
+from clap_lightning.errors import CheckpointError
+from clap_lightning.models.clap import CLAP
+
+TINY = Path(__file__).resolve().parents[2] / "configs" / "model" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def model() -> CLAP:
+    torch.manual_seed(0)
+    config = from_container({"model": OmegaConf.to_container(OmegaConf.load(TINY))})
+    return CLAP(config.model).train()  # train mode on purpose: embed_* must switch to eval and back
+
+
+def _tone(rate: int, seconds: float, channels: int = 1, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    rng = np.random.default_rng(int(freq))
+    mono = 0.4 * np.sin(2 * np.pi * freq * t) * np.sin(2 * np.pi * 0.7 * t) + 0.05 * rng.standard_normal(t.size)
+    return np.stack([mono * (1 - 0.3 * c) for c in range(channels)], axis=1).astype(np.float32)  # [T, C]
+
+
+def test_files_any_rate_and_channels_alone_equals_in_batch(model, tmp_path):
+    paths = [tmp_path / "stereo48k.flac", tmp_path / "mono22k.wav", tmp_path / "short8k.ogg"]
+    sf.write(paths[0], _tone(48000, 3.0, channels=2), 48000)
+    sf.write(paths[1], _tone(22050, 2.5, freq=880.0), 22050)
+    sf.write(paths[2], _tone(8000, 0.7, freq=300.0), 8000)  # shorter than the clip: tiled
+    batch = model.embed_audio(paths)
+    assert batch.shape == (3, model.config.d_proj)
+    torch.testing.assert_close(batch.norm(dim=-1), torch.ones(3))
+    for i, path in enumerate(paths):
+        torch.testing.assert_close(model.embed_audio(str(path))[0], batch[i], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.embed_audio(paths, batch_size=2), batch, atol=1e-5, rtol=1e-5)
+    assert model.training  # mode restored
+
+
+def test_waveform_input_matches_the_same_audio_from_a_file(model, tmp_path):
+    path = tmp_path / "clip.flac"
+    sf.write(path, _tone(44100, 3.0, channels=2), 44100)
+    decoded, rate = sf.read(path, dtype="float32")  # [T, C] as the file holds it (16-bit)
+    from_file = model.embed_audio(path)
+    from_wave = model.embed_audio([torch.from_numpy(decoded.T)], sample_rate=rate)  # [C, T]
+    torch.testing.assert_close(from_wave, from_file, atol=1e-5, rtol=1e-5)
+
+
+def test_fixed_crop_from_the_start_is_deterministic(model):
+    rate = model.config.sample_rate
+    long = _tone(rate, 5.0)[:, 0]
+    head = long[: model.config.clip_samples]
+    emb_long = model.embed_audio(long)
+    torch.testing.assert_close(emb_long, model.embed_audio(head))  # only the first clip_seconds count
+    torch.testing.assert_close(emb_long, model.embed_audio(torch.from_numpy(long)))
+    batch = torch.from_numpy(np.stack([head, head[::-1].copy()]))  # a batch tensor [N, T]
+    assert model.embed_audio(batch).shape == (2, model.config.d_proj)
+    with pytest.raises(ValueError, match=r"expected a waveform \[T\] or \[channels, T\]"):
+        model.embed_audio([np.zeros((2, 2, 10), dtype=np.float32)])
+
+
+def test_embed_text_normalised_and_batch_independent(model):
+    captions = ["a loud sine tone", "a dog barks over a soft hum and rain!!", "white noise"]
+    batch = model.embed_text(captions)
+    torch.testing.assert_close(batch.norm(dim=-1), torch.ones(3))
+    for i, caption in enumerate(captions):
+        torch.testing.assert_close(model.embed_text(caption)[0], batch[i], atol=1e-5, rtol=1e-5)
+    assert model.training
+
+
+def test_from_checkpoint_reads_a_lightning_style_checkpoint(model, tmp_path):
+    config = from_container({"model": OmegaConf.to_container(OmegaConf.load(TINY))})
+    path = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"config": to_container(config)}, "epoch": 1}, path)
+    loaded = CLAP.from_checkpoint(path)
+    assert not loaded.training and isinstance(loaded.config, ModelConfig)
+    torch.testing.assert_close(loaded.embed_text(["a low hum"]), model.embed_text(["a low hum"]))
+    wave = _tone(16000, 2.0)[:, 0]
+    torch.testing.assert_close(loaded.embed_audio(wave), model.embed_audio(wave))
+
+
+def test_from_checkpoint_errors(model, tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        CLAP.from_checkpoint(tmp_path / "none.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "bare.ckpt")
+    with pytest.raises(CheckpointError, match="not a clap-lightning checkpoint"):
+        CLAP.from_checkpoint(tmp_path / "bare.ckpt")
+    config = from_container({"model": OmegaConf.to_container(OmegaConf.load(TINY))})
+    state = {f"model.{k}": v for k, v in model.state_dict().items() if "text_projection" not in k}
+    torch.save({"state_dict": state, "hyper_parameters": {"config": to_container(config)}}, tmp_path / "cut.ckpt")
+    with pytest.raises(CheckpointError, match="does not match its stored architecture"):
+        CLAP.from_checkpoint(tmp_path / "cut.ckpt")
