@@ -72,7 +72,7 @@ class MultiTaskConfig:
     name: str = "multitask"  # run name
     seed: int = 0  # global seed
     run_dir: str = "runs/${name}"  # checkpoints, logs and the resolved config go here
-    model: ModelConfig = field(default_factory=ModelConfig)  # only sample_rate, clip_seconds, audio_encoder(_init) are used
+    model: ModelConfig = field(default_factory=ModelConfig)  # uses sample_rate, clip_seconds, audio_encoder(_init)
     head_dropout: float = 0.1  # dropout on the embedding before the task heads
     tasks: list[TaskHeadConfig] = field(default_factory=list)  # the tasks, one head each
     data: MultiTaskDataConfig = field(default_factory=MultiTaskDataConfig)
@@ -148,9 +148,11 @@ def validate_multitask(config: MultiTaskConfig) -> None:
     for i, task in enumerate(config.tasks):
         where = f"tasks[{i}]"
         if not _TASK_NAME.match(task.name):
-            raise ConfigError(f"{where}.name must be letters, digits and '_' (starting with a letter); got '{task.name}'")
+            raise ConfigError(f"{where}.name must be letters, digits and '_', starting with a letter; "
+                              f"got '{task.name}'")
         if names.count(task.name) > 1:
-            raise ConfigError(f"{where}.name '{task.name}' is used by {names.count(task.name)} tasks; names must be unique")
+            raise ConfigError(f"{where}.name '{task.name}' is used by {names.count(task.name)} tasks; "
+                              "names must be unique")
         if task.kind not in TASK_KINDS:
             raise ConfigError(f"{where}.kind must be one of {', '.join(TASK_KINDS)}; got '{task.kind}'")
         if not task.shards:
@@ -169,7 +171,8 @@ def validate_multitask(config: MultiTaskConfig) -> None:
         raise ConfigError(f"data.temperature must be > 0; got {config.data.temperature}")
     if config.data.pad_mode not in ("repeat", "zero"):
         raise ConfigError(f"data.pad_mode must be 'repeat' or 'zero', got '{config.data.pad_mode}'")
-    validate_components(experiment_view(config, SourcePlan([t.shards for t in config.tasks], [1.0] * len(config.tasks), [])))
+    shards = [task.shards for task in config.tasks]
+    validate_components(experiment_view(config, SourcePlan(shards, [1.0] * len(shards), [])))
 
 
 def resolve_tasks(config: MultiTaskConfig) -> MultiTaskConfig:
@@ -192,7 +195,8 @@ def resolve_tasks(config: MultiTaskConfig) -> MultiTaskConfig:
                 scans[key] = scan_field(resolve_shards(task.shards).urls, task.label_field)
             names, numbers = scans[key]
             if needs_classes and not names:
-                raise DataError(f"task {task.name}: no '{task.label_field}' value in {task.shards} to take classes from")
+                raise DataError(f"task {task.name}: no '{task.label_field}' value in {task.shards} "
+                                "to take classes from")
             if needs_stats and len(numbers) < 2:
                 raise DataError(f"task {task.name}: fewer than 2 numeric '{task.label_field}' values in {task.shards}")
             if needs_classes:

@@ -57,7 +57,8 @@ def test_bad_tasks_are_refused(task: dict, message: str) -> None:
 
 
 def test_override_reaches_a_task_by_index() -> None:
-    config = load_multitask_config(REPO / "configs" / "multitask" / "demo3.yaml", ["tasks.1.weight=3", "tasks.0.classes=[a,b]"])
+    config = load_multitask_config(REPO / "configs" / "multitask" / "demo3.yaml",
+                                   ["tasks.1.weight=3", "tasks.0.classes=[a,b]"])
     assert config.tasks[1].weight == 3.0 and config.tasks[0].classes == ["a", "b"]
 
 
@@ -107,7 +108,7 @@ def _loss_inputs(garbage: bool) -> tuple[dict, dict, dict, dict]:
              "value": torch.tensor([False, False, False, True])}
     bad = 999 if garbage else 0
     targets = {"cls": torch.tensor([2, 0, bad, -bad]), "tags": torch.tensor([[7.0, bad], [1, 0], [0, 1], [bad, 3.0]]),
-               "value": torch.tensor([float("nan") if garbage else 0.0, 1e9 if garbage else 0.0, float("inf") if garbage else 0.0, 0.25])}
+               "value": torch.tensor([math.nan, 1e9, math.inf, 0.25] if garbage else [0.0, 0.0, 0.0, 0.25])}
     return outputs, targets, masks, specs
 
 
