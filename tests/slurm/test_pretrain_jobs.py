@@ -23,13 +23,13 @@ JOB_TIMEOUT_S = 420
 def pretrain_overrides(shards: Path) -> list[str]:
     """The demo's seconds-long CPU run on two DDP ranks, global batch 16 (8 a rank), 10 steps.
 
-    Validation runs every 5 steps on the demo's single validation shard, which the two ranks
+    Validation runs every 4 steps (one demo epoch) on the demo's single validation shard, which the two ranks
     share sample by sample (a rank without validation batches would hang DDP). run_dir comes
     from the sbatch script.
     """
     overrides = [o for o in demo_overrides(shards, Path("unused"), steps=MAX_STEPS)
                  if not o.startswith(("run_dir=", "trainer.val_check_interval="))]
-    return overrides + ["trainer.val_check_interval=5", "trainer.accelerator=cpu", "trainer.strategy=ddp",
+    return overrides + ["trainer.val_check_interval=4", "trainer.accelerator=cpu", "trainer.strategy=ddp",
                         "trainer.checkpoint_every_n_steps=2"]
 
 
