@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
@@ -122,7 +123,8 @@ def test_deepspeed_json_that_contradicts_the_config_is_refused(tmp_path):
 
 
 def test_build_strategy_defaults_to_ddp_and_builds_deepspeed_from_json():
-    assert build_strategy(load_config(None, ["trainer.devices=2"])) == "ddp"
+    ddp = build_strategy(load_config(None, ["trainer.devices=2"]))
+    assert isinstance(ddp, DDPStrategy) and ddp._ddp_kwargs == {"broadcast_buffers": False}
     assert build_strategy(load_config(None, [])) == "auto"  # one device: no wrapper
     strategy = build_strategy(deepspeed_config("zero3.json"))
     assert isinstance(strategy, CPUDeepSpeedStrategy) and strategy.config["zero_optimization"]["stage"] == 3
