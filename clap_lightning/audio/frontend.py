@@ -142,3 +142,27 @@ class SpecAugment(nn.Module):
         drop_freq = _stripe_mask(batch, bins, self.freq_drop_width, self.freq_stripes_num, feats.device)
         drop = drop_time[:, :, None] | drop_freq[:, None, :]
         return feats.masked_fill(drop, 0.0)
+
+
+def build_mel_stem(cfg) -> tuple[LogMelFrontEnd, SpecAugment, nn.BatchNorm2d]:
+    """Return the (frontend, spec_augmenter, bn0) modules CNN14 and HTSAT both start with.
+
+    Args:
+        cfg: an encoder config with `n_fft`, `hop_length`, `n_mels`, `fmin`, `fmax` and
+            `mel_sample_rate` fields.
+
+    The caller assigns them as `self.frontend`, `self.spec_augmenter` and `self.bn0` so the
+    state-dict keys stay msclap's.
+    """
+    frontend = LogMelFrontEnd(cfg.n_fft, cfg.hop_length, cfg.n_mels, cfg.fmin, cfg.fmax, cfg.mel_sample_rate)
+    spec_augmenter = SpecAugment(time_drop_width=64, time_stripes_num=2, freq_drop_width=8, freq_stripes_num=2)
+    return frontend, spec_augmenter, nn.BatchNorm2d(cfg.n_mels)
+
+
+def normalise_and_augment(
+    feats: torch.Tensor, bn0: nn.BatchNorm2d, spec_augmenter: SpecAugment, use_spec_augment: bool,
+) -> torch.Tensor:
+    """Apply bn0 per mel bin to log-mel [B, frames, n_mels], then SpecAugment if enabled."""
+    # bn0 normalises each mel bin over batch and time (msclap: BatchNorm2d on [B, mel, T, 1]).
+    feats = bn0(feats.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
+    return spec_augmenter(feats) if use_spec_augment else feats

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clap_lightning.audio.frontend import LogMelFrontEnd, SpecAugment
+from clap_lightning.audio.frontend import build_mel_stem, normalise_and_augment
 from clap_lightning.encoders.registry import register_audio_encoder
 
 # msclap key prefixes with no counterpart here (torchlibrosa's fixed STFT/mel matrices).
@@ -75,9 +75,7 @@ class CNN14Encoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.out_dim = cfg.out_dim
-        self.frontend = LogMelFrontEnd(cfg.n_fft, cfg.hop_length, cfg.n_mels, cfg.fmin, cfg.fmax, cfg.mel_sample_rate)
-        self.spec_augmenter = SpecAugment(time_drop_width=64, time_stripes_num=2, freq_drop_width=8, freq_stripes_num=2)
-        self.bn0 = nn.BatchNorm2d(cfg.n_mels)
+        self.frontend, self.spec_augmenter, self.bn0 = build_mel_stem(cfg)
         for i, (c_in, c_out) in enumerate(zip((1,) + _CHANNELS[:-1], _CHANNELS), start=1):
             self.add_module(f"conv_block{i}", ConvBlock(c_in, c_out))
         self.fc1 = nn.Linear(_CHANNELS[-1], cfg.out_dim)
@@ -90,9 +88,7 @@ class CNN14Encoder(nn.Module):
         feats = self.frontend(wave)  # [B, frames, n_mels]
         if feats.shape[1] < _MIN_SIZE:
             raise ValueError(f"CNN14 needs at least {_MIN_SIZE} frames; got {feats.shape[1]} ({wave.shape[1]} samples)")
-        x = self.bn0(feats.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)  # per mel bin
-        if self.cfg.use_spec_augment:
-            x = self.spec_augmenter(x)
+        x = normalise_and_augment(feats, self.bn0, self.spec_augmenter, self.cfg.use_spec_augment)
         x = x.unsqueeze(1)  # [B, 1, frames, n_mels]
         for i in range(1, len(_CHANNELS) + 1):
             x = getattr(self, f"conv_block{i}")(x, pool=2 if i < len(_CHANNELS) else 1)

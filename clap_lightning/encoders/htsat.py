@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clap_lightning.audio.frontend import LogMelFrontEnd, SpecAugment
+from clap_lightning.audio.frontend import build_mel_stem, normalise_and_augment
 from clap_lightning.encoders.registry import register_audio_encoder
 from clap_lightning.encoders.swin import BasicLayer
 
@@ -134,9 +134,7 @@ class HTSATEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.out_dim = cfg.out_dim
-        self.frontend = LogMelFrontEnd(cfg.n_fft, cfg.hop_length, cfg.n_mels, cfg.fmin, cfg.fmax, cfg.mel_sample_rate)
-        self.spec_augmenter = SpecAugment(time_drop_width=64, time_stripes_num=2, freq_drop_width=8, freq_stripes_num=2)
-        self.bn0 = nn.BatchNorm2d(cfg.n_mels)
+        self.frontend, self.spec_augmenter, self.bn0 = build_mel_stem(cfg)
         self.patch_embed = PatchEmbed(cfg)
         self.pos_drop = nn.Dropout(cfg.drop_rate)
         self.layers = self._build_layers(cfg)
@@ -177,11 +175,7 @@ class HTSATEncoder(nn.Module):
                 f"HTSAT takes at most {self.cfg.max_frames} frames ({max_samples} samples); "
                 f"got {feats.shape[1]} frames ({wave.shape[1]} samples): crop the waveform first"
             )
-        # bn0 normalises each mel bin over batch and time (msclap: BatchNorm2d on [B, mel, T, 1]).
-        feats = self.bn0(feats.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
-        if self.cfg.use_spec_augment:
-            feats = self.spec_augmenter(feats)
-        return feats
+        return normalise_and_augment(feats, self.bn0, self.spec_augmenter, self.cfg.use_spec_augment)
 
     def reshape_wav2img(self, feats: torch.Tensor) -> torch.Tensor:
         """Fold log-mel [B, frames, n_mels] into the square image [B, 1, spec_size, spec_size].
