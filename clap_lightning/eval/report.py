@@ -39,13 +39,29 @@ def write_table(rows: Sequence[dict], stem: Path, title: str) -> list[Path]:
     return [md, csv_path]
 
 
-def plot_confusion(confusion: torch.Tensor, classes: Sequence[str], path: Path, title: str) -> Path:
-    """Row-normalised confusion matrix as a PNG."""
+def _pyplot():
+    """Import pyplot on the file-only Agg backend (no display on cluster nodes)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save_png(fig, path: Path) -> Path:
+    """Lay out `fig`, write it to `path` as a 100-dpi PNG atomically, close it and return `path`."""
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    _pyplot().close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def plot_confusion(confusion: torch.Tensor, classes: Sequence[str], path: Path, title: str) -> Path:
+    """Row-normalised confusion matrix as a PNG."""
+    plt = _pyplot()
     rates = (confusion.float() / confusion.sum(1, keepdim=True).clamp(min=1)).numpy()
     size = max(5.0, 0.45 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -60,12 +76,7 @@ def plot_confusion(confusion: torch.Tensor, classes: Sequence[str], path: Path, 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return _save_png(fig, path)
 
 
 # ----------------------------------------------------------------------------- multi-task results
@@ -107,11 +118,7 @@ def result_rows(results: Sequence) -> list[dict]:
 
 def plot_comparison(rows: Sequence[dict], path: Path, title: str) -> Path:
     """Horizontal bars, ours vs the paper, for every scored row (a row without a paper number has one bar)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     scored = [row for row in rows if row["ours"] and not row["ours"].startswith("skipped")]
     fig, ax = plt.subplots(figsize=(8, max(2.5, 0.45 * len(scored) + 1.5)))
     if scored:
@@ -128,12 +135,7 @@ def plot_comparison(rows: Sequence[dict], path: Path, title: str) -> Path:
         ax.text(0.5, 0.5, "no task was scored", ha="center", va="center")
         ax.set_axis_off()
     ax.set_title(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return _save_png(fig, path)
 
 
 def write_eval_report(results: Sequence, out_dir: str | Path, title: str) -> list[Path]:
