@@ -26,14 +26,28 @@ def _as_float(values: Tensor) -> Tensor:
     return values if values.dtype in (torch.float32, torch.float64) else values.float()
 
 
+def _finite_float(name: str, values: Tensor) -> Tensor:
+    """Return `values` via `_as_float`, raising if any is NaN or inf."""
+    values = _as_float(values)
+    _check_finite(name, values)
+    return values
+
+
+def _as_indices(name: str, values: Tensor, upper: int, must: str) -> Tensor:
+    """Return `values` as long, raising "<name> must <must> in [0, upper)" if any lies outside."""
+    values = values.long()
+    if values.min() < 0 or values.max() >= upper:
+        found = f"{values.min()}..{values.max()}"
+        raise ValueError(f"{name} must {must} in [0, {upper}); found {found}")
+    return values
+
+
 def _check_scores_and_targets(scores: Tensor, targets: Tensor) -> Tensor:
     """Check `[N, C]` scores against same-shape targets; return the scores as floats."""
     if scores.ndim != 2 or scores.shape != targets.shape:
         shapes = f"{tuple(scores.shape)} and {tuple(targets.shape)}"
         raise ValueError(f"expected scores and targets of the same [N, C] shape; got {shapes}")
-    scores = _as_float(scores)
-    _check_finite("scores", scores)
-    return scores
+    return _finite_float("scores", scores)
 
 
 def _pessimistic_ranks(scores: Tensor, query_scores: Tensor) -> Tensor:
@@ -67,12 +81,8 @@ def accuracy(logits: Tensor, targets: Tensor, top_k: int = 1) -> float:
         raise ValueError("accuracy of an empty batch is undefined")
     if not 1 <= top_k <= n_classes:
         raise ValueError(f"top_k must be in [1, {n_classes}]; got {top_k}")
-    targets = targets.long()
-    if targets.min() < 0 or targets.max() >= n_classes:
-        found = f"{targets.min()}..{targets.max()}"
-        raise ValueError(f"targets must be class indices in [0, {n_classes}); found {found}")
-    logits = _as_float(logits)
-    _check_finite("logits", logits)
+    targets = _as_indices("targets", targets, n_classes, "be class indices")
+    logits = _finite_float("logits", logits)
     target_logit = logits.gather(1, targets[:, None])  # [N, 1]
     ranks = _pessimistic_ranks(logits, target_logit)[:, 0]
     return (ranks < top_k).double().mean().item()
@@ -214,12 +224,8 @@ def retrieval_metrics(sim: Tensor, text_to_audio: Tensor) -> dict[str, float]:
         shapes = f"{tuple(sim.shape)} and {tuple(text_to_audio.shape)}"
         raise ValueError(f"expected sim [n_audio, n_text] and text_to_audio [n_text]; got {shapes}")
     n_audio, _ = sim.shape
-    text_to_audio = text_to_audio.long()
-    if text_to_audio.min() < 0 or text_to_audio.max() >= n_audio:
-        found = f"{text_to_audio.min()}..{text_to_audio.max()}"
-        raise ValueError(f"text_to_audio must index clips in [0, {n_audio}); found {found}")
-    sim = _as_float(sim)
-    _check_finite("sim", sim)
+    text_to_audio = _as_indices("text_to_audio", text_to_audio, n_audio, "index clips")
+    sim = _finite_float("sim", sim)
 
     # text->audio: rank of each caption's own clip within its column.
     sim_t2a = sim.T  # [n_text, n_audio]
