@@ -154,7 +154,8 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def _first_line(err: OmegaConfBaseException) -> str:
+def first_line(err: OmegaConfBaseException) -> str:
+    """The first line of an OmegaConf error's message, for one-line ConfigErrors."""
     return str(getattr(err, "msg", err)).splitlines()[0]
 
 
@@ -163,7 +164,7 @@ def _merge(base: DictConfig, other: Any, origin: str) -> DictConfig:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
-        raise ConfigError(f"{origin}: bad config key '{key}': {_first_line(err)}") from None
+        raise ConfigError(f"{origin}: bad config key '{key}': {first_line(err)}") from None
 
 
 def _read_yaml(path: Path) -> DictConfig:
@@ -178,7 +179,7 @@ def _read_yaml(path: Path) -> DictConfig:
     return loaded
 
 
-def _compose(path: Path) -> list[tuple[str, DictConfig]]:
+def compose_layers(path: Path) -> list[tuple[str, DictConfig]]:
     """Expand `defaults` of an experiment file into (origin, section-config) layers."""
     experiment = _read_yaml(path)
     layers = []
@@ -193,6 +194,12 @@ def _compose(path: Path) -> list[tuple[str, DictConfig]]:
     return layers
 
 
+def check_override(item: str) -> None:
+    """Raise a ConfigError unless a command-line override reads `key=value`."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form key=value")
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Compose, override and validate an experiment config.
 
@@ -204,17 +211,16 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         ConfigError: one line naming the file or override and the offending key.
     """
     merged = OmegaConf.structured(ExperimentConfig)
-    for origin, layer in _compose(Path(path)) if path else []:
+    for origin, layer in compose_layers(Path(path)) if path else []:
         merged = _merge(merged, layer, origin)
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value")
+        check_override(item)
         merged = _merge(merged, OmegaConf.from_dotlist([item]), f"override '{item}'")
     try:
         OmegaConf.resolve(merged)
         config: ExperimentConfig = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
-        raise ConfigError(f"bad config key '{getattr(err, 'full_key', '?')}': {_first_line(err)}") from None
+        raise ConfigError(f"bad config key '{getattr(err, 'full_key', '?')}': {first_line(err)}") from None
     validate_components(config)
     return config
 
@@ -278,13 +284,18 @@ def from_container(data: dict) -> ExperimentConfig:
     return OmegaConf.to_object(merged)
 
 
-def save_config(config: ExperimentConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML, atomically."""
+def write_yaml(data: dict, path: str | Path) -> None:
+    """Write plain dicts and lists as YAML, atomically (creating the parent folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(to_container(config)))
+    tmp.write_text(OmegaConf.to_yaml(data))
     tmp.replace(path)
+
+
+def save_config(config: ExperimentConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    write_yaml(to_container(config), path)
 
 
 def local_batch_size(config: ExperimentConfig) -> int:

@@ -27,7 +27,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from clap_lightning.config import (DataConfig, ExperimentConfig, ModelConfig, OptimConfig, SourceConfig,
-                                   TrainerConfig, _compose, _first_line, validate_components)
+                                   TrainerConfig, check_override, compose_layers, first_line,
+                                   validate_components, write_yaml)
 from clap_lightning.data.multitask import TaskLabelSpec, scan_field, sort_class_names, temperature_weights
 from clap_lightning.data.sources import resolve_shards
 from clap_lightning.errors import ConfigError, DataError
@@ -85,7 +86,7 @@ def _update(merged, key: str, value, origin: str):
         OmegaConf.update(merged, key, value, merge=True)
     except OmegaConfBaseException as err:
         raise ConfigError(f"{origin}: bad config key '{getattr(err, 'full_key', None) or key}': "
-                          f"{_first_line(err)}") from None
+                          f"{first_line(err)}") from None
 
 
 def _check_task_keys(layer, origin: str) -> None:
@@ -95,7 +96,7 @@ def _check_task_keys(layer, origin: str) -> None:
             OmegaConf.merge(OmegaConf.structured(TaskHeadConfig), task)
         except OmegaConfBaseException as err:
             raise ConfigError(f"{origin}: bad config key 'tasks[{i}].{getattr(err, 'full_key', '?')}': "
-                              f"{_first_line(err)}") from None
+                              f"{first_line(err)}") from None
 
 
 def load_multitask_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> MultiTaskConfig:
@@ -107,13 +108,12 @@ def load_multitask_config(path: str | Path | None = None, overrides: Sequence[st
         ConfigError: one line naming the file or override and the offending key.
     """
     merged = OmegaConf.structured(MultiTaskConfig)
-    for origin, layer in _compose(Path(path)) if path else []:
+    for origin, layer in compose_layers(Path(path)) if path else []:
         _check_task_keys(layer, origin)
         for key in layer:
             _update(merged, str(key), layer[key], origin)
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value")
+        check_override(item)
         key, raw = item.split("=", 1)
         value = OmegaConf.from_dotlist([f"value={raw}"]).value  # YAML-typed, as `config.load_config` reads it
         _update(merged, key.strip(), value, f"override '{item}'")
@@ -130,7 +130,7 @@ def multitask_config_from(data) -> MultiTaskConfig:
             OmegaConf.resolve(merged)
             config = OmegaConf.to_object(merged)
         except OmegaConfBaseException as err:
-            raise ConfigError(f"bad config key '{getattr(err, 'full_key', '?')}': {_first_line(err)}") from None
+            raise ConfigError(f"bad config key '{getattr(err, 'full_key', '?')}': {first_line(err)}") from None
     validate_multitask(config)
     return config
 
@@ -272,9 +272,5 @@ def experiment_view(config: MultiTaskConfig, plan: SourcePlan) -> ExperimentConf
 
 def save_multitask_config(config: MultiTaskConfig, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(multitask_container(config)))
-    tmp.replace(path)
+    write_yaml(multitask_container(config), path)
 
