@@ -32,3 +32,16 @@ def read_lightning_checkpoint(path: str | Path, map_location="cpu") -> tuple[dic
                 if isinstance(checkpoint, dict) and "model" in checkpoint else "")
         raise CheckpointError(f"{path} is not a clap-lightning checkpoint (no stored config){hint}")
     return checkpoint, stored
+
+
+def load_stored_state(module: torch.nn.Module, checkpoint: dict, path: str | Path) -> torch.nn.Module:
+    """Load `checkpoint["state_dict"]` into `module` (built from its stored config) and return it.
+
+    Raises:
+        CheckpointError: the weights do not fit the architecture the stored config describes.
+    """
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{path} does not match its stored architecture: {str(err).splitlines()[0]}") from None
+    return module

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from clap_lightning.checkpoint import read_lightning_checkpoint
+from clap_lightning.checkpoint import load_stored_state, read_lightning_checkpoint
 from clap_lightning.config import local_batch_size
 from clap_lightning.data.multitask import MultiTaskCollate
 from clap_lightning.data.pipeline import ClapLoader, ClapStream, ClipDecoder
@@ -187,8 +187,4 @@ def load_multitask(path: str | Path, map_location: str = "cpu") -> MultiTaskPret
     if "tasks" not in stored:
         raise CheckpointError(f"{path} is not a multi-task checkpoint (no stored tasks)")
     module = MultiTaskPretraining(stored)
-    try:
-        module.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path} does not match its stored architecture: {str(err).splitlines()[0]}") from None
-    return module
+    return load_stored_state(module, checkpoint, path)

@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from clap_lightning.checkpoint import read_lightning_checkpoint
+from clap_lightning.checkpoint import load_stored_state, read_lightning_checkpoint
 from clap_lightning.config import ExperimentConfig, local_batch_size, save_config
 from clap_lightning.data.sources import resolve_shards
 from clap_lightning.errors import CheckpointError
@@ -92,8 +92,4 @@ def load_pretraining(path: str | Path, map_location: str = "cpu") -> ClapPretrai
     """Load a `ClapPretraining` checkpoint, with one-line errors for missing or foreign files."""
     checkpoint, config = read_lightning_checkpoint(path, map_location)
     module = ClapPretraining(config)
-    try:
-        module.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{path} does not match its stored architecture: {str(err).splitlines()[0]}") from None
-    return module
+    return load_stored_state(module, checkpoint, path)
