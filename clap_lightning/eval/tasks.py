@@ -167,20 +167,20 @@ def _zero_shot(name: str, display_name: str, metric: str, paper: float, benchmar
     )
 
 
+def _caption_task(corpus: str, suffix: str, display_name: str, kind: str, metric: str, **fields) -> TaskSpec:
+    """Build a task scored against the captions (`text` field) of a corpus' test split."""
+    return TaskSpec(name=f"{corpus}_{suffix}", display_name=display_name, kind=kind, metric=metric, source=corpus,
+                    split="test", label_field="text", **fields)
+
+
 def _retrieval(
     corpus: str, display: str, direction: str, paper: tuple[float, float], benchmark: tuple[float, float], protocol: str
 ) -> TaskSpec:
     """Build one retrieval direction; `paper` / `benchmark` are (R@1, mAP@10)."""
     arrow = "audio→text" if direction == "a2t" else "text→audio"
-    return TaskSpec(
-        name=f"{corpus}_{direction}",
-        display_name=f"{display} {arrow}",
-        kind="retrieval",
-        metric="R@1",
-        source=corpus,
-        split="test",
+    return _caption_task(
+        corpus, direction, f"{display} {arrow}", "retrieval", "R@1",
         protocol=protocol,
-        label_field="text",
         direction=direction,
         # The paper reports R@1 and mAP@10 only; R@5 / R@10 are ours, shown without a paper value.
         paper={"R@1": paper[0], "R@5": None, "R@10": None, "mAP@10": paper[1]},
@@ -189,15 +189,9 @@ def _retrieval(
 
 
 def _captioning(corpus: str, display: str, paper: float, benchmark: float, protocol: str) -> TaskSpec:
-    return TaskSpec(
-        name=f"{corpus}_captioning",
-        display_name=f"{display} captioning",
-        kind="captioning",
-        metric="SPIDEr",
-        source=corpus,
-        split="test",
+    return _caption_task(
+        corpus, "captioning", f"{display} captioning", "captioning", "SPIDEr",
         protocol=protocol,
-        label_field="text",
         paper={"SPIDEr": paper},
         benchmark={"SPIDEr": benchmark},
         notes="Registered for the report; the captioning model (frozen encoders + mapper + GPT-2) and SPIDEr come later.",
