@@ -74,8 +74,9 @@ class TaskEvalCallback(L.Callback):
 
 def build_eval_callbacks(config: ExperimentConfig) -> list[L.Callback]:
     """The validation-time task callback when `eval.tasks` is set, else nothing."""
-    if not config.eval.tasks.strip():
+    eval_config = getattr(config, "eval", None)  # runs of other kinds (captioning) have no eval section
+    if eval_config is None or not eval_config.tasks.strip():
         return []
     if not config.data.val:
         log.warning("eval.tasks is set but data.val is empty: no validation runs during fit, so neither do the tasks")
-    return [TaskEvalCallback(config.eval)]
+    return [TaskEvalCallback(eval_config)]

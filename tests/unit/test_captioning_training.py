@@ -159,7 +159,10 @@ def test_training_the_mapper_beats_constant_caption(tokenizer_dir, tmp_path):
 
 def test_load_captioner_refuses_foreign_files(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "x.ckpt")
-    with pytest.raises(CheckpointError, match="not a captioning checkpoint"):
+    with pytest.raises(CheckpointError, match="not a clap-lightning checkpoint"):
         load_captioner(tmp_path / "x.ckpt")
+    torch.save({"state_dict": {}, "hyper_parameters": {"config": {"name": "pretraining"}}}, tmp_path / "p.ckpt")
+    with pytest.raises(CheckpointError, match="not a captioning checkpoint"):
+        load_captioner(tmp_path / "p.ckpt")
     with pytest.raises(CheckpointError, match="not found"):
         load_captioner(tmp_path / "none.ckpt")
