@@ -82,7 +82,7 @@ def msclap_style(flacs: list[bytes], cache_kernel: bool) -> None:
 
 def full_loader(urls: list[str], clips: int, tokenizer) -> None:
     decoder = ClipDecoder(MODEL_RATE, int(MODEL_RATE * CLIP_SECONDS), "repeat", is_train=True)
-    stream = ClapStream([urls], decoder, Collate(tokenizer, is_train=True), BATCH, is_train=True,
+    stream = ClapStream([urls], decoder, Collate(tokenizer), BATCH, is_train=True,
                         batches_per_worker=clips // BATCH, shuffle_buffer=0)
     for batch in stream:
         assert batch["audio"].shape == (BATCH, int(MODEL_RATE * CLIP_SECONDS))

@@ -98,11 +98,10 @@ class ClipDecoder:
 
 
 class Collate:
-    """Stack clips and tokenize one caption per clip, padded per batch."""
+    """Stack clips and tokenize the caption ClipDecoder picked for each, padded per batch."""
 
-    def __init__(self, tokenizer, is_train: bool, label_field: str = "labels") -> None:
+    def __init__(self, tokenizer, label_field: str = "labels") -> None:
         self.tokenizer = tokenizer
-        self.is_train = is_train
         self.label_field = label_field
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ class FakeTokenizer:
 
 def make_stream(sources, batch_size=4, is_train=False, **kwargs) -> ClapStream:
     decoder = ClipDecoder(sample_rate=16000, clip_samples=CLIP, pad_mode="zero", is_train=is_train)
-    return ClapStream(sources, decoder, Collate(FakeTokenizer(), is_train), batch_size, is_train=is_train, **kwargs)
+    return ClapStream(sources, decoder, Collate(FakeTokenizer()), batch_size, is_train=is_train, **kwargs)
 
 
 def keys_of(batches) -> list[str]:
