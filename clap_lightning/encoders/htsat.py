@@ -114,16 +114,28 @@ def check_htsat_shapes(cfg: HTSATConfig) -> None:
 
 
 class PatchEmbed(nn.Module):
-    """Conv patch embedding of the spectrogram image, then LayerNorm (msclap: patch_norm=True)."""
+    """Conv patch embedding of the spectrogram image, then LayerNorm (msclap: patch_norm=True).
+
+    With non-overlapping patches (size == stride, the released config) the conv is computed as
+    a reshape into patches and one matrix product with the same weight: identical values, and
+    its backward to the image (which needs gradients for `bn0`) is a GEMM rather than CPU
+    conv's slow transposed convolution.
+    """
 
     def __init__(self, cfg: HTSATConfig) -> None:
         super().__init__()
         pad = (cfg.patch_size - cfg.patch_stride) // 2
         self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, cfg.patch_stride, padding=pad)
         self.norm = nn.LayerNorm(cfg.embed_dim)
+        self.as_matmul = cfg.patch_size == cfg.patch_stride
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(image).flatten(2).transpose(1, 2))  # [B, tokens, C]
+        if not self.as_matmul:
+            return self.norm(self.proj(image).flatten(2).transpose(1, 2))  # [B, tokens, C]
+        b, c, h, w = image.shape
+        p = self.proj.kernel_size[0]
+        patches = image.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // p) * (w // p), -1)
+        return self.norm(F.linear(patches, self.proj.weight.flatten(1), self.proj.bias))  # [B, tokens, C]
 
 
 @register_audio_encoder("htsat", HTSATConfig)

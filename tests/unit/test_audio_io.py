@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torchaudio
 
 from clap_lightning.audio.io import Resampler, fit_length, read_clip
 
@@ -46,3 +47,11 @@ def test_resampler_builds_each_kernel_once_and_passes_matching_rates():
     assert len(resample._kernels) == 1
     same = torch.randn(100)
     assert resample(same, 16000) is same
+
+
+@pytest.mark.parametrize("orig,new", [(48000, 44100), (44100, 16000), (16000, 44100), (22050, 32000)])
+def test_resampler_matches_torchaudio(orig, new):
+    audio = torch.randn(2, 3001, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    reference = torchaudio.functional.resample(audio, orig, new)  # float64 input: float64 kernel
+    torch.testing.assert_close(Resampler(new)(audio, orig), reference, atol=1e-12, rtol=0)
+    torch.testing.assert_close(Resampler(new)(audio.float(), orig), reference.float(), atol=2e-6, rtol=0)

@@ -133,3 +133,30 @@ def test_too_long_input_is_refused():
     model = build_tiny().eval()
     with pytest.raises(ValueError, match="at most 128 frames"):
         model(torch.randn(1, 16000 * 3))
+
+
+@pytest.mark.parametrize("size,stride", [(4, 4), (8, 8)])
+def test_patch_embed_matmul_equals_the_conv(size, stride):
+    from clap_lightning.encoders.htsat import PatchEmbed
+
+    torch.manual_seed(0)
+    embed = PatchEmbed(HTSATConfig(spec_size=64, patch_size=size, patch_stride=stride, embed_dim=16))
+    assert embed.as_matmul
+    image = torch.randn(2, 1, 64, 64, requires_grad=True)
+    results = []
+    for as_matmul in (False, True):
+        embed.as_matmul = as_matmul
+        embed.zero_grad()
+        image.grad = None
+        out = embed(image)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), image.grad.clone(), embed.proj.weight.grad.clone(), embed.proj.bias.grad.clone()))
+    for conv, matmul in zip(*results):
+        torch.testing.assert_close(matmul, conv, atol=1e-5, rtol=1e-5)
+
+
+def test_overlapping_patches_keep_the_conv():
+    from clap_lightning.encoders.htsat import PatchEmbed
+
+    embed = PatchEmbed(HTSATConfig(spec_size=64, patch_size=6, patch_stride=4, embed_dim=16))
+    assert not embed.as_matmul and embed(torch.randn(1, 1, 64, 64)).shape == (1, 256, 16)
