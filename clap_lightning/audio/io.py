@@ -63,29 +63,66 @@ class Resampler:
     """Resample clips to one target rate, building each rate's kernel once per process.
 
     The same windowed-sinc filter as `torchaudio.functional.resample` (Hann window, 6 zero
-    crossings, rolloff 0.99), applied as one matrix product: the input is cut into overlapping
+    crossings, rolloff 0.99), applied as matrix products: the input is cut into overlapping
     blocks of `orig + 2 width` samples, one block per `orig` input samples, and the kernel maps
-    each block to its `new` output samples (rates reduced by their gcd). torchaudio runs the same
-    kernel as a strided conv1d; the GEMM is about 2.5x faster on one CPU thread (48 -> 44.1 kHz),
-    which matters in loader workers.
+    each block to its `new` output samples (rates reduced by their gcd). Each output phase
+    only touches about 2 width samples of its block, so the phases are split into a few groups,
+    each multiplying only the rows it needs. torchaudio runs the full kernel as a strided
+    conv1d; this is about 3x faster on one CPU thread (48 -> 44.1 kHz), which matters in loader
+    workers. Values agree with torchaudio to float rounding.
     """
 
     def __init__(self, target_rate: int) -> None:
         self.target_rate = target_rate
-        self._kernels: dict[int, tuple[torch.Tensor, int, int, int]] = {}
+        self._kernels: dict[tuple[int, torch.dtype], ResamplePlan] = {}
 
     def __call__(self, audio: torch.Tensor, rate: int) -> torch.Tensor:
         """Resample `audio` [..., T] from `rate` to the target rate."""
         if rate == self.target_rate:
             return audio
-        if rate not in self._kernels:
-            self._kernels[rate] = sinc_resample_kernel(rate, self.target_rate)
-        kernel, orig, new, width = self._kernels[rate]
+        plan = self._kernels.get((rate, audio.dtype))
+        if plan is None:
+            plan = self._kernels[(rate, audio.dtype)] = ResamplePlan(rate, self.target_rate, audio.dtype)
+        return plan(audio)
+
+
+class ResamplePlan:
+    """One rate pair's sinc kernel, split into column groups of phases with their row ranges."""
+
+    GROUP_COST = 2000  # multiply-adds per block that one more group costs (slice, call); measured
+
+    def __init__(self, orig_rate: int, new_rate: int, dtype: torch.dtype) -> None:
+        kernel, self.orig, self.new, self.width = sinc_resample_kernel(orig_rate, new_rate)
+        self.block = kernel.shape[0]
+        rows = torch.arange(self.block)[:, None]
+        nonzero = kernel != 0
+        first = torch.where(nonzero, rows, self.block).min(0).values.tolist()
+        last = (torch.where(nonzero, rows, -1).max(0).values + 1).tolist()
+
+        def split(groups: int) -> list[tuple[int, int, int, int]]:
+            size = -(-self.new // groups)
+            return [(c, min(c + size, self.new), min(first[c:c + size]), max(last[c:c + size]))
+                    for c in range(0, self.new, size)]
+
+        def cost(plan: list[tuple[int, int, int, int]]) -> int:
+            return sum((c1 - c0) * (r1 - r0) + self.GROUP_COST for c0, c1, r0, r1 in plan)
+
+        best = min((split(g) for g in range(1, min(self.new, 16) + 1)), key=cost)
+        self.groups = [(c0, c1, r0, r1, kernel[r0:r1, c0:c1].to(dtype).contiguous()) for c0, c1, r0, r1 in best]
+
+    def __call__(self, audio: torch.Tensor) -> torch.Tensor:
         length = audio.shape[-1]
         flat = audio.reshape(-1, length)
-        blocks = torch.nn.functional.pad(flat, (width, width + orig)).unfold(-1, kernel.shape[0], orig)
-        out = (blocks @ kernel.to(audio.dtype)).flatten(-2)  # [rows, blocks * new]
-        return out[:, : -(-new * length // orig)].reshape(*audio.shape[:-1], -1)
+        blocks = torch.nn.functional.pad(flat, (self.width, self.width + self.orig)).unfold(-1, self.block, self.orig)
+        if len(self.groups) == 1:
+            _, _, r0, r1, taps = self.groups[0]
+            out = blocks[..., r0:r1] @ taps
+        else:
+            out = blocks.new_empty(*blocks.shape[:-1], self.new)
+            for c0, c1, r0, r1, taps in self.groups:
+                out[..., c0:c1] = blocks[..., r0:r1] @ taps
+        out = out.flatten(-2)  # [rows, blocks * new]
+        return out[:, : -(-self.new * length // self.orig)].reshape(*audio.shape[:-1], -1)
 
 
 def sinc_resample_kernel(orig_rate: int, new_rate: int, zero_crossings: int = 6,
@@ -101,8 +138,10 @@ def sinc_resample_kernel(orig_rate: int, new_rate: int, zero_crossings: int = 6,
     width = math.ceil(zero_crossings * orig / base)
     idx = torch.arange(-width, width + orig, dtype=torch.float64) / orig
     t = (torch.arange(0, -new, -1, dtype=torch.float64)[:, None] / new + idx) * base
+    inside = t.abs() < zero_crossings  # outside, torchaudio's clamped taps are ~1e-49: exact zeros here
     t = t.clamp(-zero_crossings, zero_crossings)
     window = torch.cos(t * math.pi / zero_crossings / 2) ** 2
     t = t * math.pi
     taps = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / t) * window * (base / orig)
+    taps = torch.where(inside, taps, torch.zeros_like(taps))
     return taps.T.contiguous(), orig, new, width

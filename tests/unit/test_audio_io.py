@@ -43,15 +43,25 @@ def test_resampler_builds_each_kernel_once_and_passes_matching_rates():
     tone = torch.sin(torch.arange(48000) / 48000 * 2 * torch.pi * 440)
     out = resample(tone, 48000)
     assert out.shape == (16000,) and len(resample._kernels) == 1
+    plan = next(iter(resample._kernels.values()))
     resample(tone, 48000)
-    assert len(resample._kernels) == 1
+    assert len(resample._kernels) == 1 and next(iter(resample._kernels.values())) is plan
     same = torch.randn(100)
     assert resample(same, 16000) is same
 
 
-@pytest.mark.parametrize("orig,new", [(48000, 44100), (44100, 16000), (16000, 44100), (22050, 32000)])
+@pytest.mark.parametrize("orig,new", [(48000, 44100), (44100, 16000), (16000, 44100), (22050, 32000), (8000, 16000)])
 def test_resampler_matches_torchaudio(orig, new):
     audio = torch.randn(2, 3001, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     reference = torchaudio.functional.resample(audio, orig, new)  # float64 input: float64 kernel
     torch.testing.assert_close(Resampler(new)(audio, orig), reference, atol=1e-12, rtol=0)
     torch.testing.assert_close(Resampler(new)(audio.float(), orig), reference.float(), atol=2e-6, rtol=0)
+
+
+def test_resample_plan_splits_the_banded_kernel():
+    from clap_lightning.audio.io import ResamplePlan
+
+    plan = ResamplePlan(48000, 44100, torch.float32)
+    assert len(plan.groups) > 1  # each phase touches ~14 of the block's 174 samples
+    assert plan.groups[0][0] == 0 and plan.groups[-1][1] == plan.new
+    assert all(a[1] == b[0] for a, b in zip(plan.groups, plan.groups[1:]))
