@@ -10,15 +10,24 @@ chirps, a pulse train and amplitude/frequency-modulated tones (tremolo tone, vib
 Harmonics stop at 7.5 kHz, so a 16 kHz build sounds like a 44.1 kHz one except for noise.
 
 Attributes, stored in the json: `pitch` low/mid/high (not for noises), `loudness`
-quiet/loud (12 dB apart), `length` short/long (1.0-1.7 s / 2.3-3.0 s by default),
-`background` none/hum/wind/rain (18-24 dB below the sound), `rhythm` slow/fast (pulse
-train, tremolo, vibrato). Held-out combinations: per class, a few (pitch x background)
+quiet/loud (12 dB apart), `length` short/long (2.1-2.31 s / 2.49-2.7 s by default: every clip
+covers the tiny model's 2.04-s window, so no clip is padded), `background`
+none/hum/wind/rain (24-30 dB below the sound), `rhythm` slow/fast (pulse train, tremolo,
+vibrato). Held-out combinations: per class, a few (pitch x background)
 cells (loudness x background for noises) appear only in `valid` or only in `test`; every
 single attribute value still occurs in `train` for every class.
 
-Captions: 2-3 per clip from seven templates, with synonyms for every class and attribute
+Captions: 2-3 per clip from eight templates, with synonyms for every class and attribute
 word ("someone plays a quiet low beep over a low hum"); the first caption always uses the
 canonical class name, so the zero-shot prompt "this is a sound of {class}" is learnable.
+
+Default size: 600 train clips per class (8400; about 40 s to build with 2 workers), 25 valid
+and 40 test clips per class. Why these settings (measured with the tiny model, 1000 steps):
+4x the original 150 train clips per class took held-out accuracy from 0.49 to 0.56 (the model
+had memorised 2100 clips); a repeat-padded clip shorter than the window repeats its fade-out
+and fade-in, which reads as tremolo, and a random crop of a long decaying bell is mostly
+background, so clips now just cover the window; backgrounds 24-30 dB down (not 18-24) keep a
+low bell or sine over wind recognisable.
 """
 
 from __future__ import annotations
@@ -55,12 +64,12 @@ _MAX_PARTIAL_HZ = 7500.0  # harmonic series stop here whatever the sample rate
 class DemoConfig:
     """Size and seed of the demo corpus."""
 
-    train_per_class: int = 150  # train clips per class
+    train_per_class: int = 600  # train clips per class
     valid_per_class: int = 25  # valid clips per class
     test_per_class: int = 40  # test clips per class
     seed: int = 0  # base seed; each clip's RNG is seeded by (seed, split, class, index)
-    min_duration: float = 1.0  # shortest clip in seconds ("short" clips start here)
-    max_duration: float = 3.0  # longest clip in seconds ("long" clips end here)
+    min_duration: float = 2.1  # shortest clip in seconds ("short" clips start here)
+    max_duration: float = 2.7  # longest clip in seconds ("long" clips end here)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +147,7 @@ def _sawtooth(t, sr, f0, rate, rng):
 
 def _bell(t, sr, f0, rate, rng):
     # Inharmonic partials of a free bar (1 : 2.76 : 5.40 : 8.93), higher ones dying faster.
-    decay = rng.uniform(0.5, 1.1)
+    decay = rng.uniform(0.8, 1.6)
     out = np.zeros_like(t)
     for k, (ratio, amp) in enumerate(zip((1.0, 2.76, 5.40, 8.93), (1.0, 0.6, 0.4, 0.25))):
         if ratio * f0 < min(_MAX_PARTIAL_HZ, 0.45 * sr):
@@ -259,7 +268,7 @@ def synthesise(item: DemoItem, sample_rate: int, seed: int) -> np.ndarray:
         sound = sound * _fade(len(t), sample_rate, rng)
     level_db = (0.0 if attrs["loudness"] == "loud" else -12.0) + rng.uniform(-1.5, 0.0)
     gain = 0.8 * 10 ** (level_db / 20)
-    background = _normalise(_background(attrs["background"], t, sample_rate, rng)) * 10 ** (rng.uniform(-24, -18) / 20)
+    background = _normalise(_background(attrs["background"], t, sample_rate, rng)) * 10 ** (rng.uniform(-30, -24) / 20)
     return (gain * (sound + background)).astype(np.float32)
 
 
@@ -297,7 +306,7 @@ _WORDS = {
 }
 _TEMPLATES = (
     "{a}{bg}", "the sound of {a}{bg}", "someone plays {a}{bg}", "{a} can be heard{bg}",
-    "a recording of {a}{bg}", "you hear {a}{bg}", "a {length} clip of {a}{bg}",
+    "a recording of {a}{bg}", "you hear {a}{bg}", "a {length} clip of {a}{bg}", "this is a sound of {a}{bg}",
 )
 _MASS_NOUNS = ("static", "clicking", "ticking")
 

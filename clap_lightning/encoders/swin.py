@@ -99,6 +99,8 @@ class WindowAttention(nn.Module):
         """
         bw, n, c = x.shape
         q, k, v = self.qkv(x).view(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        if torch.is_grad_enabled() and self.relative_position_bias_table.requires_grad:
+            return self.proj_drop(self.proj(self._attend_explicitly(q, k, v, shift_mask).transpose(1, 2).reshape(bw, n, c)))
         mask = self.compute_bias().to(q.dtype).unsqueeze(0)  # [1, heads, N, N]
         if shift_mask is not None:
             windows = shift_mask.shape[0]
@@ -108,6 +110,23 @@ class WindowAttention(nn.Module):
         drop = self.attn_drop if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(bw, n, c)))
+
+    def _attend_explicitly(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                           shift_mask: torch.Tensor | None) -> torch.Tensor:
+        """Softmax attention written out, for training: [B * nW, heads, N, d] -> same.
+
+        When the bias table needs a gradient, SDPA's mask must be a full-batch tensor that
+        requires grad, which sends it to its unfused path and materialises (and back-propagates
+        through) a [B * nW, heads, N, N] mask; here the bias and shift mask broadcast over the
+        batch instead and their gradients are plain sums.
+        """
+        bw, heads, n, d = q.shape
+        attn = (q * d ** -0.5) @ k.transpose(-2, -1) + self.compute_bias().to(q.dtype)  # [B * nW, heads, N, N]
+        if shift_mask is not None:
+            windows = shift_mask.shape[0]
+            attn = (attn.view(bw // windows, windows, heads, n, n) + shift_mask.to(q.dtype).unsqueeze(1)).view(bw, heads, n, n)
+        attn = F.dropout(attn.softmax(dim=-1), self.attn_drop, self.training)
+        return attn @ v
 
 
 def compute_shift_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor:

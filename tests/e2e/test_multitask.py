@@ -30,7 +30,8 @@ def shards(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("multitask_shards")
     subprocess.run([sys.executable, "-m", "data_recipes", "build", "demo", "--out", str(root), "--sample-rate", "16000",
                     "--workers", "1", "--samples-per-shard", "48", "--no-progress", "-o", "train_per_class=24",
-                    "-o", "valid_per_class=8", "-o", "test_per_class=1"], check=True, cwd=REPO)
+                    "-o", "valid_per_class=8", "-o", "test_per_class=1",
+                    "-o", "min_duration=1.0", "-o", "max_duration=3.0"], check=True, cwd=REPO)
     return root / "demo"
 
 

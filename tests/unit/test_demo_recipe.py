@@ -51,7 +51,7 @@ def test_shards_hold_every_class_with_the_contract_fields(tmp_path):
     assert collections.Counter(m["labels"][0] for m in metas) == {c: 2 for c in DEMO_CLASSES}
     for m in metas:
         assert schema.validate_sample_json(m) == [] and m["source"] == "demo" and m["sample_rate"] == 16000
-        assert 1.0 <= m["duration"] <= 3.0 and 2 <= len(m["text"]) <= 3 and len(set(m["text"])) == len(m["text"])
+        assert DemoConfig.min_duration <= m["duration"] <= DemoConfig.max_duration and 2 <= len(m["text"]) <= 3 and len(set(m["text"])) == len(m["text"])
         assert all(m[a] in ATTRIBUTE_VALUES[a] for a in class_attributes(m["labels"][0]))
 
 
@@ -93,7 +93,7 @@ def test_default_sizes():
     recipe = DemoRecipe()
     sizes = {s: len(recipe.items(None, s)) for s in recipe.splits}
     n = len(DEMO_CLASSES)
-    assert sizes == {"train": 150 * n, "valid": 25 * n, "test": 40 * n}
+    assert sizes == {"train": 600 * n, "valid": 25 * n, "test": 40 * n}
 
 
 def test_captions_vary_and_often_name_the_class():

@@ -8,7 +8,7 @@ from clap_lightning.encoders.registry import AUDIO_ENCODERS
 
 torch.set_num_threads(1)
 
-# The CPU demo size: 2 s at 16 kHz -> 126 frames, stretched to 128 and folded into 64 x 64.
+# A small test size: 2 s at 16 kHz -> 126 frames, stretched to 128 and folded into 64 x 64.
 TINY = dict(
     sample_rate=16000, mel_sample_rate=16000, n_fft=512, hop_length=256, n_mels=32, fmax=8000.0,
     spec_size=64, embed_dim=32, depths=[1, 1, 2], num_heads=[2, 4, 8], window_size=4, num_classes=16,
@@ -160,3 +160,48 @@ def test_overlapping_patches_keep_the_conv():
 
     embed = PatchEmbed(HTSATConfig(spec_size=64, patch_size=6, patch_stride=4, embed_dim=16))
     assert not embed.as_matmul and embed(torch.randn(1, 1, 64, 64)).shape == (1, 256, 16)
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_training_attention_matches_sdpa_values_and_gradients(shifted):
+    import torch.nn.functional as F
+
+    from clap_lightning.encoders.swin import WindowAttention, compute_shift_mask
+
+    torch.manual_seed(0)
+    attn = WindowAttention(dim=16, window=4, num_heads=2, attn_drop=0.0, proj_drop=0.0)
+    torch.nn.init.normal_(attn.relative_position_bias_table)
+    shift_mask = compute_shift_mask(8, 8, 4, 2) if shifted else None  # 4 windows of 16 tokens
+    x = torch.randn(8, 16, 16, requires_grad=True)  # 2 images x 4 windows
+
+    def reference(x):  # SDPA with the bias (and shift mask) as one full-batch additive mask
+        q, k, v = attn.qkv(x).view(8, 16, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        mask = attn.compute_bias().unsqueeze(0)
+        if shift_mask is not None:
+            mask = (mask + shift_mask.unsqueeze(1)).repeat(2, 1, 1, 1)
+        return attn.proj(F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(8, 16, 16))
+
+    weights = torch.randn(8, 16, 16)
+    grads = []
+    for fn in (reference, lambda x: attn(x, shift_mask)):  # the module takes the explicit path with grads on
+        attn.zero_grad()
+        x.grad = None
+        out = fn(x)
+        (out * weights).sum().backward()
+        grads.append((out.detach(), x.grad.clone(), attn.relative_position_bias_table.grad.clone(), attn.qkv.weight.grad.clone()))
+    for ref, ours in zip(*grads):
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():  # inference takes the SDPA path: same values
+        torch.testing.assert_close(attn(x, shift_mask), grads[0][0], atol=1e-5, rtol=1e-4)
+
+
+def test_demo_model_clip_fills_the_image_without_a_time_stretch():
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    model = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parents[2] / "configs" / "model" / "tiny.yaml"))
+    section = {k: v for k, v in model["audio_encoder"].items() if k != "name"}
+    encoder = HTSATEncoder(HTSATConfig(**section))
+    frames = encoder.frontend(torch.zeros(1, round(model["sample_rate"] * model["clip_seconds"]))).shape[1]
+    assert frames == encoder.cfg.spec_size * encoder.cfg.freq_ratio  # bicubic stretch skipped, nothing cropped
