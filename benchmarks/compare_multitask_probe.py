@@ -9,7 +9,7 @@ held-out clips (valid + test splits, never trained on) and a logistic-regression
 attributes no encoder was trained on (loudness, length).
 
     python -m data_recipes build demo --out /tmp/x --sample-rate 16000 --workers 1 \\
-        -o train_per_class=40 -o valid_per_class=10 -o test_per_class=10
+        -o train_per_class=40 -o valid_per_class=10 -o test_per_class=10 -o min_duration=1.0 -o max_duration=3.0
     python benchmarks/compare_multitask_probe.py --data /tmp/x/demo --steps 300
 
 Prints a table; asserts nothing.
