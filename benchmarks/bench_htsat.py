@@ -82,6 +82,18 @@ def make_steps(model: torch.nn.Module, embed, wave: torch.Tensor) -> dict:
     return {"forward": forward, "fwd+bwd": forward_backward}
 
 
+def synchronized(step, device: torch.device):
+    """`step` that waits for the device's queued kernels before returning (timing on CUDA)."""
+    if device.type != "cuda":
+        return step
+
+    def run():
+        step()
+        torch.cuda.synchronize(device)
+
+    return run
+
+
 def time_interleaved(implementations: dict, repeats: int) -> dict:
     """Seconds per step, {impl: {step: (min, median)}}; implementations alternate each repeat.
 
@@ -110,24 +122,31 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=7.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cpu (the issue's target), or cuda")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 on both sides
+    torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
     cfg = HTSATConfig()
-    wave = 0.1 * torch.randn(args.batch, int(args.seconds * cfg.sample_rate))
+    wave = (0.1 * torch.randn(args.batch, int(args.seconds * cfg.sample_rate))).to(device)
     ours = HTSATEncoder(cfg)
     implementations = {}
     if (args.msclap_dir / "msclap" / "models" / "htsat.py").is_file():
         reference = load_msclap_htsat(args.msclap_dir)
         state = {k: v for k, v in reference.state_dict().items() if not k.startswith(MSCLAP_DERIVED_PREFIXES)}
         ours.load_state_dict(state)  # same weights, so both do the same work
-        implementations["msclap 1.3.4"] = make_steps(reference, lambda m, x: m(x)["latent_output"], wave)
+        implementations["msclap 1.3.4"] = make_steps(reference.to(device), lambda m, x: m(x)["latent_output"], wave)
     else:
         print(f"note: no msclap under {args.msclap_dir}; printing ours only (see the module docstring)")
-    implementations["clap-lightning"] = make_steps(ours, lambda m, x: m(x), wave)
+    implementations["clap-lightning"] = make_steps(ours.to(device), lambda m, x: m(x), wave)
+    implementations = {name: {step: synchronized(fn, device) for step, fn in steps.items()}
+                       for name, steps in implementations.items()}
     results = time_interleaved(implementations, args.repeats)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} CPU threads"
     print(f"HTSAT msclap-2023 config, batch {args.batch} x {args.seconds:g} s @ {cfg.sample_rate} Hz, "
-          f"{args.threads} threads, torch {torch.__version__}; seconds per batch, min / median of {args.repeats}")
+          f"{where}, torch {torch.__version__}; seconds per batch, min / median of {args.repeats}")
 
     def cell(pair: tuple[float, float], unit: str = "") -> str:
         return f"{pair[0]:.3f}{unit} / {pair[1]:.3f}{unit}"

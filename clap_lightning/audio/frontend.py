@@ -88,10 +88,20 @@ class LogMelFrontEnd(nn.Module):
         self.n_fft = n_fft
         self.hop_length = hop_length
         self.n_mels = n_mels
+        self._mel_args = (mel_sample_rate, n_fft, n_mels, fmin, fmax)
         # Both buffers are derived from the config, so they stay out of the state dict.
         self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
-        mel = compute_mel_filters(mel_sample_rate, n_fft, n_mels, fmin, fmax)
-        self.register_buffer("mel_filters", mel, persistent=False)
+        self.register_buffer("mel_filters", compute_mel_filters(*self._mel_args), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        """Move with the module but stay fp32: a whole-model cast (DeepSpeed bf16 runs
+        `module.bfloat16()`) would otherwise round the window and filters to bf16."""
+        super()._apply(fn, recurse)
+        if self.window.dtype != torch.float32:
+            device = self.window.device
+            self.window = torch.hann_window(self.n_fft, periodic=True, device=device)
+            self.mel_filters = compute_mel_filters(*self._mel_args).to(device)
+        return self
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         if wave.dim() != 2:
@@ -164,5 +174,6 @@ def normalise_and_augment(
 ) -> torch.Tensor:
     """Apply bn0 per mel bin to log-mel [B, frames, n_mels], then SpecAugment if enabled."""
     # bn0 normalises each mel bin over batch and time (msclap: BatchNorm2d on [B, mel, T, 1]).
-    feats = bn0(feats.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
+    # The fp32 features meet bn0 in its own dtype (bf16 when the whole model was cast).
+    feats = bn0(feats.to(bn0.weight.dtype).transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
     return spec_augmenter(feats) if use_spec_augment else feats

@@ -1,5 +1,7 @@
 """HTSAT encoder: shapes, determinism, batch independence, bf16, checkpointing, registry."""
 
+import copy
+
 import pytest
 import torch
 
@@ -81,6 +83,20 @@ def test_bf16_autocast_forward_on_cpu():
             emb = model(wave)
     assert emb.shape == (2, 128) and torch.isfinite(emb).all()
     assert torch.nn.functional.cosine_similarity(emb.float(), reference).min() > 0.99
+
+
+def test_whole_model_bf16_cast_as_deepspeed_does():
+    """DeepSpeed bf16 casts every parameter and buffer (`module.bfloat16()`) and feeds bf16 audio."""
+    model = build_tiny().eval()
+    wave = torch.randn(2, 32000)
+    with torch.no_grad():
+        reference = model(wave)
+        cast = copy.deepcopy(model).bfloat16()
+        emb = cast(wave.bfloat16())
+    assert cast.frontend.window.dtype == cast.frontend.mel_filters.dtype == torch.float32
+    assert torch.equal(cast.frontend.mel_filters, model.frontend.mel_filters)  # not rounded through bf16
+    assert cast.bn0.weight.dtype == torch.bfloat16 and emb.dtype == torch.bfloat16
+    assert torch.nn.functional.cosine_similarity(emb.float(), reference).min() > 0.98
 
 
 def test_checkpointing_gives_the_same_gradients():

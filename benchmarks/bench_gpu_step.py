@@ -1,0 +1,130 @@
+"""One GPU's CLAP 2023 training step (HTSAT + GPT2, 7 s at 44.1 kHz): fp32 against bf16 and checkpointing.
+
+The step is what `clap-lightning fit` runs per batch on one device: both encoders forward,
+the symmetric InfoNCE over the batch, backward, AdamW. Measured in one run, each variant
+against the fp32 baseline on the same inputs:
+
+- fp32: full precision, no activation checkpointing (the baseline);
+- bf16: `torch.autocast(bfloat16)`, as `trainer.precision=bf16-mixed`;
+- bf16 + ckpt: also activation checkpointing in both encoders (`use_checkpointing`).
+
+Also printed, as checks of the switches on this device: the bf16 loss against the fp32
+loss on the same weights, and the largest gradient difference that checkpointing makes
+(it recomputes the same kernels, so it should be at float rounding).
+
+Usage: `python benchmarks/bench_gpu_step.py [--batch 96] [--steps 10]` (`--device cpu` for a smoke run).
+Nothing is asserted about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+
+import torch
+
+from clap_lightning.convert.msclap import load_model_config
+from clap_lightning.models.clap import CLAP
+from clap_lightning.objectives.contrastive import compute_logits, symmetric_infonce
+
+
+def build(checkpointing: bool, device: torch.device) -> CLAP:
+    config = load_model_config("msclap_2023").model
+    config.audio_encoder["use_checkpointing"] = checkpointing
+    config.text_encoder["use_checkpointing"] = checkpointing
+    torch.manual_seed(0)
+    return CLAP(config).to(device)
+
+
+def loss_of(model: CLAP, batch: dict, bf16: bool) -> torch.Tensor:
+    with torch.autocast(batch["audio"].device.type, dtype=torch.bfloat16, enabled=bf16):
+        audio, text, scale = model(batch["audio"], batch["input_ids"], batch["attention_mask"])
+        logits = compute_logits(audio, text, scale)
+        return symmetric_infonce(logits, torch.arange(len(logits), device=logits.device))
+
+
+def time_steps(model: CLAP, batch: dict, bf16: bool, steps: int) -> tuple[float, float]:
+    """(pairs per second, peak GiB) over `steps` optimizer steps after two warm-up steps."""
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+    model.train()
+
+    def step():
+        optim.zero_grad(set_to_none=True)
+        loss_of(model, batch, bf16).backward()
+        optim.step()
+
+    cuda = batch["audio"].is_cuda
+    for _ in range(2):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return steps * len(batch["audio"]) / seconds, torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+
+
+def gradients(model: CLAP, batch: dict, bf16: bool) -> tuple[float, dict[str, torch.Tensor]]:
+    model.eval()  # no dropout, no SpecAugment: the two runs must see the same function
+    model.zero_grad(set_to_none=True)
+    loss = loss_of(model, batch, bf16)
+    loss.backward()
+    return loss.item(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=96, help="pairs per GPU (1536 over 16 GPUs is 96)")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--tokens", type=int, default=24, help="caption length in tokens")
+    parser.add_argument("--device", default="cuda", help="cuda (the point), or cpu for a smoke run")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: pass --device cpu for a smoke run")
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 here
+    torch.backends.cudnn.allow_tf32 = False
+    generator = torch.Generator().manual_seed(0)
+    model = build(False, device)
+    samples = int(model.config.sample_rate * model.config.clip_seconds)
+    batch = {
+        "audio": (0.1 * torch.randn(args.batch, samples, generator=generator)).to(device),
+        "input_ids": torch.randint(0, 50000, (args.batch, args.tokens), generator=generator).to(device),
+        "attention_mask": torch.ones(args.batch, args.tokens, dtype=torch.long).to(device),
+    }
+
+    fp32_loss, fp32_grads = gradients(model, batch, bf16=False)
+    bf16_loss, _ = gradients(model, batch, bf16=True)
+    _, plain = gradients(model, batch, bf16=True)
+    checkpointed = build(True, device)
+    checkpointed.load_state_dict(model.state_dict())
+    _, ckpt = gradients(checkpointed, batch, bf16=True)
+    ckpt_diff = max((plain[n] - ckpt[n]).abs().max().item() for n in plain)
+    grad_scale = max(g.abs().max().item() for g in plain.values())
+    del fp32_grads, plain, ckpt
+
+    rows = []
+    for name, net, bf16 in (("fp32", model, False), ("bf16", copy.deepcopy(model), True),
+                            ("bf16 + ckpt", checkpointed, True)):
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        rows.append((name, *time_steps(net, batch, bf16, args.steps)))
+    where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    print(f"CLAP 2023 (HTSAT + GPT2) train step on {where}, batch {args.batch} x "
+          f"{model.config.clip_seconds:g} s @ {model.config.sample_rate} Hz, {args.tokens}-token captions, "
+          f"AdamW, torch {torch.__version__}; {args.steps} steps after 2 warm-up")
+    print(f"{'variant':<12} {'pairs/s':>9} {'vs fp32':>8} {'peak GiB':>9} {'vs fp32':>8}")
+    base_rate, base_mem = rows[0][1], rows[0][2]
+    for name, rate, mem in rows:
+        print(f"{name:<12} {rate:9.1f} {rate / base_rate:7.2f}x {mem:9.2f} {mem / base_mem:7.2f}x")
+    print(f"checks: loss fp32 {fp32_loss:.5f} vs bf16 {bf16_loss:.5f} (|diff| {abs(fp32_loss - bf16_loss):.2e}); "
+          f"checkpointing changes bf16 gradients by at most {ckpt_diff:.2e} (largest gradient {grad_scale:.2e})")
+
+
+if __name__ == "__main__":
+    main()
