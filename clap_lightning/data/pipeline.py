@@ -97,6 +97,20 @@ class ClipDecoder:
         return -(-self.clip_samples * int(rate) // self.sample_rate) + 1
 
 
+def stack_for_transfer(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack, into shared memory when called in a loader worker.
+
+    A worker's batch travels to the main process through shared memory; stacking straight
+    into it (as torch's default_collate does) saves copying every batch a second time.
+    """
+    if get_worker_info() is None:
+        return torch.stack(tensors)
+    first = tensors[0]
+    storage = first.untyped_storage()._new_shared(len(tensors) * first.numel() * first.element_size())
+    out = first.new_empty(0).set_(storage).view(len(tensors), *first.shape)
+    return torch.stack(tensors, out=out)
+
+
 class Collate:
     """Stack clips and tokenize the caption ClipDecoder picked for each, padded per batch."""
 
@@ -108,7 +122,7 @@ class Collate:
         captions = [s.get("caption") or s["texts"][0] for s in samples]
         tokens = self.tokenizer(captions)
         return {
-            "audio": torch.stack([s["audio"] for s in samples]),  # [B, T]
+            "audio": stack_for_transfer([s["audio"] for s in samples]),  # [B, T]
             "audio_length": torch.tensor([s["length"] for s in samples]),  # [B]
             "input_ids": tokens["input_ids"],  # [B, L]
             "attention_mask": tokens["attention_mask"],  # [B, L]

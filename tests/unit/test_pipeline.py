@@ -3,8 +3,9 @@ import tarfile
 
 import numpy as np
 import pytest
+import torch
 
-from clap_lightning.data.pipeline import ClipDecoder
+from clap_lightning.data.pipeline import ClipDecoder, stack_for_transfer
 from clap_lightning.data.sources import resolve_shards
 from clap_lightning.errors import DataError
 from tests.unit.test_audio_io import flac_bytes
@@ -67,3 +68,17 @@ def test_resolve_shards_errors(tmp_path):
     with pytest.raises(DataError, match="1 of 2 shards"):
         (tmp_path / "a-0.tar").write_bytes(b"")
         resolve_shards(str(tmp_path / "a-{0..1}.tar"))
+
+
+class _StackInWorker(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        clips = [torch.arange(6, dtype=torch.float32) + 10 * i for i in range(3)]
+        stacked = stack_for_transfer(clips)
+        yield {"audio": stacked, "shared_in_worker": stacked.is_shared(), "expected": torch.stack(clips)}
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_stack_for_transfer_stacks_into_shared_memory_in_workers(workers):
+    (batch,) = list(torch.utils.data.DataLoader(_StackInWorker(), batch_size=None, num_workers=workers))
+    assert torch.equal(batch["audio"], batch["expected"]) and batch["audio"].shape == (3, 6)
+    assert batch["shared_in_worker"] == (workers > 0)  # no detour through private memory in a worker

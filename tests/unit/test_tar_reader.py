@@ -1,0 +1,81 @@
+"""The shard tar reader against Python's tarfile: formats, long names, gzip, damage."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tarfile
+from collections import Counter
+
+import pytest
+
+from clap_lightning.data.stream import NotATarError, TarFormatError, iter_tar_files, read_tar_samples
+
+LONG = "a-directory-name-long-enough/" * 5 + "clip-0001.flac"  # 159 characters: beyond ustar's 100
+
+
+def make_tar(fmt: int, members: list[tuple[str, bytes]], extra=()) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=fmt) as tar:
+        for info in extra:
+            tar.addfile(info)
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.pax_headers = {"comment": "ünïcode"} if fmt == tarfile.PAX_FORMAT else {}
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+MEMBERS = [("k0.flac", b"\x00\x01" * 700), ("k0.json", b'{"text": ["x"]}'), (LONG, b"z" * 512),
+           ("dir/k1.json", b""), ("k2.flac", bytes(range(256)) * 9)]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_matches_tarfile_on_every_format(fmt):
+    directory = tarfile.TarInfo("dir")
+    directory.type = tarfile.DIRTYPE
+    data = make_tar(fmt, MEMBERS, extra=[directory])
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        expected = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+    assert expected == MEMBERS  # the fixture really holds what it says
+    assert list(iter_tar_files(io.BytesIO(data))) == expected
+
+
+def test_ustar_prefix_field():
+    name = "p" * 90 + "/" + "q" * 60 + ".flac"  # fits ustar only through its 155-byte prefix
+    data = make_tar(tarfile.USTAR_FORMAT, [(name, b"abc")])
+    assert data[345:350] == b"ppppp"
+    assert list(iter_tar_files(io.BytesIO(data))) == [(name, b"abc")]
+
+
+def test_gzipped_tar():
+    assert list(iter_tar_files(io.BytesIO(gzip.compress(make_tar(tarfile.GNU_FORMAT, MEMBERS))))) == MEMBERS
+
+
+def test_damage_is_reported():
+    data = bytearray(make_tar(tarfile.GNU_FORMAT, MEMBERS))
+    with pytest.raises(NotATarError):
+        list(iter_tar_files(io.BytesIO(b"this is not a tar file")))
+    cut = bytes(data[:512 + 700])  # inside k0.flac's data
+    with pytest.raises(TarFormatError, match="k0.flac truncated") as err:
+        list(iter_tar_files(io.BytesIO(cut)))
+    assert err.value.member == "k0.flac"
+    data[2048 + 10] ^= 0xFF  # in k0.json's header: after k0.flac's header and its 3 data blocks
+    with pytest.raises(TarFormatError, match="checksum"):
+        list(iter_tar_files(io.BytesIO(bytes(data))))
+
+
+def test_read_tar_samples_groups_and_counts(tmp_path):
+    path = tmp_path / "s.tar"
+    path.write_bytes(make_tar(tarfile.PAX_FORMAT, MEMBERS))
+    skipped = Counter()
+    samples = list(read_tar_samples(str(path), skipped))
+    assert [(s["__key__"], sorted(k for k in s if not k.startswith("__"))) for s in samples] == [
+        ("k0", ["flac", "json"]), (LONG[:-len(".flac")], ["flac"]), ("dir/k1", ["json"]), ("k2", ["flac"])]
+    assert not skipped
+    gz = tmp_path / "s.tar.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    assert [s["__key__"] for s in read_tar_samples(str(gz), skipped)] == [s["__key__"] for s in samples]
+    (tmp_path / "junk.tar").write_bytes(b"junk" * 300)
+    assert list(read_tar_samples(str(tmp_path / "junk.tar"), skipped)) == [] and skipped == {"unreadable_shard": 1}
