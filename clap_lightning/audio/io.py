@@ -4,41 +4,52 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import soundfile as sf
 import torch
 
 
-def read_clip(data: bytes, num_samples: Optional[int], rng: Optional[np.random.Generator]) -> tuple[np.ndarray, int, int]:
+def read_clip(data: bytes, num_samples: Optional[int], rng: Optional[np.random.Generator],
+              margins: Optional[Callable[[int], tuple[int, int]]] = None) -> tuple[np.ndarray, int, int]:
     """Decode an encoded clip from bytes, seeking to the crop before decoding.
 
     Args:
         data: encoded audio (FLAC, WAV, OGG, ...).
         num_samples: frames wanted at the file's own rate; None reads everything.
         rng: random crop offset when given; otherwise the crop starts at 0 (deterministic).
+        margins: file rate -> (left, right) zeros to put around the audio in the returned
+            array, decoded straight between them (`Resampler.margins`: the resampler's padding,
+            which then costs no copy). The audio is `out[left:len(out) - right]`.
 
     Returns:
-        (mono float32 audio [T], sample rate, total frames in the file).
+        (mono float32 audio [T] with its margins, sample rate, total frames in the file).
 
     Raises:
         ValueError: the file holds fewer frames than its header states (truncated).
         soundfile.LibsndfileError: the bytes are not decodable audio.
     """
     with sf.SoundFile(io.BytesIO(data)) as f:
-        total = f.frames
+        total, rate = f.frames, f.samplerate
         start = 0
         if num_samples is not None and total > num_samples and rng is not None:
             start = int(rng.integers(0, total - num_samples + 1))
         if start:
             f.seek(start)
-        audio = f.read(frames=-1 if num_samples is None else num_samples, dtype="float32", always_2d=True)
-        rate = f.samplerate
-    expected = total - start if num_samples is None else min(num_samples, total - start)
-    if len(audio) < expected:  # the header promised more frames than the data holds: a truncated file
-        raise ValueError(f"truncated audio: read {len(audio)} of {expected} frames")
-    mono = audio[:, 0] if audio.shape[1] == 1 else audio.mean(axis=1)  # mean() of one channel is a slow copy
+        wanted = total - start if num_samples is None else min(num_samples, total - start)
+        left, right = margins(rate) if margins is not None else (0, 0)
+        if f.channels == 1:
+            out = np.zeros((left + wanted + right, 1), dtype=np.float32)
+            got = len(f.read(wanted, dtype="float32", out=out[left:left + wanted]))
+            mono = out[:, 0]
+        else:  # down-mix by averaging the channels
+            frames = f.read(wanted, dtype="float32", always_2d=True)
+            got = len(frames)
+            mono = np.zeros(left + wanted + right, dtype=np.float32)
+            frames.mean(axis=1, out=mono[left:left + got])
+    if got < wanted:  # the header promised more frames than the data holds: a truncated file
+        raise ValueError(f"truncated audio: read {got} of {wanted} frames")
     return mono, rate, total
 
 
@@ -67,32 +78,54 @@ class Resampler:
     blocks of `orig + 2 width` samples, one block per `orig` input samples, and the kernel maps
     each block to its `new` output samples (rates reduced by their gcd). Each output phase
     only touches about 2 width samples of its block, so the phases are split into a few groups,
-    each multiplying only the rows it needs. torchaudio runs the full kernel as a strided
-    conv1d; this is about 3x faster on one CPU thread (48 -> 44.1 kHz), which matters in loader
-    workers. Values agree with torchaudio to float rounding.
+    each multiplying only the rows it needs; small ratios (3 -> 2) put several blocks side by
+    side so the products stay wide. torchaudio runs the full kernel as a strided conv1d; this
+    is 2-4x faster on one CPU thread (7 s at 48 -> 44.1, 32 or 16 kHz, 44.1 -> 16 kHz, ...),
+    which matters in loader workers. Values agree with torchaudio to float rounding.
     """
 
     def __init__(self, target_rate: int) -> None:
         self.target_rate = target_rate
         self._kernels: dict[tuple[int, torch.dtype], ResamplePlan] = {}
 
-    def __call__(self, audio: torch.Tensor, rate: int) -> torch.Tensor:
-        """Resample `audio` [..., T] from `rate` to the target rate."""
+    def __call__(self, audio: torch.Tensor, rate: int, padded: bool = False) -> torch.Tensor:
+        """Resample `audio` [..., T] from `rate` to the target rate.
+
+        With `padded`, `audio` already holds `margins(rate)` zeros around the signal (as
+        `read_clip(..., margins=resampler.margins)` decodes it), so no padded copy is made.
+        """
         if rate == self.target_rate:
             return audio
-        plan = self._kernels.get((rate, audio.dtype))
+        return self._plan(rate, audio.dtype)(audio, padded)
+
+    def margins(self, rate: int) -> tuple[int, int]:
+        """(left, right) zeros that `__call__(..., padded=True)` expects around audio at `rate`."""
+        if rate == self.target_rate:
+            return 0, 0
+        plan = self._plan(rate, torch.float32)
+        return plan.width, plan.width + plan.orig
+
+    def _plan(self, rate: int, dtype: torch.dtype) -> "ResamplePlan":
+        plan = self._kernels.get((rate, dtype))
         if plan is None:
-            plan = self._kernels[(rate, audio.dtype)] = ResamplePlan(rate, self.target_rate, audio.dtype)
-        return plan(audio)
+            plan = self._kernels[(rate, dtype)] = ResamplePlan(rate, self.target_rate, dtype)
+        return plan
 
 
 class ResamplePlan:
     """One rate pair's sinc kernel, split into column groups of phases with their row ranges."""
 
     GROUP_COST = 2000  # multiply-adds per block that one more group costs (slice, call); measured
+    MIN_STEP = 64  # input samples per block at least: 3 -> 2 (48 -> 32 kHz) would make a tall, thin GEMM
 
     def __init__(self, orig_rate: int, new_rate: int, dtype: torch.dtype) -> None:
         kernel, self.orig, self.new, self.width = sinc_resample_kernel(orig_rate, new_rate)
+        if self.orig < self.MIN_STEP:  # k blocks side by side as one: the same taps, k times the columns
+            k = -(-self.MIN_STEP // self.orig)
+            wide = kernel.new_zeros(k * self.orig + 2 * self.width, k * self.new)
+            for i in range(k):
+                wide[i * self.orig:i * self.orig + kernel.shape[0], i * self.new:(i + 1) * self.new] = kernel
+            kernel, self.orig, self.new = wide, k * self.orig, k * self.new
         self.block = kernel.shape[0]
         rows = torch.arange(self.block)[:, None]
         nonzero = kernel != 0
@@ -110,15 +143,21 @@ class ResamplePlan:
         best = min((split(g) for g in range(1, min(self.new, 16) + 1)), key=cost)
         self.groups = [(c0, c1, r0, r1, kernel[r0:r1, c0:c1].to(dtype).contiguous()) for c0, c1, r0, r1 in best]
 
-    def __call__(self, audio: torch.Tensor) -> torch.Tensor:
-        length = audio.shape[-1]
-        flat = audio.reshape(-1, length)
-        blocks = torch.nn.functional.pad(flat, (self.width, self.width + self.orig)).unfold(-1, self.block, self.orig)
+    def __call__(self, audio: torch.Tensor, padded: bool = False) -> torch.Tensor:
+        """Resample [..., T]; with `padded`, T includes `width` zeros before and `width + orig` after."""
+        lead = audio.shape[:-1]
+        if padded:
+            length = audio.shape[-1] - 2 * self.width - self.orig
+            audio = audio.reshape(-1, audio.shape[-1])
+        else:
+            length = audio.shape[-1]
+            audio = torch.nn.functional.pad(audio.reshape(-1, length), (self.width, self.width + self.orig))
+        blocks = audio.unfold(-1, self.block, self.orig)
         # torch.cat of the group products: assigning each into a column slice of one output
         # tensor is a strided copy that costs more than the products themselves.
         parts = [blocks[..., r0:r1] @ taps for _, _, r0, r1, taps in self.groups]
         out = (parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)).flatten(-2)  # [rows, blocks * new]
-        return out[:, : -(-self.new * length // self.orig)].reshape(*audio.shape[:-1], -1)
+        return out[:, : -(-self.new * length // self.orig)].reshape(*lead, -1)
 
 
 def sinc_resample_kernel(orig_rate: int, new_rate: int, zero_crossings: int = 6,

@@ -77,15 +77,17 @@ class ClipDecoder:
             return self._skip("empty_audio", key)
         rate = meta.get("sample_rate")
         try:
+            # Decoded between the resampler's zero margins: it then needs no padded copy.
             audio, rate, _ = read_clip(data, self._frames_at(rate if isinstance(rate, int) else None),
-                                       rng if self.is_train else None)
+                                       rng if self.is_train else None, self._resampler.margins)
         except (RuntimeError, ValueError, EOFError, TypeError):  # soundfile raises LibsndfileError (a RuntimeError)
             return self._skip("bad_audio", key)
-        if audio.size == 0:
+        if audio.size == sum(self._resampler.margins(rate)):
             return self._skip("empty_audio", key)
         if not np.isfinite(audio).all():
             return self._skip("nan_audio", key)
-        clip, length = fit_length(self._resampler(torch.from_numpy(audio), rate), self.clip_samples, self.pad_mode)
+        resampled = self._resampler(torch.from_numpy(audio), rate, padded=True)
+        clip, length = fit_length(resampled, self.clip_samples, self.pad_mode)
         caption = texts[int(rng.integers(len(texts)))] if self.is_train else texts[0]
         return {"audio": clip, "length": length, "texts": texts, "caption": caption, "key": key, "meta": meta,
                 "source_index": sample.get("__source__", 0)}

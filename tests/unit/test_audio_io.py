@@ -50,7 +50,8 @@ def test_resampler_builds_each_kernel_once_and_passes_matching_rates():
     assert resample(same, 16000) is same
 
 
-@pytest.mark.parametrize("orig,new", [(48000, 44100), (44100, 16000), (16000, 44100), (22050, 32000), (8000, 16000)])
+@pytest.mark.parametrize("orig,new", [(48000, 44100), (44100, 16000), (16000, 44100), (22050, 32000), (8000, 16000),
+                                      (48000, 32000), (48000, 16000)])
 def test_resampler_matches_torchaudio(orig, new):
     audio = torch.randn(2, 3001, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     reference = torchaudio.functional.resample(audio, orig, new)  # float64 input: float64 kernel
@@ -65,3 +66,21 @@ def test_resample_plan_splits_the_banded_kernel():
     assert len(plan.groups) > 1  # each phase touches ~14 of the block's 174 samples
     assert plan.groups[0][0] == 0 and plan.groups[-1][1] == plan.new
     assert all(a[1] == b[0] for a, b in zip(plan.groups, plan.groups[1:]))
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_decoding_between_the_resampler_margins_changes_nothing(channels):
+    """read_clip(margins=resampler.margins) + resampler(padded=True) == read_clip + resampler."""
+    rng = np.random.default_rng(1)
+    audio = (0.3 * rng.standard_normal((48000, channels))).astype(np.float32)
+    data = flac_bytes(audio if channels > 1 else audio[:, 0], 48000)
+    resample = Resampler(44100)
+    left, right = resample.margins(48000)
+    assert left > 0 and right > left and resample.margins(44100) == (0, 0)
+    plain, rate, _ = read_clip(data, 30000, np.random.default_rng(5))
+    padded, rate_again, _ = read_clip(data, 30000, np.random.default_rng(5), resample.margins)
+    assert rate == rate_again == 48000 and padded.shape == (left + 30000 + right,)
+    assert not padded[:left].any() and not padded[-right:].any()
+    np.testing.assert_array_equal(padded[left:-right], plain)
+    torch.testing.assert_close(resample(torch.from_numpy(padded), rate, padded=True),
+                               resample(torch.from_numpy(plain), rate), atol=0, rtol=0)
