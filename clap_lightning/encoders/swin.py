@@ -29,37 +29,6 @@ def merge_windows(windows: torch.Tensor, window: int, h: int, w: int) -> torch.T
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, h, w, c)
 
 
-def window_order(h: int, w: int, window: int, shift: int) -> torch.Tensor:
-    """Token indices [h * w] in the order of the (shifted) windows: roll by -shift, then partition.
-
-    `x[:, window_order(...)]` of tokens [B, h * w, C] in row-major order equals
-    `partition_windows(roll(x.view(B, h, w, C), -shift), window)` flattened to [B, h * w, C].
-    """
-    index = torch.arange(h * w, device="cpu").view(1, h, w, 1)  # cpu even under a meta-device build
-    if shift > 0:
-        index = torch.roll(index, shifts=(-shift, -shift), dims=(1, 2))
-    return partition_windows(index, window).reshape(-1)
-
-
-class _ReorderTokens(torch.autograd.Function):
-    """x.index_select(1, order) whose backward is the inverse gather (not a scatter-add)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(inverse)
-        return x.index_select(1, order)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (inverse,) = ctx.saved_tensors
-        return grad.index_select(1, inverse), None, None
-
-
-def reorder_tokens(x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-    """Tokens [B, L, C] gathered along L by the permutation `order` (`inverse` undoes it)."""
-    return _ReorderTokens.apply(x, order, inverse)
-
-
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Zero whole samples of a residual branch with probability p (stochastic depth)."""
     if p == 0.0 or not training:
@@ -195,22 +164,16 @@ class SwinTransformerBlock(nn.Module):
         self.register_buffer("attn_mask", mask)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens [B, h * w, C] in row-major order -> the same shape and order."""
-        order = window_order(*self.resolution, self.window, self.shift).to(x.device)
-        inverse = torch.argsort(order)
-        return reorder_tokens(self.forward_windowed(reorder_tokens(x, order, inverse)), inverse, order)
-
-    def forward_windowed(self, x: torch.Tensor) -> torch.Tensor:
-        """The block on tokens [B, h * w, C] already in this block's window order (`window_order`).
-
-        Everything but attention acts per token, so a stage keeps its tokens in window order
-        and reorders them once between blocks, instead of rolling and partitioning into windows
-        and back around every attention (four copies per shifted block).
-        """
-        b, length, c = x.shape
-        n = self.window * self.window
-        y = self.attn(self.norm1(x).view(b * length // n, n, c), self.attn_mask).view(b, length, c)
-        x = x + self.drop_path(y)
+        h, w = self.resolution
+        b, _, c = x.shape
+        y = self.norm1(x).view(b, h, w, c)
+        if self.shift > 0:
+            y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
+        y = self.attn(partition_windows(y, self.window), self.attn_mask)
+        y = merge_windows(y, self.window, h, w)
+        if self.shift > 0:
+            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
+        x = x + self.drop_path(y.reshape(b, h * w, c))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -250,34 +213,11 @@ class BasicLayer(nn.Module):
             for i in range(depth)
         )
         self.downsample = PatchMerging(resolution, dim) if use_downsample else None
-        # Token orders between blocks: into the first block's windows, from each block's windows
-        # into the next one's, and from the last one's back to row-major (for merging).
-        orders = [window_order(*resolution, b.window, b.shift) for b in self.blocks]
-        natural = torch.arange(resolution[0] * resolution[1], device="cpu")
-        steps = [natural, *orders, natural]
-        self._reorders = []
-        for i, (src, dst) in enumerate(zip(steps[:-1], steps[1:])):
-            order = torch.argsort(src)[dst]  # position in src order of each token of dst order
-            if torch.equal(order, natural):  # e.g. one window covering the map: nothing to move
-                self._reorders.append(None)
-                continue
-            self.register_buffer(f"reorder_{i}", order, persistent=False)
-            self.register_buffer(f"reorder_inverse_{i}", torch.argsort(order), persistent=False)
-            self._reorders.append(i)
-
-    def _reorder(self, x: torch.Tensor, step: int) -> torch.Tensor:
-        i = self._reorders[step]
-        if i is None:
-            return x
-        return reorder_tokens(x, getattr(self, f"reorder_{i}"), getattr(self, f"reorder_inverse_{i}"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Tokens [B, h * w, C] row-major -> merged tokens (or the same grid for the last stage)."""
-        for i, block in enumerate(self.blocks):
-            x = self._reorder(x, i)
+        for block in self.blocks:
             if self.use_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block.forward_windowed, x, use_reentrant=False)
+                x = checkpoint(block, x, use_reentrant=False)
             else:
-                x = block.forward_windowed(x)
-        x = self._reorder(x, len(self.blocks))
+                x = block(x)
         return self.downsample(x) if self.downsample is not None else x
