@@ -190,11 +190,12 @@ def read_tar_samples(url: str, skipped: Counter) -> Iterator[dict[str, Any]]:
         return
     except (TarFormatError, OSError, EOFError) as err:
         match = _KEY_EXT.match(getattr(err, "member", None) or "")
-        if current is not None and match and match.group(1) != current["__key__"]:
+        damaged = match.group(1) if match else current and current["__key__"]
+        if current is not None and damaged != current["__key__"]:
             yield current  # complete: the damage is in the next sample's first member
         skipped["bad_tar"] += 1
         if skipped["bad_tar"] <= MAX_REPORTED_SHARDS:
-            log.warning("shard %s is damaged at key %s: %s", url, current and current["__key__"], _first_line(err))
+            log.warning("shard %s is damaged at key %s: %s", url, damaged, _first_line(err))
         current = None
     finally:
         stream.close()
