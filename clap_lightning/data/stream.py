@@ -75,14 +75,18 @@ def _tar_number(field: bytes) -> int:
 
 
 def _pax_records(data: bytes) -> dict[str, str]:
-    """The `length key=value\n` records of a pax extended header."""
+    """The `length key=value\n` records of a pax extended header (TarFormatError if malformed)."""
     records, pos = {}, 0
     while pos < len(data) and data[pos:pos + 1] != b"\0":
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
+        space = data.find(b" ", pos)
+        length = int(data[pos:space]) if space > pos and data[pos:space].isdigit() else 0
+        if length <= space - pos or pos + length > len(data):
+            raise TarFormatError(f"malformed pax record at byte {pos}")
         key, _, value = data[space + 1:pos + length - 1].partition(b"=")
         records[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
         pos += length
+    if "size" in records and not records["size"].isdigit():
+        raise TarFormatError(f"bad pax size {records['size'][:20]!r}")
     return records
 
 

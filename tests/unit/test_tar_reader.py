@@ -79,3 +79,20 @@ def test_read_tar_samples_groups_and_counts(tmp_path):
     assert [s["__key__"] for s in read_tar_samples(str(gz), skipped)] == [s["__key__"] for s in samples]
     (tmp_path / "junk.tar").write_bytes(b"junk" * 300)
     assert list(read_tar_samples(str(tmp_path / "junk.tar"), skipped)) == [] and skipped == {"unreadable_shard": 1}
+
+
+@pytest.mark.parametrize("record", [b"xx path=a\n", b"0 path=a\n", b"99 path=a\n", b"13 size=abc\n"])
+def test_a_malformed_pax_header_is_damage_not_a_crash(tmp_path, record):
+    def member(name: str, data: bytes, kind: bytes = tarfile.REGTYPE) -> bytes:
+        info = tarfile.TarInfo(name)
+        info.type, info.size = kind, len(data)
+        return info.tobuf(tarfile.GNU_FORMAT) + data + bytes(-len(data) % 512)
+
+    path = tmp_path / "pax.tar"
+    path.write_bytes(b"".join(member(n, d) for n, d in MEMBERS[:2]) + member("pax", record, tarfile.XHDTYPE)
+                     + member(*MEMBERS[4]) + bytes(1024))
+    with pytest.raises(TarFormatError, match="pax"):
+        list(iter_tar_files(io.BytesIO(path.read_bytes())))
+    skipped = Counter()
+    # Counted and the shard ends there; k0, pending when the damage came, is dropped with it.
+    assert list(read_tar_samples(str(path), skipped)) == [] and skipped == {"bad_tar": 1}
