@@ -15,7 +15,9 @@ NSynth tasks are downstream (their instruments do not overlap train).
 Captions: 2 of `TEMPLATES`, e.g. "a soft electronic keyboard note at C4 that sounds bright
 and percussive": family (`_` -> space), source, pitch as a note name (MIDI 60 = C4),
 velocity as a word (`VELOCITY_WORDS`), `qualities_str` joined. Labels: family, source and
-qualities; `pitch`, `velocity`, `instrument_str` are kept. Ids: the note_str.
+qualities (`_` -> space; the multi-task heads read these). Kept as NSynth spells them, for the
+zero-shot tasks (`clap_lightning/eval/tasks.py`): `pitch`, `velocity`, `instrument_family`
+(e.g. "synth_lead"), `qualities` (the `qualities_str` list), `instrument_str`. Ids: the note_str.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class NSynthRecipe(ClipRecipe):
     """NSynth (306k 4 s notes, 11 families); template captions from note fields; CC BY 4.0."""
 
     name = "nsynth"
-    version = "1"
+    version = "2"  # 2: instrument_family and qualities fields for the zero-shot tasks
     splits = ("train", "valid", "test")
 
     def items(self, src: Path, split: str) -> list[ClipItem | BadRow]:
@@ -63,15 +65,18 @@ class NSynthRecipe(ClipRecipe):
 
     def _item(self, root: Path, key: str, note: Any) -> ClipItem | BadRow:
         try:
-            family = str(note["instrument_family_str"]).replace("_", " ")
+            family_str = str(note["instrument_family_str"])
             source = str(note["instrument_source_str"])
             pitch, velocity = int(note["pitch"]), int(note["velocity"])
-            qualities = [str(q).replace("_", " ") for q in note.get("qualities_str") or []]
+            qualities_str = [str(q) for q in note.get("qualities_str") or []]
         except (KeyError, TypeError, ValueError) as err:
             return BadRow("malformed_row", f"examples.json {key}: {type(err).__name__} {err}")
+        family = family_str.replace("_", " ")
+        qualities = [q.replace("_", " ") for q in qualities_str]
         extra = f" that sounds {join_words(qualities)}" if qualities else ""
         captions = pick_captions(TEMPLATES, key, 2, family=family, source=source, pitch=note_name(pitch),
                                  velocity=velocity_word(velocity), qualities=extra)
-        meta = {"pitch": pitch, "velocity": velocity, "instrument_str": note.get("instrument_str", "")}
+        meta = {"pitch": pitch, "velocity": velocity, "instrument_family": family_str, "qualities": qualities_str,
+                "instrument_str": note.get("instrument_str", "")}
         labels = (family, source, *qualities)
         return ClipItem(key, str(root / "audio" / f"{key}.wav"), captions, labels, meta=meta, duration=4.0)

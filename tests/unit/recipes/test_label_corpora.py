@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from clap_lightning.eval.tasks import TASKS, order_discovered_classes
+from clap_lightning.eval.zeroshot import build_targets, read_labels
 from data_recipes import cochlscene, epic_sounds, findsounds, fma, kinetics, nsynth
 
 from .conftest import HAVE_FFMPEG, RATE
@@ -40,6 +42,30 @@ def test_nsynth_template_captions_from_fields(corpus):
     lead = samples["nsynth-synth_lead_synthetic_007-069-127"]
     assert all("synth lead" in t for t in lead["text"]) and not any("sounds" in t for t in lead["text"])
     assert nsynth.note_name(69) == "A4" and manifest["skipped"] == {"malformed_row": 1}
+    assert keyboard["instrument_family"] == "keyboard" and keyboard["qualities"] == ["bright", "fast_decay"]
+    assert lead["instrument_family"] == "synth_lead" and lead["qualities"] == []
+
+
+def test_nsynth_shards_label_every_nsynth_zero_shot_task(corpus):
+    notes = dict([_note("synth_lead", "synthetic", 7, 69, 127, ["nonlinear_env", "tempo-synced"]),
+                  _note("keyboard", "electronic", 1, 60, 25, ["bright", "fast_decay"]),
+                  _note("mallet", "acoustic", 3, 48, 75, [])])
+    corpus.json("nsynth-test/examples.json", notes)
+    for key in notes:
+        corpus.wav(f"nsynth-test/audio/{key}.wav")
+    corpus.build("nsynth", splits=["test"])
+    samples = [s for _, s in sorted(corpus.samples("nsynth", "test").items())]
+    tasks = [spec for name, spec in TASKS.items() if spec.source == "nsynth"]
+    assert len(tasks) == 4
+    for spec in tasks:
+        labels = [read_labels(s, spec.label_field) for s in samples]
+        found = (label for labs in labels for label in labs)
+        classes = order_discovered_classes(found) if spec.classes_from == "shards" else spec.classes
+        targets = build_targets(labels, classes, spec.is_multi_label)  # raises on unknown labels
+        if not spec.is_multi_label:
+            assert [classes[i] for i in targets] == [lab[0] for lab in labels] and all(labels), spec.name
+        else:
+            assert targets.sum().item() == 4, spec.name  # the two notes' four qualities
 
 
 def _fma_metadata(corpus):
