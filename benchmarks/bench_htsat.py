@@ -11,6 +11,13 @@ package's `__init__` (which needs transformers). torchlibrosa needs librosa only
 Hann window and mel matrix at construction; if librosa is not importable a stand-in supplies
 those two from our front end (identical values; the timed forward is torchlibrosa's own).
 Without the folder only our figures are printed. Nothing is asserted about speed.
+
+`--malloc reuse` reruns the comparison with glibc's malloc told to keep freed memory
+(`MALLOC_MMAP_MAX_=0`, `MALLOC_TRIM_THRESHOLD_` huge) instead of returning every large block to
+the kernel. By default each tensor over 32 MB is a fresh mmap, and touching it page-faults
+(about 15 ms per 50 MB on the 2-core development VM), so part of any speed-up is allocating
+fewer large tensors; the `reuse` figures show what is left once allocation is cheap (as with
+jemalloc, tcmalloc or a caching allocator). The setting is per process: both sides get it.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import statistics
 import sys
 import time
@@ -123,7 +131,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", help="cpu (the issue's target), or cuda")
+    parser.add_argument("--malloc", choices=("default", "reuse"), default="default",
+                        help="reuse: keep freed memory in the process (see the module docstring)")
     args = parser.parse_args()
+    if args.malloc == "reuse" and os.environ.get("MALLOC_MMAP_MAX_") != "0":
+        # glibc reads these once, at start-up: run this script again with them set.
+        env = dict(os.environ, MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**46))
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 on both sides
@@ -145,6 +159,7 @@ def main() -> None:
                        for name, steps in implementations.items()}
     results = time_interleaved(implementations, args.repeats)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} CPU threads"
+    where += ", malloc keeping freed memory" if args.malloc == "reuse" else ""
     print(f"HTSAT msclap-2023 config, batch {args.batch} x {args.seconds:g} s @ {cfg.sample_rate} Hz, "
           f"{where}, torch {torch.__version__}; seconds per batch, min / median of {args.repeats}")
 
