@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from clap_lightning.encoders.registry import register_text_encoder
-from clap_lightning.encoders.text import gather_last_token
+from clap_lightning.encoders.text import enable_activation_checkpointing, gather_last_token
 from clap_lightning.encoders.tokenizer import CaptionTokenizer
 
 
@@ -83,7 +83,7 @@ class _TransformersTextEncoder(nn.Module):
 
     def _finish(self, config: BertTextConfig, model: nn.Module) -> None:
         if config.use_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model)
 
     @staticmethod
     def build_tokenizer(config: BertTextConfig) -> CaptionTokenizer:

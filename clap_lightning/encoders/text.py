@@ -63,16 +63,29 @@ class GPT2TextEncoder(nn.Module):
                 embd_pdrop=config.dropout, attn_pdrop=config.dropout,
             ))
         if config.use_checkpointing:
-            self.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(self.base)
         self.out_dim = self.base.config.n_embd
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, L, H]
+        # No key/value cache: an encoder never decodes (and the cache is refused under checkpointing).
+        hidden = self.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # [B, L, H]
         return gather_last_token(hidden, attention_mask)
 
     @staticmethod
     def build_tokenizer(config: GPT2TextConfig) -> CaptionTokenizer:
         return build_text_tokenizer(config)
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each transformers layer's activations in backward (non-reentrant checkpoints).
+
+    transformers 5.24 renamed `gradient_checkpointing_enable` to `activation_checkpointing_enable`
+    (the old name warns); older 5.x releases only have the old one.
+    """
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def build_text_tokenizer(config: GPT2TextConfig) -> CaptionTokenizer:

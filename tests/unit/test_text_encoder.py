@@ -46,3 +46,19 @@ def test_unknown_text_encoder_and_bad_key():
         build_text_encoder("gtp2", {})
     with pytest.raises(ValueError, match="n_layers"):
         TEXT_ENCODERS.parse_config("gpt2", {"n_layers": 2}, where="model.text_encoder")
+
+
+def test_gpt2_checkpointing_gives_same_gradients_without_warnings(tokenizer_dir, recwarn):
+    tok = build_caption_tokenizer("gpt2", {"tokenizer": tokenizer_dir, **TINY})
+    batch = tok(["a loud sine tone", "a long soft rumble over rain and hum"])
+    grads = []
+    for use_checkpointing in (False, True):
+        torch.manual_seed(3)
+        encoder = build_text_encoder("gpt2", {"tokenizer": tokenizer_dir, **TINY, "dropout": 0.0,
+                                              "use_checkpointing": use_checkpointing}).train()
+        encoder(**batch).pow(2).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in encoder.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1])
+    # Neither the deprecated checkpointing call nor a use_cache-under-checkpointing complaint.
+    noisy = [str(w.message) for w in recwarn if "checkpointing" in str(w.message) or "use_cache" in str(w.message)]
+    assert not noisy, noisy
