@@ -25,6 +25,7 @@ plain dict, see `convert_clapcap`.
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -35,7 +36,12 @@ from clap_lightning.errors import CheckpointError
 VARIANTS = ("2023", "2022", "clapcap")
 MODEL_CONFIG_NAMES = {"2023": "msclap_2023", "2022": "msclap_2022", "clapcap": "msclap_2023"}
 CLAPCAP_FORMAT = "clap-lightning/msclap-clapcap"
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+# Where model YAMLs named without a path are looked up: a source checkout's configs/model, then
+# where an installed wheel puts them (setup.cfg `data_files`).
+CONFIG_DIRS = (
+    Path(__file__).resolve().parents[2] / "configs" / "model",
+    Path(sys.prefix) / "share" / "clap_lightning" / "configs" / "model",
+)
 
 # Source prefix -> our prefix, tried in order (the first match wins).
 _AUDIO_BASE = {"2023": "audio_encoder.base.htsat.", "2022": "audio_encoder.base."}
@@ -157,7 +163,11 @@ def load_model_config(name_or_path: str):
 
     path = Path(name_or_path)
     if not path.suffix:
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
+        found = [d / f"{name_or_path}.yaml" for d in CONFIG_DIRS if (d / f"{name_or_path}.yaml").is_file()]
+        if not found:
+            raise ConfigError(f"model config {name_or_path!r} not found in {' or '.join(map(str, CONFIG_DIRS))} "
+                              "(pass a model YAML path)")
+        path = found[0]
     if not path.is_file():
         raise ConfigError(f"model config not found: {path} (pass a model YAML path)")
     config = from_container({"name": path.stem, "model": OmegaConf.to_container(OmegaConf.load(path))})

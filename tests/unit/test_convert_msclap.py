@@ -167,3 +167,25 @@ def test_space_before_eos_tokenizes_like_msclap():
     assert spaced([caption])["input_ids"][0].tolist() == expected
     assert plain.tokenizer.convert_ids_to_tokens(expected[-2:]) == ["Ġ", "<|endoftext|>"]
     assert plain([caption])["input_ids"][0].tolist() == expected[:-2] + expected[-1:]
+
+
+def test_model_configs_ship_with_an_installed_package(tmp_path, monkeypatch):
+    """`convert`'s default model YAMLs are declared as data files, and found there outside a checkout."""
+    from setuptools.config.setupcfg import read_configuration
+
+    from clap_lightning.convert import msclap
+    from clap_lightning.errors import ConfigError
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)  # data_files globs are relative to the project root
+    declared = dict(read_configuration(root / "setup.cfg")["options"]["data_files"])
+    shipped = {Path(f).name for f in declared["share/clap_lightning/configs/model"]}
+    assert {f"{name}.yaml" for name in msclap.MODEL_CONFIG_NAMES.values()} <= shipped
+    # An installed wheel: no source checkout, the YAMLs under <prefix>/share/clap_lightning/configs/model.
+    share = tmp_path / "share" / "clap_lightning" / "configs" / "model"
+    share.mkdir(parents=True)
+    (share / "msclap_2023.yaml").write_text((root / "configs" / "model" / "msclap_2023.yaml").read_text())
+    monkeypatch.setattr(msclap, "CONFIG_DIRS", (tmp_path / "no-checkout", share))
+    assert msclap.load_model_config("msclap_2023").model.audio_encoder["name"] == "htsat"
+    with pytest.raises(ConfigError, match="model config 'msclap_2022' not found in .*no-checkout or .*share"):
+        msclap.load_model_config("msclap_2022")
