@@ -9,7 +9,7 @@ Three paths over the same clips, measured in one run on one thread (num_workers=
 - full loader: `ClapStream` in training mode (tar reading, seek to a random 7 s crop, decode only
   it, resample only it, tokenize a caption, batch of 8).
 
-Usage: `OMP_NUM_THREADS=1 python benchmarks/bench_loader.py [--clips 96] [--repeats 3]`.
+Usage: `OMP_NUM_THREADS=1 python benchmarks/bench_loader.py [--clips 96] [--repeats 3] [--flac-level 0]`.
 Targets (issue 5): full loader >= 0.8x raw decode and >= 1.5x msclap-style. Nothing is asserted.
 """
 
@@ -43,7 +43,7 @@ def synth_clip(rng: np.random.Generator) -> np.ndarray:
     return np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16)
 
 
-def write_shards(directory: Path, clips: int, per_shard: int = 32) -> list[str]:
+def write_shards(directory: Path, clips: int, per_shard: int = 32, flac_level: int = 5) -> list[str]:
     import tarfile
 
     rng = np.random.default_rng(0)
@@ -54,7 +54,7 @@ def write_shards(directory: Path, clips: int, per_shard: int = 32) -> list[str]:
             for i in range(start, min(start + per_shard, clips)):
                 meta = (f'{{"text": ["a synthetic chord number {i}", "tones and noise"], "source": "bench", '
                         f'"id": "{i}", "split": "train", "duration": {FILE_SECONDS}, "sample_rate": {FILE_RATE}}}')
-                for name, data in ((f"bench-{i}.flac", encode_flac(synth_clip(rng), FILE_RATE)),
+                for name, data in ((f"bench-{i}.flac", encode_flac(synth_clip(rng), FILE_RATE, flac_level)),
                                    (f"bench-{i}.json", meta.encode())):
                     info = tarfile.TarInfo(name)
                     info.size = len(data)
@@ -109,11 +109,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--flac-level", type=int, default=5, help="FLAC level of the shards (data_recipes build --flac-level)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     tokenizer = build_caption_tokenizer("gpt2", {"tokenizer": "builtin:tiny-bpe", "max_length": 32})
     with tempfile.TemporaryDirectory() as tmp:
-        urls = write_shards(Path(tmp), args.clips)
+        urls = write_shards(Path(tmp), args.clips, flac_level=args.flac_level)
         flacs = [s["flac"] for url in urls for s in read_tar_samples(url, Counter())]
         rows = list(best_rates({
             "raw soundfile decode (whole file)": lambda: raw_decode(flacs),
@@ -123,7 +124,7 @@ def main() -> None:
         }, args.clips, args.repeats).items())
     loader = rows[-1][1]
     print(f"{args.clips} clips of {FILE_SECONDS:.0f} s at {FILE_RATE} Hz -> {CLIP_SECONDS:.0f} s at {MODEL_RATE} Hz, "
-          f"1 thread, best of {args.repeats}")
+          f"FLAC level {args.flac_level}, 1 thread, best of {args.repeats}")
     print(f"{'path':58s} {'clips/s/core':>12s} {'loader / path':>14s}")
     for name, rate in rows:
         print(f"{name:58s} {rate:12.1f} {loader / rate:13.2f}x")

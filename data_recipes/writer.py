@@ -56,6 +56,7 @@ class WriterConfig:
     """How shards are built; everything but `workers` and `show_progress` goes into the manifest."""
 
     sample_rate: int = 44100  # rate of every written clip in Hz; other rates are resampled
+    flac_level: int = 5  # FLAC compression level 0-8 (libsndfile's default 5); 0-2 decode ~7-9% faster, ~1-4% larger
     samples_per_shard: int = 512  # items planned per shard (skipped items make a shard smaller)
     max_shard_bytes: int | None = None  # also start a new shard before the estimated size passes this
     workers: int = 1  # worker processes converting shards; 0 or 1 converts in this process
@@ -66,6 +67,8 @@ class WriterConfig:
     def __post_init__(self) -> None:
         if self.sample_rate <= 0 or self.samples_per_shard <= 0:
             raise ValueError(f"sample rate and samples per shard must be > 0, got {self.sample_rate}, {self.samples_per_shard}")
+        if self.flac_level not in range(9):
+            raise ValueError(f"FLAC compression level must be an integer 0-8, got {self.flac_level}")
         if self.max_shard_bytes is not None and self.max_shard_bytes <= 0:
             raise ValueError(f"max shard bytes must be > 0, got {self.max_shard_bytes}")
         if self.part is not None and not (0 <= self.part[0] < self.part[1]):
@@ -143,10 +146,14 @@ def prepare_audio(audio: np.ndarray, rate: int, target_rate: int) -> tuple[np.nd
     return np.clip(scaled, -32768, 32767).astype(np.int16), clipped
 
 
-def encode_flac(pcm: np.ndarray, sample_rate: int) -> bytes:
-    """Encode int16 mono samples as a 16-bit FLAC file in memory."""
+def encode_flac(pcm: np.ndarray, sample_rate: int, level: int = 5) -> bytes:
+    """Encode int16 mono samples as a 16-bit FLAC file in memory at compression level 0-8.
+
+    Lossless at every level: the level trades file size against encode and decode time.
+    """
     buffer = io.BytesIO()
-    sf.write(buffer, pcm, sample_rate, format="FLAC", subtype="PCM_16")
+    # libsndfile takes the level as a fraction of its 0-8 range.
+    sf.write(buffer, pcm, sample_rate, format="FLAC", subtype="PCM_16", compression_level=level / 8)
     return buffer.getvalue()
 
 
@@ -158,7 +165,8 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def encode_item(recipe: Recipe, item: Any, split: str, sample_rate: int) -> tuple[str, bytes, bytes, float, bool]:
+def encode_item(recipe: Recipe, item: Any, split: str, sample_rate: int,
+                flac_level: int = 5) -> tuple[str, bytes, bytes, float, bool]:
     """Load one item and encode it; return (key, flac, json, seconds, clipped).
 
     Raises:
@@ -180,7 +188,7 @@ def encode_item(recipe: Recipe, item: Any, split: str, sample_rate: int) -> tupl
         text = json.dumps(meta, ensure_ascii=False, sort_keys=True, allow_nan=False, default=_json_default)
     except (TypeError, ValueError) as err:
         raise SkipSample("invalid_json", str(err)) from None
-    return key, encode_flac(pcm, sample_rate), text.encode("utf-8"), seconds, clipped
+    return key, encode_flac(pcm, sample_rate, flac_level), text.encode("utf-8"), seconds, clipped
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,6 +219,7 @@ class ShardTask:
     items: list[Any]
     path: Path
     sample_rate: int
+    flac_level: int = 5
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -230,7 +239,7 @@ def _write_members(task: ShardTask, tar: tarfile.TarFile, stats: dict[str, Any])
     keys: set[str] = set()
     for item in task.items:
         try:
-            key, flac, meta, seconds, clipped = encode_item(task.recipe, item, task.split, task.sample_rate)
+            key, flac, meta, seconds, clipped = encode_item(task.recipe, item, task.split, task.sample_rate, task.flac_level)
             if key in keys:
                 raise SkipSample("duplicate_key", key)
         except SkipSample as err:
@@ -360,7 +369,7 @@ def _build_params(recipe: Recipe, config: WriterConfig, n_items: int, n_shards: 
     if config.exclude:
         digest = hashlib.sha1("\n".join(sorted(config.exclude)).encode("utf-8")).hexdigest()
         exclude = {"ids": len(config.exclude), "sha1": digest}
-    return {"sample_rate": config.sample_rate, "samples_per_shard": config.samples_per_shard,
+    return {"sample_rate": config.sample_rate, "flac_level": config.flac_level, "samples_per_shard": config.samples_per_shard,
             "max_shard_bytes": config.max_shard_bytes, "items": n_items, "planned_shards": n_shards,
             "exclude": exclude, "src": str(Path(src).resolve()) if src is not None else None}
 
@@ -372,6 +381,7 @@ def _recipe_info(recipe: Recipe) -> dict[str, Any]:
 
 def _comparable(manifest: dict[str, Any]) -> tuple[Any, Any]:
     build = {k: v for k, v in manifest["build"].items() if k != "src"}  # the corpus may move
+    build.setdefault("flac_level", 5)  # manifests written before the option were all level 5
     return build, manifest["recipe"]
 
 
@@ -444,7 +454,7 @@ def build_split(recipe: Recipe, split: str, out: str | Path, src: str | Path | N
         if path.is_file():
             stats.append(load_shard_stats(path, i, stop - start))
         else:
-            tasks.append(ShardTask(recipe, split, i, items[start:stop], path, config.sample_rate))
+            tasks.append(ShardTask(recipe, split, i, items[start:stop], path, config.sample_rate, config.flac_level))
     stats += run_tasks(tasks, config.workers, f"{recipe.name}/{split}", config.show_progress)
 
     manifest = _make_manifest(recipe, split, build, stats, config.part, excluded)

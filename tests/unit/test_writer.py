@@ -203,6 +203,29 @@ def test_rebuild_with_other_parameters_is_refused(tmp_path):
         build(tmp_path, samples_per_shard=5)
 
 
+def test_flac_level_changes_bytes_not_samples(tmp_path):
+    """Levels are lossless; the level is recorded, and one directory holds one level."""
+    fast, default = build(tmp_path / "fast", flac_level=0), build(tmp_path / "default")
+    assert (fast["build"]["flac_level"], default["build"]["flac_level"]) == (0, 5)
+    fast_dir, default_dir = (schema.split_dir(tmp_path / d, "toy", "train") for d in ("fast", "default"))
+    assert shard_files(fast_dir) != shard_files(default_dir)
+    for a, b in zip(read_samples(fast_dir), read_samples(default_dir)):
+        assert a["__key__"] == b["__key__"] and a["json"] == b["json"]
+        np.testing.assert_array_equal(sf.read(io.BytesIO(a["flac"]), dtype="int16")[0],
+                                      sf.read(io.BytesIO(b["flac"]), dtype="int16")[0])
+    with pytest.raises(ValueError, match="other parameters"):
+        build(tmp_path / "default", flac_level=8)
+    # A manifest from before the option (no flac_level) was level 5: a rerun reuses its shards.
+    manifest_path = default_dir / "manifest.json"
+    old = json.loads(manifest_path.read_text())
+    del old["build"]["flac_level"]
+    manifest_path.write_text(json.dumps(old))
+    before = shard_files(default_dir)
+    assert build(tmp_path / "default")["num_samples"] == 10 and shard_files(default_dir) == before
+    with pytest.raises(ValueError, match="integer 0-8, got 9"):
+        writer.WriterConfig(flac_level=9)
+
+
 def test_plan_shards_by_count_and_estimated_bytes():
     assert writer.plan_shards(10, 4) == [(0, 4), (4, 8), (8, 10)]
     estimates = [30, 30, 30, 100, 10, 10, 10, 10, 10]

@@ -100,11 +100,16 @@ def test_cli_build_exclude_validate_stats(corpus, tmp_path):
         corpus.wav(f"{i}.wav", seconds=0.2 + 0.05 * i)
     (tmp_path / "exclude.txt").write_text("toy-1\n3\n")
     build = run_cli("build", "csv", "--src", str(corpus.src), "--out", "out", "-o", "name=toy", "--sample-rate", "8000",
-                    "--exclude", str(tmp_path / "exclude.txt"), "--samples-per-shard", "2", "--no-progress", cwd=tmp_path)
+                    "--exclude", str(tmp_path / "exclude.txt"), "--samples-per-shard", "2", "--no-progress",
+                    "--flac-level", "0", cwd=tmp_path)
     assert build.returncode == 0, build.stderr
     assert "toy/train: 4 clips" in build.stdout and "2 excluded" in build.stdout
     manifest = schema.read_manifest(tmp_path / "out" / "toy" / "train")
     assert manifest["excluded"] == 2 and manifest["build"]["exclude"]["ids"] == 2
+    assert manifest["build"]["flac_level"] == 0
+    refused = run_cli("build", "csv", "--src", str(corpus.src), "--out", "out2", "-o", "name=toy", "--flac-level", "9",
+                      cwd=tmp_path)
+    assert refused.returncode == 2 and "--flac-level" in refused.stderr
 
     validate = run_cli("validate", "out", cwd=tmp_path)
     assert validate.returncode == 0 and "all splits ok" in validate.stdout and "4 clips" in validate.stdout
