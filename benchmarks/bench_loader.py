@@ -30,7 +30,7 @@ import torchaudio
 from clap_lightning.data.pipeline import ClapStream, ClipDecoder, Collate
 from clap_lightning.data.stream import read_tar_samples
 from clap_lightning.encoders.registry import build_caption_tokenizer
-from data_recipes.writer import encode_flac
+from data_recipes.writer import DEFAULT_FLAC_LEVEL, encode_flac
 
 FILE_RATE, MODEL_RATE, FILE_SECONDS, CLIP_SECONDS, BATCH = 48000, 44100, 10.0, 7.0, 8
 
@@ -43,7 +43,7 @@ def synth_clip(rng: np.random.Generator) -> np.ndarray:
     return np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16)
 
 
-def write_shards(directory: Path, clips: int, per_shard: int = 32, flac_level: int = 5) -> list[str]:
+def write_shards(directory: Path, clips: int, per_shard: int = 32, flac_level: int = DEFAULT_FLAC_LEVEL) -> list[str]:
     import tarfile
 
     rng = np.random.default_rng(0)
@@ -109,7 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=96)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--flac-level", type=int, default=5, help="FLAC level of the shards (data_recipes build --flac-level)")
+    parser.add_argument("--flac-level", type=int, default=DEFAULT_FLAC_LEVEL, help="FLAC level of the shards (data_recipes build --flac-level)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     tokenizer = build_caption_tokenizer("gpt2", {"tokenizer": "builtin:tiny-bpe", "max_length": 32})

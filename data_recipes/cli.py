@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--src", help="directory of the downloaded corpus (not needed by 'demo')")
     build.add_argument("--split", action="append", help="split to build (repeatable; default: all)")
     build.add_argument("--sample-rate", type=int, default=44100, help="rate of the written FLAC (default 44100)")
-    build.add_argument("--flac-level", type=int, default=5, choices=range(9), metavar="0-8",
-                       help="FLAC compression level (default 5; 0 decodes ~7-9%% faster for ~1-4%% more bytes)")
+    build.add_argument("--flac-level", type=int, default=writer.DEFAULT_FLAC_LEVEL, choices=range(9), metavar="0-8",
+                       help="FLAC compression level (default %(default)s; 0 decodes ~7-9%% faster for ~1-4%% more bytes)")
     build.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
     build.add_argument("--samples-per-shard", type=int, help="clips per shard (default: the recipe's)")
     build.add_argument("--max-shard-bytes", help="also cut shards by estimated size, e.g. 1G")

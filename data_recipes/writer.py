@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 STATS_DIR = ".stats"  # per-shard stats, written before the shard's rename; the manifests are built from them
 _MAX_EXAMPLES = 5  # skipped items described per shard (and 4x that per manifest)
+DEFAULT_FLAC_LEVEL = 5  # libsndfile's own default, so shards written before the option are this level
 
 
 @dataclasses.dataclass
@@ -56,7 +57,7 @@ class WriterConfig:
     """How shards are built; everything but `workers` and `show_progress` goes into the manifest."""
 
     sample_rate: int = 44100  # rate of every written clip in Hz; other rates are resampled
-    flac_level: int = 5  # FLAC compression level 0-8 (libsndfile's default 5); 0-2 decode ~7-9% faster, ~1-4% larger
+    flac_level: int = DEFAULT_FLAC_LEVEL  # FLAC compression level 0-8; 0-2 decode ~7-9% faster, ~1-4% larger
     samples_per_shard: int = 512  # items planned per shard (skipped items make a shard smaller)
     max_shard_bytes: int | None = None  # also start a new shard before the estimated size passes this
     workers: int = 1  # worker processes converting shards; 0 or 1 converts in this process
@@ -146,7 +147,7 @@ def prepare_audio(audio: np.ndarray, rate: int, target_rate: int) -> tuple[np.nd
     return np.clip(scaled, -32768, 32767).astype(np.int16), clipped
 
 
-def encode_flac(pcm: np.ndarray, sample_rate: int, level: int = 5) -> bytes:
+def encode_flac(pcm: np.ndarray, sample_rate: int, level: int = DEFAULT_FLAC_LEVEL) -> bytes:
     """Encode int16 mono samples as a 16-bit FLAC file in memory at compression level 0-8.
 
     Lossless at every level: the level trades file size against encode and decode time.
@@ -166,7 +167,7 @@ def _json_default(value: Any) -> Any:
 
 
 def encode_item(recipe: Recipe, item: Any, split: str, sample_rate: int,
-                flac_level: int = 5) -> tuple[str, bytes, bytes, float, bool]:
+                flac_level: int) -> tuple[str, bytes, bytes, float, bool]:
     """Load one item and encode it; return (key, flac, json, seconds, clipped).
 
     Raises:
@@ -219,7 +220,7 @@ class ShardTask:
     items: list[Any]
     path: Path
     sample_rate: int
-    flac_level: int = 5
+    flac_level: int
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -381,7 +382,7 @@ def _recipe_info(recipe: Recipe) -> dict[str, Any]:
 
 def _comparable(manifest: dict[str, Any]) -> tuple[Any, Any]:
     build = {k: v for k, v in manifest["build"].items() if k != "src"}  # the corpus may move
-    build.setdefault("flac_level", 5)  # manifests written before the option were all level 5
+    build.setdefault("flac_level", DEFAULT_FLAC_LEVEL)  # manifests written before the option
     return build, manifest["recipe"]
 
 
