@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -88,15 +88,21 @@ class Resampler:
         self.target_rate = target_rate
         self._kernels: dict[tuple[int, torch.dtype], ResamplePlan] = {}
 
-    def __call__(self, audio: torch.Tensor, rate: int, padded: bool = False) -> torch.Tensor:
+    def __call__(self, audio: torch.Tensor, rate: int, padded: bool = False,
+                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Resample `audio` [..., T] from `rate` to the target rate.
 
         With `padded`, `audio` already holds `margins(rate)` zeros around the signal (as
         `read_clip(..., margins=resampler.margins)` decodes it), so no padded copy is made.
+        With `out` (1-D audio only), the first `len(out)` resampled samples are written straight
+        into it (e.g. a row of the batch being built) and `out` is returned.
         """
         if rate == self.target_rate:
-            return audio
-        return self._plan(rate, audio.dtype)(audio, padded)
+            if out is None:
+                return audio
+            _check_out(audio.shape, out)
+            return out.copy_(audio[:out.shape[0]])
+        return self._plan(rate, audio.dtype)(audio, padded, out)
 
     def margins(self, rate: int) -> tuple[int, int]:
         """(left, right) zeros that `__call__(..., padded=True)` expects around audio at `rate`."""
@@ -143,8 +149,11 @@ class ResamplePlan:
         best = min((split(g) for g in range(1, min(self.new, 16) + 1)), key=cost)
         self.groups = [(c0, c1, r0, r1, kernel[r0:r1, c0:c1].to(dtype).contiguous()) for c0, c1, r0, r1 in best]
 
-    def __call__(self, audio: torch.Tensor, padded: bool = False) -> torch.Tensor:
-        """Resample [..., T]; with `padded`, T includes `width` zeros before and `width + orig` after."""
+    def __call__(self, audio: torch.Tensor, padded: bool = False, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Resample [..., T]; with `padded`, T includes `width` zeros before and `width + orig` after.
+
+        With `out` (1-D audio only), its `len(out)` first output samples are written into it.
+        """
         lead = audio.shape[:-1]
         if padded:
             length = audio.shape[-1] - 2 * self.width - self.orig
@@ -152,12 +161,37 @@ class ResamplePlan:
         else:
             length = audio.shape[-1]
             audio = torch.nn.functional.pad(audio.reshape(-1, length), (self.width, self.width + self.orig))
-        blocks = audio.unfold(-1, self.block, self.orig)
-        # torch.cat of the group products: assigning each into a column slice of one output
-        # tensor is a strided copy that costs more than the products themselves.
-        parts = [blocks[..., r0:r1] @ taps for _, _, r0, r1, taps in self.groups]
-        out = (parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)).flatten(-2)  # [rows, blocks * new]
-        return out[:, : -(-self.new * length // self.orig)].reshape(*lead, -1)
+        blocks = audio.unfold(-1, self.block, self.orig)  # [rows, blocks, block]
+        samples = -(-self.new * length // self.orig)
+        if out is not None:
+            _check_out((*lead, samples), out)
+            whole, rest = divmod(out.shape[0], self.new)
+            self._products(blocks[0, :whole], out[:whole * self.new].view(whole, self.new))
+            if rest:  # the last, partial block of output phases
+                tail = out.new_empty(1, self.new)
+                self._products(blocks[0, whole:whole + 1], tail)
+                out[whole * self.new:] = tail[0, :rest]
+            return out
+        result = audio.new_empty(blocks.shape[0], blocks.shape[1], self.new)
+        for row, dest in zip(blocks, result):
+            self._products(row, dest)
+        return result.flatten(-2)[:, :samples].reshape(*lead, -1)
+
+    def _products(self, blocks: torch.Tensor, dest: torch.Tensor) -> None:
+        """dest [n, new] = blocks [n, block] @ kernel, one product per group of phases.
+
+        Each product writes its column slice of `dest` in place: BLAS takes the row stride as
+        its leading dimension, so there is no copy (`dest[:, a:b] = x @ taps` would make one).
+        """
+        for c0, c1, r0, r1, taps in self.groups:
+            torch.mm(blocks[:, r0:r1], taps, out=dest[:, c0:c1])
+
+
+def _check_out(shape: Sequence[int], out: torch.Tensor) -> None:
+    """Raise unless `out` is 1-D and no longer than 1-D audio of `shape`."""
+    if len(shape) != 1 or out.dim() != 1 or out.shape[0] > shape[0]:
+        raise ValueError(f"out= takes 1-D audio and a 1-D out of at most its length, got audio {tuple(shape)} "
+                         f"and out {tuple(out.shape)}")
 
 
 def sinc_resample_kernel(orig_rate: int, new_rate: int, zero_crossings: int = 6,

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
+from clap_lightning.data.pipeline import stack_for_transfer
 from clap_lightning.data.stream import single_pass
 
 
@@ -81,7 +82,7 @@ class MultiTaskCollate:
             masks[task.name] = torch.tensor([ok for _, ok in encoded], dtype=torch.bool)  # [B]
             targets[task.name] = _stack_targets(task, [t for t, _ in encoded])
         return {
-            "audio": torch.stack([s["audio"] for s in samples]),  # [B, T]
+            "audio": stack_for_transfer([s["audio"] for s in samples]),  # [B, T]
             "targets": targets,
             "masks": masks,
             "source_index": torch.tensor(sources, dtype=torch.long),  # [B]

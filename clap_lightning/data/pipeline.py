@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter
 from typing import Any, Iterator, Optional, Sequence
 
@@ -54,8 +55,13 @@ class ClipDecoder:
         if self.skipped[reason] <= MAX_REPORTED_KEYS:
             log.warning("skipping sample %s: %s", key, reason)
 
-    def __call__(self, sample: dict[str, Any], rng: Optional[np.random.Generator] = None) -> Optional[dict[str, Any]]:
-        """Decode one sample; `rng` draws the training crop and caption (a fresh one per worker if None)."""
+    def __call__(self, sample: dict[str, Any], rng: Optional[np.random.Generator] = None,
+                 out: Optional[torch.Tensor] = None) -> Optional[dict[str, Any]]:
+        """Decode one sample; `rng` draws the training crop and caption (a fresh one per worker if None).
+
+        With `out` ([clip_samples], e.g. a row of the batch being built), the clip is written
+        into it and is `out`: a full-length clip is resampled straight into it, with no copy.
+        """
         if self._resampler is None:  # built lazily, once per worker process
             self._resampler = Resampler(self.sample_rate)
         if self.is_train and rng is None:
@@ -86,8 +92,13 @@ class ClipDecoder:
             return self._skip("empty_audio", key)
         if not np.isfinite(audio).all():
             return self._skip("nan_audio", key)
-        resampled = self._resampler(torch.from_numpy(audio), rate, padded=True)
-        clip, length = fit_length(resampled, self.clip_samples, self.pad_mode)
+        audio = torch.from_numpy(audio)
+        frames = audio.shape[0] - sum(self._resampler.margins(rate))
+        if out is not None and -(-frames * self.sample_rate // rate) >= self.clip_samples:
+            clip, length = self._resampler(audio, rate, padded=True, out=out), self.clip_samples
+        else:  # a short clip is padded after resampling
+            clip, length = fit_length(self._resampler(audio, rate, padded=True), self.clip_samples, self.pad_mode)
+            clip = clip if out is None else out.copy_(clip)
         caption = texts[int(rng.integers(len(texts)))] if self.is_train else texts[0]
         return {"audio": clip, "length": length, "texts": texts, "caption": caption, "key": key, "meta": meta,
                 "source_index": sample.get("__source__", 0)}
@@ -99,18 +110,32 @@ class ClipDecoder:
         return -(-self.clip_samples * int(rate) // self.sample_rate) + 1
 
 
+def transfer_buffer(shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An empty tensor, in shared memory when made in a loader worker.
+
+    A worker's batch travels to the main process through shared memory; building it there
+    (as torch's default_collate stacks into it) saves copying every batch a second time.
+    """
+    if get_worker_info() is None:
+        return torch.empty(*shape, dtype=dtype)
+    numel = math.prod(shape)
+    storage = torch.UntypedStorage._new_shared(numel * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage).view(*shape)
+
+
 def stack_for_transfer(tensors: list[torch.Tensor]) -> torch.Tensor:
     """torch.stack, into shared memory when called in a loader worker.
 
-    A worker's batch travels to the main process through shared memory; stacking straight
-    into it (as torch's default_collate does) saves copying every batch a second time.
+    When the tensors already are the leading rows of one buffer, in order (as `ClapStream`
+    decodes clips into a `transfer_buffer`), those rows are returned: no copy.
     """
-    if get_worker_info() is None:
-        return torch.stack(tensors)
     first = tensors[0]
-    storage = first.untyped_storage()._new_shared(len(tensors) * first.numel() * first.element_size())
-    out = first.new_empty(0).set_(storage).view(len(tensors), *first.shape)
-    return torch.stack(tensors, out=out)
+    if first.is_contiguous() and all(
+            t.shape == first.shape and t.dtype == first.dtype and t.is_contiguous()
+            and t.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+            and t.storage_offset() == first.storage_offset() + i * first.numel() for i, t in enumerate(tensors)):
+        return first.new_empty(0).set_(first.untyped_storage(), first.storage_offset(), (len(tensors), *first.shape))
+    return torch.stack(tensors, out=transfer_buffer((len(tensors), *first.shape), first.dtype))
 
 
 class Collate:
@@ -187,10 +212,11 @@ class ClapStream(IterableDataset):
         reported, samples = Counter(skipped), []
         if done >= self.batches_per_worker:
             return
+        audio = self._audio_buffer()
         for position, raw in mixed_stream(self.sources, self.weights, seed, self.shuffle_buffer, skipped, guard):
             if position < start:  # fast-forward on resume: seen before the checkpoint, not decoded again
                 continue
-            sample = self.decoder(raw, np.random.default_rng([*seed, position]))
+            sample = self.decoder(raw, np.random.default_rng([*seed, position]), out=audio[len(samples)])
             if sample is None:
                 guard.fail(skipped)
                 continue
@@ -204,18 +230,25 @@ class ClapStream(IterableDataset):
                 yield batch
                 if done >= self.batches_per_worker:
                     return
+                audio = self._audio_buffer()  # the batch yielded keeps its own
+
+    def _audio_buffer(self) -> torch.Tensor:
+        """The next batch's audio [batch, clip samples]: each clip is decoded into its row, and
+        the collate's `stack_for_transfer` then finds them stacked already."""
+        return transfer_buffer((self.batch_size, self.decoder.clip_samples))
 
     def _eval_batches(self, urls: list[str], rank: int = 0, world_size: int = 1) -> Iterator[dict[str, Any]]:
         skipped = self.decoder.skipped
-        reported, samples = Counter(skipped), []
+        reported, samples, audio = Counter(skipped), [], self._audio_buffer()
         for raw in single_pass(urls, skipped, rank, world_size):
-            sample = self.decoder(raw)
+            sample = self.decoder(raw, out=audio[len(samples)])
             if sample is not None:
                 samples.append(sample)
             if len(samples) == self.batch_size:
                 batch = self.collate(samples)
                 batch["skipped"], reported, samples = dict(skipped - reported), Counter(skipped), []
                 yield batch
+                audio = self._audio_buffer()
         if samples:
             batch = self.collate(samples)
             batch["skipped"] = dict(skipped - reported)

@@ -84,3 +84,20 @@ def test_decoding_between_the_resampler_margins_changes_nothing(channels):
     np.testing.assert_array_equal(padded[left:-right], plain)
     torch.testing.assert_close(resample(torch.from_numpy(padded), rate, padded=True),
                                resample(torch.from_numpy(plain), rate), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("orig", [48000, 44100, 16000])
+def test_resampling_into_out_writes_the_leading_samples_in_place(orig):
+    """out= (a batch row) receives the first len(out) samples of the resampled clip, untouched beyond."""
+    resample = Resampler(44100)
+    audio = torch.randn(orig, generator=torch.Generator().manual_seed(0))
+    expected = resample(audio, orig)
+    row = torch.full((3, 30001), 7.0)  # 30001: not a whole number of output blocks at 48 -> 44.1 kHz
+    got = resample(audio, orig, out=row[1])
+    assert got.data_ptr() == row[1].data_ptr()
+    torch.testing.assert_close(row[1], expected[:30001], atol=1e-6, rtol=0)  # the tail block: another BLAS path
+    assert (row[0] == 7).all() and (row[2] == 7).all()
+    with pytest.raises(ValueError, match="out="):
+        resample(audio, orig, out=torch.empty(expected.shape[0] + 1))
+    with pytest.raises(ValueError, match="out="):
+        resample(audio[None], orig, out=torch.empty(100))

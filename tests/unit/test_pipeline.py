@@ -27,6 +27,22 @@ def test_decoder_crops_resamples_and_keeps_metadata():
     assert abs(float(out["audio"][1000:5000].mean()) - 0.25) < 1e-3
 
 
+@pytest.mark.parametrize("rate, seconds, pad_mode", [(48000, 2.0, "repeat"), (44100, 2.0, "zero"),
+                                                    (48000, 0.5, "repeat"), (16000, 0.5, "zero")])
+def test_decoder_writes_the_clip_into_out_as_it_would_return_it(rate, seconds, pad_mode):
+    """Decoding into a batch row gives the clip decoding alone gives: long clips resampled in
+    place, short ones padded and copied, at the model rate or not."""
+    audio = (0.3 * np.random.default_rng(2).standard_normal(int(rate * seconds))).astype(np.float32)
+    sample = raw_sample(audio=audio, rate=rate)
+    decoder = ClipDecoder(sample_rate=44100, clip_samples=44100, pad_mode=pad_mode, is_train=True)
+    alone = decoder(sample, np.random.default_rng(3))
+    rows = torch.full((2, 44100), 9.0)
+    into = decoder(sample, np.random.default_rng(3), out=rows[1])
+    assert into["audio"].data_ptr() == rows[1].data_ptr() and into["length"] == alone["length"]
+    torch.testing.assert_close(rows[1], alone["audio"], atol=1e-6, rtol=0)
+    assert (rows[0] == 9).all()
+
+
 @pytest.mark.parametrize("sample, reason", [
     (raw_sample(json_bytes=b"{not json"), "bad_json"),
     (raw_sample(text=()), "empty_text"),
@@ -82,3 +98,12 @@ def test_stack_for_transfer_stacks_into_shared_memory_in_workers(workers):
     (batch,) = list(torch.utils.data.DataLoader(_StackInWorker(), batch_size=None, num_workers=workers))
     assert torch.equal(batch["audio"], batch["expected"]) and batch["audio"].shape == (3, 6)
     assert batch["shared_in_worker"] == (workers > 0)  # no detour through private memory in a worker
+
+
+def test_stack_for_transfer_returns_rows_already_stacked_without_a_copy():
+    buffer = torch.arange(24, dtype=torch.float32).view(4, 6)
+    stacked = stack_for_transfer([buffer[0], buffer[1], buffer[2]])  # a partial last batch
+    assert stacked.data_ptr() == buffer.data_ptr() and torch.equal(stacked, buffer[:3])
+    for rows in ([buffer[1], buffer[0]], [buffer[0], buffer[2]], [buffer[0], buffer[0]]):  # out of order, gaps, twice
+        copied = stack_for_transfer(rows)
+        assert copied.data_ptr() != buffer.data_ptr() and torch.equal(copied, torch.stack(rows))
