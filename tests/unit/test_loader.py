@@ -12,7 +12,8 @@ import torch
 from clap_lightning.data.pipeline import ClapLoader, ClapStream, ClipDecoder, Collate
 from clap_lightning.data.stream import FailureGuard, mixed_stream, read_tar_samples
 from clap_lightning.errors import DataError
-from tests.shard_factory import bad_members, good_members, truncated_tar, write_good_shards, write_tar
+from tests.shard_factory import (bad_members, encode, good_members, meta_json, tone, truncated_tar,
+                                 write_good_shards, write_tar)
 
 CLIP = 2000  # samples per clip at the model rate (8 kHz shards -> 16 kHz model rate: resampled)
 
@@ -58,6 +59,28 @@ def test_fewer_shards_than_ranks_still_gives_every_rank_samples_exactly_once(tmp
                                    batch_size=None, num_workers=2)) for rank in range(2)]
     assert all(per_rank) and not set(per_rank[0]) & set(per_rank[1])
     assert sorted(per_rank[0] + per_rank[1]) == sorted(f"a-0-{i}" for i in range(7))
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_each_clip_lands_in_its_own_batch_row_around_skipped_samples(tmp_path, workers):
+    """Clips are decoded straight into the batch (shared memory in a worker): a skipped sample's
+    row is reused, and every row holds the clip its key decodes to alone."""
+    members = []
+    for i in range(5):
+        members += [(f"k-{i}.flac", encode(tone(freq=200.0 + 150 * i))), (f"k-{i}.json", meta_json(f"k-{i}"))]
+        if i in (1, 3):
+            members += bad_members()["bad_audio"]  # corrupt and truncated FLAC between good clips
+    url = str(write_tar(tmp_path / "mixed.tar", members))
+    decoder = ClipDecoder(sample_rate=16000, clip_samples=CLIP, pad_mode="zero", is_train=False)
+    alone = {s["__key__"]: decoder(s) for s in read_tar_samples(url, Counter())}
+    batches = list(ClapLoader(make_stream([[url]], batch_size=2), batch_size=None, num_workers=workers))
+    assert [b["key"] for b in batches] == [["k-0", "k-1"], ["k-2", "k-3"], ["k-4"]]
+    assert sum(sum(b["skipped"].values()) for b in batches) == 4
+    for batch in batches:
+        assert batch["audio"].shape == (len(batch["key"]), CLIP) and batch["audio"].is_shared() == (workers > 0)
+        for key, row in zip(batch["key"], batch["audio"]):
+            torch.testing.assert_close(row, alone[key]["audio"], atol=1e-6, rtol=0)
+    assert len({float(b["audio"][0].abs().sum()) for b in batches}) == 3  # distinct clips, not one row repeated
 
 
 def test_weighted_mixing_matches_the_configured_proportions(tmp_path):
