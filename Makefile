@@ -20,7 +20,8 @@ demo-data: $(STAMP)
 	$(BIN)/python -m data_recipes build demo --out $(DEMO_DATA) --sample-rate 16000 --workers 2
 
 demo: demo-data
-	$(BIN)/clap-lightning fit --config configs/experiment/demo.yaml run_dir=$(DEMO_RUN)
+	$(BIN)/clap-lightning fit --config configs/experiment/demo.yaml run_dir=$(DEMO_RUN) \
+		data.train=$(DEMO_DATA)/demo/train data.val=$(DEMO_DATA)/demo/valid data.test=$(DEMO_DATA)/demo/test
 	$(BIN)/clap-lightning zeroshot --checkpoint $(DEMO_RUN)/checkpoints/last.ckpt \
 		--data $(DEMO_DATA)/demo/test --out $(DEMO_RUN)/zeroshot
 
