@@ -79,3 +79,20 @@ def truncated_tar(path: Path, keys: list[str]) -> Path:
     full.unlink()
     path.write_bytes(data[: last.offset_data + last.size // 2])  # cut inside the last sample's flac
     return path
+
+
+def corrupt_gzip(data: bytes) -> bytes:
+    """`data` gzipped, with one byte of the deflate stream flipped so that zlib itself fails
+    ("invalid code lengths set"...), not the tar reader or the gzip trailer check."""
+    import gzip
+    import zlib
+
+    packed = gzip.compress(data, mtime=0)
+    for pos in range(10, len(packed) - 8):  # inside the deflate stream: after the header, before the trailer
+        damaged = bytearray(packed)
+        damaged[pos] ^= 0xFF
+        try:
+            zlib.decompress(bytes(damaged[10:]), -zlib.MAX_WBITS)
+        except zlib.error:
+            return bytes(damaged)
+    raise AssertionError("no single flipped byte breaks this deflate stream")

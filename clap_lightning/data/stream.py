@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import logging
 import re
+import zlib
 from collections import Counter
 from typing import Any, Iterator, Optional, Sequence
 
@@ -168,8 +169,8 @@ def read_tar_samples(url: str, skipped: Counter) -> Iterator[dict[str, Any]]:
     """Yield the raw samples of one shard, grouping consecutive members by key.
 
     A shard that cannot be opened or is not a tar is skipped with a warning
-    (`unreadable_shard`); a damaged member or truncated tar ends the shard there (`bad_tar`),
-    dropping the sample being read.
+    (`unreadable_shard`); a damaged member, a truncated tar or a corrupt gzip stream ends the
+    shard there (`bad_tar`), dropping the sample being read.
     """
     try:
         stream = wds.gopen(url, "rb", bufsize=1 << 20)  # large reads: members are ~1 MB of FLAC
@@ -192,7 +193,7 @@ def read_tar_samples(url: str, skipped: Counter) -> Iterator[dict[str, Any]]:
     except NotATarError as err:
         _count_unreadable(url, err, skipped)
         return
-    except (TarFormatError, OSError, EOFError) as err:
+    except (TarFormatError, OSError, EOFError, zlib.error) as err:  # gzip: BadGzipFile is an OSError
         match = _KEY_EXT.match(getattr(err, "member", None) or "")
         damaged = match.group(1) if match else current and current["__key__"]
         if current is not None and damaged != current["__key__"]:

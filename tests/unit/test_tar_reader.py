@@ -96,3 +96,23 @@ def test_a_malformed_pax_header_is_damage_not_a_crash(tmp_path, record):
     skipped = Counter()
     # Counted and the shard ends there; k0, pending when the damage came, is dropped with it.
     assert list(read_tar_samples(str(path), skipped)) == [] and skipped == {"bad_tar": 1}
+
+
+def test_a_corrupt_gzip_stream_is_a_damaged_shard_in_process_and_in_a_worker(tmp_path):
+    """zlib's own errors ("invalid code lengths set") used to escape the reader and kill the worker."""
+    import zlib
+
+    from tests.shard_factory import corrupt_gzip, good_members, write_tar
+    from tests.unit.test_loader import keys_of, make_stream
+    from clap_lightning.data.pipeline import ClapLoader
+
+    plain = write_tar(tmp_path / "ok.tar", [m for i in range(3) for m in good_members(f"ok-{i}")])
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(corrupt_gzip(plain.read_bytes()))
+    with pytest.raises(zlib.error):  # the fixture breaks the deflate stream itself
+        list(iter_tar_files(io.BytesIO(bad.read_bytes())))
+    skipped = Counter()
+    assert list(read_tar_samples(str(bad), skipped)) == [] and skipped == {"bad_tar": 1}
+    batches = list(ClapLoader(make_stream([[str(bad), str(plain)]], batch_size=2), batch_size=None, num_workers=1))
+    assert sorted(keys_of(batches)) == ["ok-0", "ok-1", "ok-2"]
+    assert sum((Counter(b["skipped"]) for b in batches), Counter()) == {"bad_tar": 1}
