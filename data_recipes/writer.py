@@ -13,7 +13,9 @@ Crash safety. Every shard is written to `<shard>.tar.tmp`, flushed to disk, its 
 saved to `.stats/<shard>.json`, then renamed to `<shard>.tar`. A rerun treats an existing
 `.tar` as complete and leaves it untouched; everything else (leftover `.tmp`, no file) is
 rebuilt from its planned items. A worker that dies stops the build with one line; rerun
-the same command to finish.
+the same command to finish. The build parameters (rate, FLAC level, shard plan, recipe
+version and options) are saved to `.stats/build.json` before the first shard is written, so
+a rerun with other parameters is refused, naming them, even after a kill left no manifest.
 
 Tar members are `<key>.flac` then `<key>.json` per sample, with fixed metadata (mtime 0,
 mode 0644, no owner), so a shard's bytes depend only on its samples.
@@ -48,6 +50,7 @@ from data_recipes.leakage import apply_exclude
 log = logging.getLogger(__name__)
 
 STATS_DIR = ".stats"  # per-shard stats, written before the shard's rename; the manifests are built from them
+BUILD_RECORD = "build.json"  # in STATS_DIR: the build parameters, written before the first shard
 _MAX_EXAMPLES = 5  # skipped items described per shard (and 4x that per manifest)
 DEFAULT_FLAC_LEVEL = 5  # libsndfile's own default, so shards written before the option are this level
 
@@ -386,14 +389,44 @@ def _comparable(manifest: dict[str, Any]) -> tuple[Any, Any]:
     return build, manifest["recipe"]
 
 
-def _check_previous_build(directory: Path, manifest: dict[str, Any]) -> None:
-    # Complete shards are reused only when they were planned from the same items and
-    # parameters; a mismatch would silently mix two builds in one directory.
-    for path in sorted(directory.glob("manifest*.json")):
-        previous = schema.read_manifest(directory, path.name)
-        if _comparable(previous) != _comparable(manifest):
-            raise ValueError(f"{path} records a build with other parameters or recipe version "
-                             f"({_comparable(previous)} vs {_comparable(manifest)}); use another --out or delete {directory}")
+def _differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    # "sample_rate 16000 (now 22050)" for each build parameter, recipe version or option that changed.
+    (old_build, old_recipe), (new_build, new_recipe) = _comparable(previous), _comparable(current)
+    pairs = [(k, old_build.get(k), new_build.get(k)) for k in sorted(set(old_build) | set(new_build))]
+    pairs += [(f"recipe {k}", old_recipe.get(k), new_recipe.get(k)) for k in ("name", "version")]
+    old_options, new_options = old_recipe.get("options") or {}, new_recipe.get("options") or {}
+    pairs += [(f"option {k}", old_options.get(k), new_options.get(k)) for k in sorted(set(old_options) | set(new_options))]
+    return [f"{name} {old!r} (now {new!r})" for name, old, new in pairs if old != new]
+
+
+def _check_previous_build(directory: Path, current: dict[str, Any]) -> None:
+    """Refuse to add to a directory built with other parameters, then record the current ones.
+
+    Complete shards are reused only when they were planned from the same items and
+    parameters; a mismatch would silently mix two builds in one directory. The record in
+    `.stats/build.json` is written before the first shard, so a killed build (shards, no
+    manifest yet) is checked too; manifests cover directories built before the record.
+    """
+    record = directory / STATS_DIR / BUILD_RECORD
+    found = [record] if record.is_file() else []
+    for path in found + sorted(directory.glob("manifest*.json")):
+        previous = schema.read_manifest(directory, path.name) if path != record else _read_record(record)
+        differing = _differences(previous, current)
+        if differing:
+            raise ValueError(f"{directory} holds a build with other parameters: {'; '.join(differing)} "
+                             f"(recorded in {path.name}); rerun with the recorded ones, use another --out or delete {directory}")
+    if not found:
+        write_json_atomic(record, current)
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"build record {path} is not valid json: {err}; delete it to rebuild") from None
+    if not isinstance(record, dict) or not isinstance(record.get("build"), dict) or not isinstance(record.get("recipe"), dict):
+        raise ValueError(f"build record {path} lacks 'build' or 'recipe'; delete it to rebuild")
+    return record
 
 
 def _make_manifest(recipe: Recipe, split: str, build: dict[str, Any], stats: list[dict[str, Any]],
@@ -472,11 +505,12 @@ def build_split(recipe: Recipe, split: str, out: str | Path, src: str | Path | N
 
 
 def _remove_empty_build(directory: Path, stats: list[dict[str, Any]]) -> None:
-    # Every shard is empty: delete them, so a rerun after fixing the corpus rebuilds them
-    # instead of reusing empty "complete" shards.
+    # Every shard is empty: delete them and the build record, so a rerun after fixing the
+    # corpus rebuilds them instead of reusing empty "complete" shards.
     for shard in stats:
         for path in (directory / shard["name"], directory / STATS_DIR / (shard["name"] + ".json")):
             path.unlink(missing_ok=True)
+    (directory / STATS_DIR / BUILD_RECORD).unlink(missing_ok=True)
 
 
 def check_src(recipe: Recipe, src: str | Path | None) -> None:

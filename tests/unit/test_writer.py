@@ -167,6 +167,34 @@ def test_killed_worker_then_rerun(tmp_path):
     assert not list(directory.glob("*.tmp"))
 
 
+def test_rerun_of_a_killed_build_with_other_parameters_is_refused(tmp_path):
+    """A kill leaves shards and no manifest; the record written before them still guards the directory."""
+    marker = tmp_path / "crash"
+    marker.touch()
+    recipe = ToyRecipe(ToyConfig(n_items=24, crash_item=19, crash_marker=str(marker), delay=0.03))
+    out = tmp_path / "out"
+    with pytest.raises(writer.WorkerDied):
+        build(out, recipe, workers=2)
+    directory = schema.split_dir(out, "toy", "train")
+    assert list(directory.glob("*.tar")) and not list(directory.glob("manifest*.json"))
+    assert json.loads((directory / ".stats" / "build.json").read_text())["build"]["sample_rate"] == 8000
+    marker.unlink()
+
+    with pytest.raises(ValueError, match="other parameters") as refused:
+        build(out, recipe, workers=2, sample_rate=16000, flac_level=0)
+    message = str(refused.value)
+    assert "\n" not in message and "sample_rate 8000 (now 16000)" in message and "flac_level 5 (now 0)" in message
+    assert "samples_per_shard" not in message
+    other_option = ToyRecipe(dataclasses.replace(recipe.config, rate=16000))
+    with pytest.raises(ValueError, match="option rate 8000 \\(now 16000\\)"):
+        build(out, other_option, workers=2)
+
+    manifest = build(out, recipe, workers=2)  # the same parameters: resume
+    assert [s["__key__"] for s in read_samples(directory)] == [f"toy-clip{i:03d}" for i in range(24)]
+    assert manifest["num_samples"] == 24 and {s["sample_rate"] for s in map(lambda x: json.loads(x["json"]),
+                                                                             read_samples(directory))} == {8000}
+
+
 def bad_recipe() -> ToyRecipe:
     return ToyRecipe(ToyConfig(n_items=16, none_item=1, nan_item=2, raise_item=5, empty_text_item=6,
                                skip_item=9, dup_item=12))
