@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from clap_lightning.audio.io import Resampler, fit_length, read_clip
+from clap_lightning.data.schema import read_captions
 from clap_lightning.data.stream import FailureGuard, mixed_stream, single_pass
 from clap_lightning.errors import DataError
 
@@ -71,8 +72,8 @@ class ClipDecoder:
             return self._skip("missing_json", key)
         try:
             meta = json.loads(sample["json"])
-            texts = [t for t in meta.get("text") or [] if isinstance(t, str) and t.strip()]
-        except (ValueError, AttributeError, TypeError):  # not json, or not an object with a list
+            texts = read_captions(meta)  # "text": a list of strings, or one string
+        except (ValueError, RecursionError):  # not json (or not utf-8), not an object, a "text" of another type
             return self._skip("bad_json", key)
         if not texts:
             return self._skip("empty_text", key)

@@ -32,7 +32,7 @@ JSON_EXT = "json"
 
 # json fields every sample carries, with the Python type(s) each must have.
 REQUIRED_JSON_FIELDS: dict[str, tuple[type, ...]] = {
-    "text": (list,),
+    "text": (list, str),  # a list of captions, or one caption
     "source": (str,),
     "id": (str,),
     "split": (str,),
@@ -84,6 +84,27 @@ def sample_key(source: str, stable_id: str) -> str:
     return f"{source}-{_KEY_UNSAFE.sub('_', stable_id)}"
 
 
+def read_captions(meta: Any) -> list[str]:
+    """The captions of a sample json: its "text" list, or a plain string as one caption.
+
+    LAION-style shards often store `"text": "a dog barks"`; iterating over that string would
+    give one "caption" per character. Blank captions are dropped; no "text" gives [].
+
+    Raises:
+        ValueError: `meta` is not a json object, or "text" is neither a string nor a list of strings.
+    """
+    if not isinstance(meta, dict):
+        raise ValueError(f"expected a json object, found {type(meta).__name__}")
+    text = meta.get("text")
+    if text is None:
+        return []
+    if isinstance(text, str):
+        text = [text]
+    if not isinstance(text, list) or not all(isinstance(t, str) for t in text):
+        raise ValueError("field 'text' must be a string or a list of strings")
+    return [t for t in text if t.strip()]
+
+
 def validate_sample_json(d: Any) -> list[str]:
     """Return the problems that make `d` an invalid sample json (empty list if valid)."""
     if not isinstance(d, dict):
@@ -96,7 +117,9 @@ def validate_sample_json(d: Any) -> list[str]:
             expected = " or ".join(t.__name__ for t in types)
             problems.append(f"field '{field}' must be {expected}, found {type(d[field]).__name__}")
     text = d.get("text")
-    if isinstance(text, list):
+    if isinstance(text, str) and not text.strip():
+        problems.append("field 'text' is empty")
+    elif isinstance(text, list):
         if not text:
             problems.append("field 'text' is empty")
         elif not all(isinstance(t, str) and t.strip() for t in text):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from clap_lightning.data.pipeline import ClipDecoder, stack_for_transfer
+from clap_lightning.data.schema import validate_sample_json
 from clap_lightning.data.sources import resolve_shards
 from clap_lightning.errors import DataError
 from tests.unit.test_audio_io import flac_bytes
@@ -45,6 +46,10 @@ def test_decoder_writes_the_clip_into_out_as_it_would_return_it(rate, seconds, p
 
 @pytest.mark.parametrize("sample, reason", [
     (raw_sample(json_bytes=b"{not json"), "bad_json"),
+    (raw_sample(json_bytes=b'["a json list"]'), "bad_json"),
+    (raw_sample(json_bytes=b'{"text": "\xff"}'), "bad_json"),  # not utf-8
+    (raw_sample(json_bytes=b'{"text": "   "}'), "empty_text"),
+    (raw_sample(json_bytes=b'{"source": "x"}'), "empty_text"),
     (raw_sample(text=()), "empty_text"),
     (raw_sample(text=("  ",)), "empty_text"),
     ({"__key__": "x", "json": json.dumps({"text": ["a"]}).encode()}, "missing_audio"),
@@ -54,6 +59,27 @@ def test_bad_samples_are_skipped_and_counted(sample, reason):
     decoder = ClipDecoder(sample_rate=16000, clip_samples=4000, pad_mode="zero", is_train=True)
     assert decoder(sample) is None
     assert decoder.skipped == {reason: 1}
+
+
+@pytest.mark.parametrize("is_train", [True, False])
+def test_a_plain_string_text_is_one_caption(is_train):
+    """LAION-style `"text": "a dog barks"` used to be iterated into single letters."""
+    meta = {"text": "a dog barks", "source": "demo", "id": "s", "split": "train", "sample_rate": 16000}
+    decoder = ClipDecoder(sample_rate=16000, clip_samples=4000, pad_mode="zero", is_train=is_train)
+    out = decoder(raw_sample(json_bytes=json.dumps(meta).encode()), np.random.default_rng(0) if is_train else None)
+    assert out["texts"] == ["a dog barks"] and out["caption"] == "a dog barks" and not decoder.skipped
+    assert validate_sample_json({**meta, "duration": 0.5}) == []  # `validate` agrees with the loader
+    assert validate_sample_json({**meta, "duration": 0.5, "text": " "}) == ["field 'text' is empty"]
+
+
+@pytest.mark.parametrize("text", [{"en": "a dog"}, 5, 2.5, True, ["a dog", 5], ["a dog", None], [["a dog"]]])
+def test_a_text_of_another_type_is_bad_json(text):
+    meta = {"text": text, "source": "demo", "id": "s", "split": "train", "sample_rate": 16000}
+    for is_train in (True, False):
+        decoder = ClipDecoder(sample_rate=16000, clip_samples=4000, pad_mode="zero", is_train=is_train)
+        sample = raw_sample(json_bytes=json.dumps(meta).encode())
+        assert decoder(sample, np.random.default_rng(0) if is_train else None) is None
+        assert decoder.skipped == {"bad_json": 1}
 
 
 def test_resolve_shards_forms(tmp_path):
