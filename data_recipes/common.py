@@ -26,6 +26,8 @@ import soundfile as sf
 
 from data_recipes.base import Recipe, Sample, SkipSample
 
+# Key under which `read_csv` keeps the cells of a row beyond the header's columns.
+EXTRA_CELLS = "\x00extra_cells"
 # Containers soundfile cannot read; their audio track is decoded by the ffmpeg binary.
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4a")
 
@@ -174,6 +176,9 @@ def read_csv(path: Path, delimiter: str = ",", fieldnames: Sequence[str] | None 
              comment: str | None = None) -> list[dict[str, str]]:
     """Read a csv/tsv into dicts (keys and values stripped).
 
+    Cells beyond the header's columns (often an unquoted delimiter inside a caption) are
+    kept as a list under `EXTRA_CELLS`, so a recipe can count the row as malformed.
+
     Args:
         fieldnames: column names for a file without a header row.
         comment: lines starting with this are skipped (the header may follow it, e.g. AudioSet's "# YTID").
@@ -192,7 +197,7 @@ def read_csv(path: Path, delimiter: str = ",", fieldnames: Sequence[str] | None 
         if header:
             lines.insert(0, header[-1][len(comment):])
     reader = csv.DictReader(io.StringIO("\n".join(lines)), fieldnames=fieldnames, delimiter=delimiter,
-                            skipinitialspace=True)
+                            skipinitialspace=True, restkey=EXTRA_CELLS)
     rows = []
     for row in reader:
         clean = {(k or "").strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items()}

@@ -10,6 +10,8 @@ Audio paths are relative to `--src` (or `audio_root` under it). Captions come fr
 caption columns (empty cells skipped); a row without one gets captions from `templates`
 filled with its labels, and a row with neither is counted as "no_caption". Without a split
 column every row is in "train", or a stable hash split holds out `test_fraction` as "test".
+A row with more cells than the header is counted as "malformed_row"; a row whose id an
+earlier row already has is counted as "duplicate_key" (the first row wins).
 Optional: `id_column` (default: the audio path without extension), `start_column` /
 `end_column` (segments, seconds), `meta_columns` (copied into the json), `license`.
 
@@ -33,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from data_recipes.base import register_recipe
-from data_recipes.common import (BadRow, ClipItem, ClipRecipe, audio_files, join_words, label_phrase, parse_float,
-                                 pick_captions, read_csv, row_error, split_by_hash, unique)
+from data_recipes.common import (EXTRA_CELLS, BadRow, ClipItem, ClipRecipe, audio_files, join_words, label_phrase,
+                                 parse_float, pick_captions, read_csv, row_error, split_by_hash, unique)
 
 DEFAULT_TEMPLATES = "the sound of {labels}|{labels} can be heard|a recording of {labels}|an audio clip of {labels}"
 _NAME = re.compile(r"^[a-z0-9_]+$")
@@ -110,6 +112,9 @@ class CsvRecipe(ClipRecipe):
 
     def _item(self, src: Path, path: Path, index: int, row: dict[str, str]) -> ClipItem | BadRow:
         cfg = self.config
+        if row.get(EXTRA_CELLS):
+            extra = len(row[EXTRA_CELLS])
+            return row_error(path, index, f"{extra} cell(s) beyond the header's {len(row) - 1} columns (an unquoted delimiter?)")
         audio = row.get(cfg.audio_column) or ""
         if not audio:
             return row_error(path, index, f"empty {cfg.audio_column}")

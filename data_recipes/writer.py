@@ -224,6 +224,7 @@ class ShardTask:
     path: Path
     sample_rate: int
     flac_level: int
+    duplicates: dict[int, str] = dataclasses.field(default_factory=dict)  # {offset in items: key an earlier item holds}
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -241,8 +242,10 @@ def _record_skip(stats: dict[str, Any], reason: str, item: Any, detail: str) -> 
 
 def _write_members(task: ShardTask, tar: tarfile.TarFile, stats: dict[str, Any]) -> None:
     keys: set[str] = set()
-    for item in task.items:
+    for offset, item in enumerate(task.items):
         try:
+            if offset in task.duplicates:
+                raise SkipSample("duplicate_key", f"{task.duplicates[offset]} (an earlier item of the split has it)")
             key, flac, meta, seconds, clipped = encode_item(task.recipe, item, task.split, task.sample_rate, task.flac_level)
             if key in keys:
                 raise SkipSample("duplicate_key", key)
@@ -399,6 +402,27 @@ def _differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]
     return [f"{name} {old!r} (now {new!r})" for name, old, new in pairs if old != new]
 
 
+def find_duplicate_keys(recipe: Recipe, items: list[Any]) -> dict[int, str]:
+    """Return {index: key} of the items whose sample key an earlier item of the split already has.
+
+    Keys come from `Recipe.match_ids` (the stable id, known from `items`), so duplicates are
+    found across shards and `--part` tasks alike, before any audio is read: the first item
+    with a key wins, even if its audio later proves unusable. Items without ids are checked
+    only within their shard, when loaded.
+    """
+    seen: set[str] = set()
+    duplicates = {}
+    for index, item in enumerate(items):
+        ids = recipe.match_ids(item)
+        if not ids or not ids[0]:
+            continue
+        key = schema.sample_key(recipe.name, ids[0])
+        if key in seen:
+            duplicates[index] = key
+        seen.add(key)
+    return duplicates
+
+
 def _check_previous_build(directory: Path, current: dict[str, Any]) -> None:
     """Refuse to add to a directory built with other parameters, then record the current ones.
 
@@ -481,6 +505,7 @@ def build_split(recipe: Recipe, split: str, out: str | Path, src: str | Path | N
     _check_previous_build(directory, {"build": build, "recipe": _recipe_info(recipe)})
 
     indices = [i for i in range(len(plan)) if config.part is None or i % config.part[1] == config.part[0]]
+    duplicates = find_duplicate_keys(recipe, items)
     stats, tasks = [], []
     for i in indices:
         path = schema.shard_path(out, recipe.name, split, i)
@@ -488,7 +513,9 @@ def build_split(recipe: Recipe, split: str, out: str | Path, src: str | Path | N
         if path.is_file():
             stats.append(load_shard_stats(path, i, stop - start))
         else:
-            tasks.append(ShardTask(recipe, split, i, items[start:stop], path, config.sample_rate, config.flac_level))
+            shard_duplicates = {j - start: key for j, key in duplicates.items() if start <= j < stop}
+            tasks.append(ShardTask(recipe, split, i, items[start:stop], path, config.sample_rate, config.flac_level,
+                                   shard_duplicates))
     stats += run_tasks(tasks, config.workers, f"{recipe.name}/{split}", config.show_progress)
 
     manifest = _make_manifest(recipe, split, build, stats, config.part, excluded)

@@ -75,7 +75,7 @@ def sample_key(source: str, stable_id: str) -> str:
 
     '.', '/', '\\', whitespace and control characters in the id become '_' (webdataset cuts
     the key at the first '.'; '/' would make a directory). Distinct ids that differ only in
-    those characters map to the same key; the writer skips such duplicates within a shard.
+    those characters map to the same key; the writer keeps the first and skips the rest.
     """
     if not stable_id:
         raise ValueError(f"sample id must be a non-empty string, got {stable_id!r}")

@@ -49,6 +49,28 @@ def test_csv_recipe_captions_labels_splits_segments(corpus):
         corpus.build("csv", {"name": "My Corpus"})
 
 
+def test_csv_duplicate_ids_across_shards_and_extra_cells_are_counted(corpus):
+    """4 items per shard: the repeated ids sit in later shards than their first rows."""
+    corpus.csv("meta.csv", ["audio", "caption", "category"], [
+        ["a.wav", "first a", "dog"], ["b.wav", "b", "cat"], ["c.wav", "c", "cow"], ["d.wav", "d", "owl"],
+        ["e.wav", "e", "bee"], ["a.wav", "second a", "dog"],  # shard 1: the id of row 1
+        ["x.y.wav", "x dot y", "fox"], ["x_y.wav", "x underscore y", "fox"],  # same key mycorpus-x_y
+        ["f.wav", "a dog", " barks", "dog"],  # an unquoted comma: one cell too many
+        ["g.wav", "g", "gnu"],
+    ])
+    for name in ("a", "b", "c", "d", "e", "x.y", "x_y", "f", "g"):
+        corpus.wav(f"{name}.wav")
+    manifest = corpus.build("csv", {"name": "mycorpus", "file": "meta.csv", "label_columns": "category"})["train"]
+    samples = corpus.samples("mycorpus", "train")
+    assert sorted(samples) == ["mycorpus-a", "mycorpus-b", "mycorpus-c", "mycorpus-d", "mycorpus-e", "mycorpus-g",
+                               "mycorpus-x_y"]
+    assert samples["mycorpus-a"]["text"] == ["first a"] and samples["mycorpus-x_y"]["text"] == ["x dot y"]
+    assert manifest["skipped"] == {"duplicate_key": 2, "malformed_row": 1} and manifest["items"] == 10
+    assert len(manifest["shards"]) == 3
+    assert any("row 9" in e["detail"] and "beyond the header's 3 columns" in e["detail"]
+               for e in manifest["skipped_examples"])
+
+
 def test_folder_recipe_labels_from_folders_or_pattern(corpus):
     for path in ("train/dog_bark/1.wav", "train/Rain/2.flac", "train/loose.wav", "test/dog_bark/3.wav", "notes.txt"):
         if path.endswith("txt"):
