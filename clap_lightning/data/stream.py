@@ -169,8 +169,9 @@ def read_tar_samples(url: str, skipped: Counter) -> Iterator[dict[str, Any]]:
     """Yield the raw samples of one shard, grouping consecutive members by key.
 
     A shard that cannot be opened or is not a tar is skipped with a warning
-    (`unreadable_shard`); a damaged member, a truncated tar or a corrupt gzip stream ends the
-    shard there (`bad_tar`), dropping the sample being read.
+    (`unreadable_shard`); one with no member (a 0-byte file, an empty tar) is `empty_shard`;
+    a damaged member, a truncated tar or a corrupt gzip stream ends the shard there
+    (`bad_tar`), dropping the sample being read.
     """
     try:
         stream = wds.gopen(url, "rb", bufsize=1 << 20)  # large reads: members are ~1 MB of FLAC
@@ -178,8 +179,10 @@ def read_tar_samples(url: str, skipped: Counter) -> Iterator[dict[str, Any]]:
         _count_unreadable(url, err, skipped)
         return
     current: Optional[dict[str, Any]] = None
+    members = 0
     try:
         for name, data in iter_tar_files(stream):
+            members += 1
             match = _KEY_EXT.match(name)
             if not match:
                 continue
@@ -202,6 +205,11 @@ def read_tar_samples(url: str, skipped: Counter) -> Iterator[dict[str, Any]]:
         if skipped["bad_tar"] <= MAX_REPORTED_SHARDS:
             log.warning("shard %s is damaged at key %s: %s", url, damaged, _first_line(err))
         current = None
+    else:
+        if not members:
+            skipped["empty_shard"] += 1
+            if skipped["empty_shard"] <= MAX_REPORTED_SHARDS:
+                log.warning("skipping shard %s: it holds no file", url)
     finally:
         stream.close()
     if current is not None:

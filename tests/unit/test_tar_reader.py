@@ -116,3 +116,25 @@ def test_a_corrupt_gzip_stream_is_a_damaged_shard_in_process_and_in_a_worker(tmp
     batches = list(ClapLoader(make_stream([[str(bad), str(plain)]], batch_size=2), batch_size=None, num_workers=1))
     assert sorted(keys_of(batches)) == ["ok-0", "ok-1", "ok-2"]
     assert sum((Counter(b["skipped"]) for b in batches), Counter()) == {"bad_tar": 1}
+
+
+def test_empty_shards_are_skipped_and_counted(tmp_path):
+    """A 0-byte file or a tar with no member used to yield nothing with no counter."""
+    from tests.shard_factory import good_members, write_tar
+    from tests.unit.test_loader import keys_of, make_stream
+
+    zero = tmp_path / "zero.tar"
+    zero.write_bytes(b"")
+    empty = write_tar(tmp_path / "empty.tar", [])
+    gz_empty = tmp_path / "empty.tar.gz"
+    gz_empty.write_bytes(gzip.compress(empty.read_bytes()))
+    for path in (zero, empty, gz_empty):
+        skipped = Counter()
+        assert list(read_tar_samples(str(path), skipped)) == [] and skipped == {"empty_shard": 1}, path
+    good = write_tar(tmp_path / "good.tar", [m for i in range(3) for m in good_members(f"g-{i}")])
+    urls = [str(zero), str(good), str(empty), str(gz_empty)]
+    batches = list(make_stream([urls], batch_size=2))
+    assert sorted(keys_of(batches)) == ["g-0", "g-1", "g-2"]
+    assert sum((Counter(b["skipped"]) for b in batches), Counter()) == {"empty_shard": 3}
+    train = make_stream([urls], batch_size=2, is_train=True, batches_per_worker=5)
+    assert len(list(train)) == 5 and set(train.decoder.skipped) == {"empty_shard"}
