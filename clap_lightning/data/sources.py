@@ -38,10 +38,10 @@ def _from_manifest(split_dir: Path) -> ShardSource:
 def resolve_shards(spec: str) -> ShardSource:
     """Resolve `spec` into shard URLs.
 
-    Accepted forms: a split directory (its `manifest.json`, else its `*.tar`), a text file with
-    one URL per line, a brace pattern (`data/x-{000000..000009}.tar`), or a `pipe:` URL
-    (e.g. `pipe:aws s3 cp s3://bucket/x-{000000..000009}.tar -`). Several forms may be joined
-    with `::`.
+    Accepted forms: a shard file (`.tar`, `.tar.gz`, `.tgz`), a split directory (its
+    `manifest.json`, else its shard files), a text file with one URL per line, a brace pattern
+    (`data/x-{000000..000009}.tar`), or a `pipe:` URL (e.g. `pipe:aws s3 cp
+    s3://bucket/x-{000000..000009}.tar -`). Several forms may be joined with `::`.
 
     Raises:
         DataError: the directory or file does not exist, or no shard was found.
@@ -59,6 +59,14 @@ def resolve_shards(spec: str) -> ShardSource:
     return ShardSource(urls, total)
 
 
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")  # the tar reader takes gzipped shards as they are
+
+
+def is_shard_name(name: str) -> bool:
+    """True for a file name the loader reads as a shard (`.tar`, `.tar.gz`, `.tgz`)."""
+    return name.endswith(SHARD_SUFFIXES)
+
+
 def _resolve_one(spec: str) -> ShardSource:
     if spec.startswith("pipe:") or "://" in spec:
         return ShardSource(list(braceexpand.braceexpand(spec)))
@@ -66,7 +74,7 @@ def _resolve_one(spec: str) -> ShardSource:
     if path.is_dir():
         if (path / MANIFEST_NAME).is_file():
             return _from_manifest(path)
-        return ShardSource(sorted(str(p) for p in path.glob("*.tar")))
+        return ShardSource(sorted(str(p) for p in path.iterdir() if is_shard_name(p.name) and p.is_file()))
     if path.suffix == ".txt" and path.is_file():
         return ShardSource([line.strip() for line in path.read_text().splitlines() if line.strip()])
     if "{" in spec:
@@ -75,6 +83,6 @@ def _resolve_one(spec: str) -> ShardSource:
         if missing:
             raise DataError(f"{len(missing)} of {len(urls)} shards in {spec} do not exist, e.g. {missing[0]}")
         return ShardSource(urls)
-    if path.is_file() and path.suffix == ".tar":
+    if path.is_file() and is_shard_name(path.name):
         return ShardSource([str(path)])
     raise DataError(f"shard directory not found: {spec}")

@@ -82,6 +82,25 @@ def test_a_text_of_another_type_is_bad_json(text):
         assert decoder.skipped == {"bad_json": 1}
 
 
+def test_resolve_shards_finds_gzipped_shards(tmp_path):
+    """`.tar.gz` shards are read by the loader; resolving them used to say "not found"."""
+    import gzip
+
+    split = tmp_path / "split"
+    split.mkdir()
+    for i, name in enumerate(["a-000000.tar", "a-000001.tar.gz", "a-000002.tgz"]):
+        with tarfile.open(split / "plain.tmp", "w"):
+            pass
+        data = (split / "plain.tmp").read_bytes()
+        (split / name).write_bytes(gzip.compress(data) if i else data)
+    (split / "plain.tmp").unlink()
+    (split / "notes.txt").write_text("not a shard")
+    assert [u.rsplit("/", 1)[1] for u in resolve_shards(str(split)).urls] == [
+        "a-000000.tar", "a-000001.tar.gz", "a-000002.tgz"]
+    assert resolve_shards(str(split / "a-000001.tar.gz")).urls == [str(split / "a-000001.tar.gz")]
+    assert resolve_shards(str(split / "a-000002.tgz")).urls == [str(split / "a-000002.tgz")]
+
+
 def test_resolve_shards_forms(tmp_path):
     split = tmp_path / "demo" / "train"
     split.mkdir(parents=True)
