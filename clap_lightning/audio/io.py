@@ -11,13 +11,16 @@ import soundfile as sf
 import torch
 
 
-def read_clip(data: bytes, num_samples: Optional[int], rng: Optional[np.random.Generator],
+def read_clip(data: bytes, num_samples: Optional[int] | Callable[[int], Optional[int]],
+              rng: Optional[np.random.Generator],
               margins: Optional[Callable[[int], tuple[int, int]]] = None) -> tuple[np.ndarray, int, int]:
     """Decode an encoded clip from bytes, seeking to the crop before decoding.
 
     Args:
         data: encoded audio (FLAC, WAV, OGG, ...).
-        num_samples: frames wanted at the file's own rate; None reads everything.
+        num_samples: frames wanted at the file's own rate, or a function of that rate (read
+            from the audio header, so metadata that misstates it cannot shorten the clip);
+            None reads everything.
         rng: random crop offset when given; otherwise the crop starts at 0 (deterministic).
         margins: file rate -> (left, right) zeros to put around the audio in the returned
             array, decoded straight between them (`Resampler.margins`: the resampler's padding,
@@ -32,6 +35,8 @@ def read_clip(data: bytes, num_samples: Optional[int], rng: Optional[np.random.G
     """
     with sf.SoundFile(io.BytesIO(data)) as f:
         total, rate = f.frames, f.samplerate
+        if callable(num_samples):
+            num_samples = num_samples(rate)
         start = 0
         if num_samples is not None and total > num_samples and rng is not None:
             start = int(rng.integers(0, total - num_samples + 1))

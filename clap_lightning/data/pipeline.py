@@ -82,11 +82,10 @@ class ClipDecoder:
             return self._skip("missing_audio", key)
         if len(data) == 0:
             return self._skip("empty_audio", key)
-        rate = meta.get("sample_rate")
         try:
-            # Decoded between the resampler's zero margins: it then needs no padded copy.
-            audio, rate, _ = read_clip(data, self._frames_at(rate if isinstance(rate, int) else None),
-                                       rng if self.is_train else None, self._resampler.margins)
+            # Decoded between the resampler's zero margins: it then needs no padded copy. The
+            # frames to read follow the rate in the audio header, not the json's `sample_rate`.
+            audio, rate, _ = read_clip(data, self._frames_at, rng if self.is_train else None, self._resampler.margins)
         except (RuntimeError, ValueError, EOFError, TypeError):  # soundfile raises LibsndfileError (a RuntimeError)
             return self._skip("bad_audio", key)
         if audio.size == sum(self._resampler.margins(rate)):
@@ -104,11 +103,9 @@ class ClipDecoder:
         return {"audio": clip, "length": length, "texts": texts, "caption": caption, "key": key, "meta": meta,
                 "source_index": sample.get("__source__", 0)}
 
-    def _frames_at(self, rate: Optional[int]) -> Optional[int]:
-        """Frames to read at the file's rate; read everything when the json does not state it."""
-        if not rate or rate <= 0:
-            return None
-        return -(-self.clip_samples * int(rate) // self.sample_rate) + 1
+    def _frames_at(self, rate: int) -> int:
+        """Frames to read at the file's rate for one clip at the model rate."""
+        return -(-self.clip_samples * rate // self.sample_rate) + 1
 
 
 def transfer_buffer(shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:

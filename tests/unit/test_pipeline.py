@@ -82,6 +82,21 @@ def test_a_text_of_another_type_is_bad_json(text):
         assert decoder.skipped == {"bad_json": 1}
 
 
+@pytest.mark.parametrize("stated", [8000, 0, "16000", None])
+def test_the_audio_header_rate_decides_how_many_frames_to_read(stated):
+    """A json `sample_rate` of half the real rate used to read half the frames: a silently short clip."""
+    audio = (0.3 * np.random.default_rng(1).standard_normal(32000)).astype(np.float32)  # 2 s at 16 kHz
+    honest = raw_sample(audio=audio, rate=16000)
+    meta = dict(json.loads(honest["json"]), sample_rate=stated)
+    lying = dict(honest, json=json.dumps(meta).encode())
+    for is_train in (False, True):
+        decoder = ClipDecoder(sample_rate=16000, clip_samples=16000, pad_mode="zero", is_train=is_train)
+        rng = np.random.default_rng(4) if is_train else None
+        out = decoder(lying, rng)
+        assert out["length"] == 16000 and float(out["audio"][-4000:].abs().sum()) > 0
+        torch.testing.assert_close(out["audio"], decoder(honest, np.random.default_rng(4) if is_train else None)["audio"])
+
+
 def test_resolve_shards_finds_gzipped_shards(tmp_path):
     """`.tar.gz` shards are read by the loader; resolving them used to say "not found"."""
     import gzip
