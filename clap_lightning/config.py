@@ -115,6 +115,8 @@ class ObjectiveConfig:
 
     use_local_loss: bool = False  # this rank's rows against all columns: memory O(b*W*b) not O((W*b)^2), same grads
     accumulation: str = "plain"  # with accumulate_grad_batches > 1: plain (negatives = one micro-batch) or gradcache
+    # pairs with the same caption or the same label set: keep (negatives), mask (not negatives) or multi_positive
+    false_negatives: str = "keep"
     freeze_audio_encoder: bool = False  # audio encoder in eval mode without gradients (its projection still trains)
     freeze_text_encoder: bool = False  # text encoder in eval mode without gradients (msclap froze GPT2)
 
@@ -258,10 +260,15 @@ def validate_components(config: ExperimentConfig) -> None:
 
 def validate_training(config: ExperimentConfig) -> None:
     """Check objective and strategy switches that only make sense together."""
+    from clap_lightning.objectives import FALSE_NEGATIVE_MODES
+
     objective, trainer = config.objective, config.trainer
     if objective.accumulation not in ACCUMULATION_MODES:
         raise ConfigError(f"objective.accumulation must be one of {', '.join(ACCUMULATION_MODES)}, "
                           f"got '{objective.accumulation}'")
+    if objective.false_negatives not in FALSE_NEGATIVE_MODES:
+        raise ConfigError(f"objective.false_negatives must be one of {', '.join(FALSE_NEGATIVE_MODES)}, "
+                          f"got '{objective.false_negatives}'")
     if trainer.strategy == "deepspeed" and not trainer.deepspeed_config:
         raise ConfigError("trainer.strategy is deepspeed but trainer.deepspeed_config is empty; "
                           "name a JSON file such as configs/deepspeed/zero2.json")

@@ -9,6 +9,7 @@ small picklable class.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -20,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from clap_lightning.audio.io import Resampler, fit_length, read_clip
-from clap_lightning.data.schema import read_captions
+from clap_lightning.data.schema import read_captions, read_labels
 from clap_lightning.data.stream import FailureGuard, mixed_stream, single_pass
 from clap_lightning.errors import DataError
 
@@ -136,6 +137,23 @@ def stack_for_transfer(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(tensors, out=transfer_buffer((len(tensors), *first.shape), first.dtype))
 
 
+def hash_to_int64(text: str) -> int:
+    """A signed 64-bit hash of `text`, the same in every process and run (unlike `hash`)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+
+
+def compute_group_ids(caption: str, labels: Sequence[str]) -> tuple[int, int]:
+    """Return the pair's (caption key, label-set key) for label-aware negatives.
+
+    Two pairs share a key when their captions are identical or their label sets are; a pair
+    without labels uses its caption key twice, so it only ever matches on the caption.
+    """
+    caption_key = hash_to_int64("caption\0" + caption)
+    if not labels:
+        return caption_key, caption_key
+    return caption_key, hash_to_int64("labels\0" + json.dumps(sorted(set(labels))))
+
+
 class Collate:
     """Stack clips and tokenize the caption ClipDecoder picked for each, padded per batch."""
 
@@ -145,6 +163,7 @@ class Collate:
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         captions = [s.get("caption") or s["texts"][0] for s in samples]
+        labels = [read_labels(s["meta"], self.label_field) for s in samples]
         tokens = self.tokenizer(captions)
         return {
             "audio": stack_for_transfer([s["audio"] for s in samples]),  # [B, T]
@@ -154,8 +173,10 @@ class Collate:
             "key": [s["key"] for s in samples],
             "source": [s["meta"].get("source", "") for s in samples],
             "source_index": [s.get("source_index", 0) for s in samples],
-            "labels": [list(s["meta"].get(self.label_field) or []) for s in samples],
+            "labels": labels,
             "captions": captions,
+            # [B, 2] int64 keys: pairs sharing one are not each other's negatives (objective.false_negatives)
+            "group_ids": torch.tensor([compute_group_ids(c, l) for c, l in zip(captions, labels)], dtype=torch.int64),
         }
 
 

@@ -136,6 +136,14 @@ def validate_sample_json(d: Any) -> list[str]:
     return problems
 
 
+def read_labels(meta: dict, label_field: str) -> list[str]:
+    """A clip's labels as strings: a list field as is, a scalar (NSynth pitch 60) as one label."""
+    value = meta.get(label_field)
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+
 def read_manifest(split_dir_path: str | Path, name: str = MANIFEST_NAME) -> dict[str, Any]:
     """Read and check the manifest of a split directory.
 

@@ -8,7 +8,8 @@ import torch
 
 from clap_lightning.errors import DataError
 from clap_lightning.eval.metrics import retrieval_metrics
-from clap_lightning.eval.zeroshot import embed_texts, read_labels
+from clap_lightning.data.schema import read_labels
+from clap_lightning.eval.zeroshot import embed_texts
 
 
 def caption_table(metas: Sequence[dict[str, Any]], text_field: str = "text") -> tuple[list[str], torch.Tensor]:

@@ -17,10 +17,10 @@ import torch
 from clap_lightning.errors import DataError
 from clap_lightning.eval.embed import (ClipSettings, EmbeddedSplit, EmbeddingCache, build_eval_loader, embed_batches,
                                        split_urls)
+from clap_lightning.data.schema import read_labels
 from clap_lightning.eval.retrieval import score_retrieval
 from clap_lightning.eval.tasks import TaskSpec, order_discovered_classes
-from clap_lightning.eval.zeroshot import (build_targets, embed_class_prompt_sets, model_logit_scale, read_labels,
-                                          score_zero_shot)
+from clap_lightning.eval.zeroshot import build_targets, embed_class_prompt_sets, model_logit_scale, score_zero_shot
 
 log = logging.getLogger(__name__)
 

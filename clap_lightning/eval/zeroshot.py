@@ -136,14 +136,6 @@ def embed_class_prompt_sets(model: CLAP, tokenizer, prompts: Sequence[Sequence[s
     return F.normalize(emb.mean(dim=1), dim=-1)
 
 
-def read_labels(meta: dict, label_field: str) -> list[str]:
-    """A clip's labels as strings: a list field as is, a scalar (NSynth pitch 60) as one label."""
-    value = meta.get(label_field)
-    if value is None:
-        return []
-    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
-
-
 def build_targets(labels: Sequence[Sequence[str]], classes: Sequence[str], multi_label: bool) -> torch.Tensor:
     """Class indices [N] (single-label: exactly one known label per clip) or a multi-hot [N, C] matrix."""
     index = {c: i for i, c in enumerate(classes)}

@@ -23,7 +23,7 @@ from clap_lightning.data.pipeline import ClipDecoder
 from clap_lightning.errors import DataError
 from clap_lightning.eval.embed import ClipSettings, is_decoded, split_urls
 from clap_lightning.eval.tasks import TaskSpec
-from clap_lightning.eval.zeroshot import read_labels
+from clap_lightning.data.schema import read_labels
 
 
 @dataclass

@@ -89,7 +89,8 @@ def gradcache_backward(
     audio = torch.cat(audio_parts).requires_grad_()  # [n*b, D]
     text = torch.cat(text_parts).requires_grad_()
     scale = logit_scale.detach().float().requires_grad_()  # a leaf, so no parameter gradient accumulates here
-    out = objective(audio, text, scale)
+    group_ids = torch.cat([chunk["group_ids"] for chunk in chunks]) if "group_ids" in chunks[0] else None
+    out = objective(audio, text, scale, group_ids)
     audio_grads, text_grads, scale_grad = torch.autograd.grad(out.loss, [audio, text, scale])
     sizes = [part.shape[0] for part in audio_parts]
     final_state = RandomState(device)

@@ -30,7 +30,8 @@ class ClapPretraining(L.LightningModule):
         self.save_hyperparameters({"config": to_container(config)})
         self.config = config
         self.model = CLAP(config.model)
-        self.objective = ContrastiveObjective(use_local_loss=config.objective.use_local_loss)
+        self.objective = ContrastiveObjective(use_local_loss=config.objective.use_local_loss,
+                                              false_negatives=config.objective.false_negatives)
         self.frozen_towers = [name for name, is_frozen in (
             ("audio_encoder", config.objective.freeze_audio_encoder),
             ("text_encoder", config.objective.freeze_text_encoder)) if is_frozen]
@@ -68,7 +69,7 @@ class ClapPretraining(L.LightningModule):
         if not self.automatic_optimization:
             return self._gradcache_step(batch)
         audio_emb, text_emb, logit_scale = self(batch)
-        out = self.objective(audio_emb, text_emb, logit_scale)
+        out = self.objective(audio_emb, text_emb, logit_scale, batch.get("group_ids"))
         self._log_train(out, logit_scale, batch)
         return out.loss
 

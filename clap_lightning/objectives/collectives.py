@@ -113,6 +113,20 @@ def gather_with_grad(x: Tensor) -> Tensor:
     return _GatherWithGrad.apply(x)
 
 
+def gather_ids(x: Tensor) -> Tensor:
+    """All-gather along dim 0 a tensor that takes no gradient (integer group ids, say); identity in a world of one.
+
+    Rank r's rows occupy ``[r*b, (r+1)*b)``, as in `gather_with_grad`; call it after that
+    gather, which has already checked that every rank holds the same batch size.
+    """
+    if world_size() == 1:
+        return x
+    x = x.contiguous()
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x)
+    return torch.cat(parts, dim=0)
+
+
 def all_reduce_mean(x: Tensor) -> Tensor:
     """Return the mean of a detached tensor over ranks (for metrics, never for the loss)."""
     if world_size() == 1:

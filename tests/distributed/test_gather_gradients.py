@@ -2,8 +2,9 @@
 
 Each of 2 gloo ranks runs a tiny DDP-wrapped model on its half of a batch; the parameter
 gradients after one backward must equal those of a single process on the whole batch,
-for the global and the local loss. A gather without gradients through the other ranks'
-features (open_clip's ``gather_with_grad=False``, built here) is the negative control.
+for the global and the local loss, plain or label-aware (mask, multi_positive: groups
+that span both ranks). A gather without gradients through the other ranks' features
+(open_clip's ``gather_with_grad=False``, built here) is the negative control.
 All scenarios share one spawn, since starting the processes dominates the runtime.
 """
 
@@ -23,6 +24,10 @@ from clap_lightning.objectives import ContrastiveObjective, compute_logits, gath
 WORLD_SIZE = 2
 LOCAL_BATCH = 4
 MODES = {"global": False, "local": True}
+LABEL_AWARE = ("mask", "multi_positive")
+# [caption key, label-set key] per pair of the global batch (rank 0 holds rows 0-3, rank 1 rows 4-7):
+# rows 0, 2, 5 share a label set, 1 and 4 share a caption, 3 and 7 a label set, 6 is alone.
+GROUP_IDS = torch.tensor([[1, 100], [2, 200], [3, 100], [4, 300], [2, 400], [5, 100], [6, 500], [7, 300]])
 
 
 class TinyClap(nn.Module):
@@ -89,6 +94,16 @@ def run_scenarios(rank: int, world_size: int, out_dir: str) -> None:
             key = f"{mode}/{'with_grad' if has_grad_gather else 'no_grad'}"
             results[key] = collect_gradients(model.module)
             results[f"{key}/loss"] = loss.item()
+    for false_negatives in LABEL_AWARE:
+        for mode, use_local_loss in MODES.items():
+            model = nn.parallel.DistributedDataParallel(copy.deepcopy(base_model))
+            objective = ContrastiveObjective(use_local_loss=use_local_loss, false_negatives=false_negatives)
+            out = objective(*model(audio[rows], text[rows]), GROUP_IDS[rows])
+            out.loss.backward()
+            key = f"{false_negatives}/{mode}"
+            results[key] = collect_gradients(model.module)
+            results[f"{key}/loss"] = out.loss.item()
+            results[f"{key}/metrics"] = (out.a2t_acc.item(), out.t2a_acc.item(), out.global_batch_size)
     unequal_batch = 4 if rank == 0 else 3
     try:
         ContrastiveObjective()(torch.randn(unequal_batch, 8), torch.randn(unequal_batch, 8), torch.zeros(1))
@@ -108,13 +123,17 @@ def rank_results(spawn_ranks, tmp_path_factory: pytest.TempPathFactory) -> list[
     return [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD_SIZE)]
 
 
-@pytest.fixture(scope="module")
-def single_process() -> dict:
+def run_single_process(false_negatives: str = "keep") -> dict:
     """Gradients, loss and accuracies of one process on the concatenated 2b batch."""
     model, audio, text = build_model_and_batch()
-    out = ContrastiveObjective()(*model(audio, text))
+    out = ContrastiveObjective(false_negatives=false_negatives)(*model(audio, text), GROUP_IDS)
     out.loss.backward()
     return {"grads": collect_gradients(model), "loss": out.loss.item(), "acc": (out.a2t_acc.item(), out.t2a_acc.item())}
+
+
+@pytest.fixture(scope="module")
+def single_process() -> dict:
+    return run_single_process()
 
 
 def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -136,6 +155,25 @@ def test_gathered_loss_gradients_equal_single_process(rank_results, single_proce
         assert losses == pytest.approx([single_process["loss"]] * WORLD_SIZE, rel=1e-6)
     else:
         assert sum(losses) / WORLD_SIZE == pytest.approx(single_process["loss"], rel=1e-6)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("false_negatives", LABEL_AWARE)
+def test_label_aware_gradients_equal_single_process(rank_results, single_process, mode: str,
+                                                    false_negatives: str) -> None:
+    reference = run_single_process(false_negatives)
+    assert reference["loss"] != pytest.approx(single_process["loss"], rel=1e-3)  # the groups matter here
+    for results in rank_results:
+        assert max_abs_diff(results[f"{false_negatives}/{mode}"], reference["grads"]) <= 1e-5
+        a2t_acc, t2a_acc, global_batch_size = results[f"{false_negatives}/{mode}/metrics"]
+        assert global_batch_size == WORLD_SIZE * LOCAL_BATCH
+        assert (a2t_acc, t2a_acc) == pytest.approx(reference["acc"])
+    losses = [results[f"{false_negatives}/{mode}/loss"] for results in rank_results]
+    if mode == "global":
+        assert losses == pytest.approx([reference["loss"]] * WORLD_SIZE, rel=1e-6)
+    else:
+        assert sum(losses) / WORLD_SIZE == pytest.approx(reference["loss"], rel=1e-6)
 
 
 @pytest.mark.distributed

@@ -1,4 +1,4 @@
-"""Unit tests for the symmetric InfoNCE loss, logit-scale clamp, fp32 logits and the world-of-one gather."""
+"""Unit tests for the symmetric InfoNCE loss (plain and label-aware), logit-scale clamp, fp32 logits and the world-of-one gather."""
 
 import math
 
@@ -10,6 +10,7 @@ from clap_lightning.objectives import (
     MAX_LOG_LOGIT_SCALE,
     ContrastiveObjective,
     compute_logits,
+    find_positives,
     gather_with_grad,
     rank,
     symmetric_infonce,
@@ -126,3 +127,108 @@ def test_local_loss_equals_global_loss_in_a_world_of_one() -> None:
 def test_mismatched_embedding_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match=r"same shape \[b, D\]; found \(4, 8\) and \(4, 6\)"):
         ContrastiveObjective()(torch.randn(4, 8), torch.randn(4, 6), torch.tensor([1.0]))
+
+
+# ---------------------------------------------------------------------------------------
+# Label-aware negatives (objective.false_negatives)
+
+def reference_label_aware_loss(audio: np.ndarray, text: np.ndarray, log_scale: float, groups: list[int],
+                               mode: str) -> float:
+    """Mask / multi-positive symmetric InfoNCE written out with loops in float64, independent of torch."""
+    scale = math.exp(log_scale)
+    audio = audio / np.linalg.norm(audio, axis=1, keepdims=True)
+    text = text / np.linalg.norm(text, axis=1, keepdims=True)
+    n = len(audio)
+    sim = [[scale * float(np.dot(audio[i], text[j])) for j in range(n)] for i in range(n)]
+    total = 0.0
+    for direction in (sim, [list(col) for col in zip(*sim)]):  # audio rows, then text rows
+        for i in range(n):
+            positives = [j for j in range(n) if groups[j] == groups[i]]
+            if mode == "mask":  # denominator: the pair itself and every other group
+                columns = [j for j in range(n) if j == i or groups[j] != groups[i]]
+                total -= direction[i][i] - math.log(sum(math.exp(direction[i][j]) for j in columns))
+            else:  # the target spread evenly over the positives
+                log_z = math.log(sum(math.exp(direction[i][j]) for j in range(n)))
+                total -= sum(direction[i][j] - log_z for j in positives) / len(positives)
+    return 0.5 * total / n
+
+
+GROUPS = [0, 1, 0, 2, 1, 0, 3]  # pairs 0, 2, 5 share a class; so do 1 and 4
+
+
+@pytest.mark.parametrize("mode", ["mask", "multi_positive"])
+@pytest.mark.parametrize("use_local_loss", [False, True])
+def test_label_aware_loss_matches_explicit_reference(mode: str, use_local_loss: bool) -> None:
+    audio, text = random_pairs(batch=7, dim=5, seed=11)
+    expected = reference_label_aware_loss(audio.double().numpy(), text.double().numpy(), 2.0, GROUPS, mode)
+    out = ContrastiveObjective(use_local_loss, mode)(audio, text, torch.tensor([2.0]), torch.tensor(GROUPS))
+    assert out.loss.item() == pytest.approx(expected, rel=1e-5)
+    plain = ContrastiveObjective(use_local_loss)(audio, text, torch.tensor([2.0])).loss.item()
+    assert out.loss.item() != pytest.approx(plain, rel=1e-3)  # the shared groups really change the loss
+
+
+@pytest.mark.parametrize("mode", ["mask", "multi_positive"])
+@pytest.mark.parametrize("use_local_loss", [False, True])
+def test_label_aware_loss_equals_plain_loss_when_all_groups_differ(mode: str, use_local_loss: bool) -> None:
+    audio, text = random_pairs(batch=6, dim=5, seed=12)
+    audio.requires_grad_()
+    scale = torch.tensor([2.5])
+    distinct = torch.tensor([[10, 11], [20, 21], [30, 31], [40, 41], [50, 51], [60, 61]])  # [b, K=2] keys
+    plain = ContrastiveObjective(use_local_loss)(audio, text, scale)
+    (plain_grad,) = torch.autograd.grad(plain.loss, audio)
+    aware = ContrastiveObjective(use_local_loss, mode)(audio, text, scale, distinct)
+    (aware_grad,) = torch.autograd.grad(aware.loss, audio)
+    assert aware.loss.item() == pytest.approx(plain.loss.item(), rel=1e-6)
+    torch.testing.assert_close(aware_grad, plain_grad, rtol=1e-5, atol=1e-7)
+    assert (aware.a2t_acc.item(), aware.t2a_acc.item()) == (plain.a2t_acc.item(), plain.t2a_acc.item())
+
+
+def test_keep_ignores_group_ids() -> None:
+    audio, text = random_pairs(seed=13)
+    scale = torch.tensor([2.0])
+    same = torch.zeros(len(audio), dtype=torch.int64)  # every pair in one group
+    assert ContrastiveObjective()(audio, text, scale, same).loss.item() == ContrastiveObjective()(
+        audio, text, scale).loss.item()
+
+
+def test_masked_pairs_get_zero_gradient_and_the_rest_do_not() -> None:
+    logits = torch.randn(5, 5, generator=torch.Generator().manual_seed(14), requires_grad=True)
+    labels = torch.arange(5)
+    groups = torch.tensor([0, 1, 0, 2, 1])
+    positives = find_positives(groups, groups, labels)
+    symmetric_infonce(logits, labels, positives=positives, false_negatives="mask").backward()
+    masked = positives & ~torch.eye(5, dtype=torch.bool)  # (0,2), (2,0), (1,4), (4,1)
+    assert masked.sum().item() == 4
+    assert torch.all(logits.grad[masked] == 0)  # exactly zero, not merely small
+    assert torch.all(logits.grad[~masked] != 0)
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_pairs_sharing_either_key_are_positives() -> None:
+    # [caption key, label-set key]: 0 and 1 share a caption, 1 and 2 a label set, 3 shares nothing
+    groups = torch.tensor([[7, 100], [7, 200], [8, 200], [9, 300]])
+    positives = find_positives(groups, groups, torch.arange(4))
+    expected = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 1]], dtype=torch.bool)
+    assert torch.equal(positives, expected)
+    local = find_positives(groups[2:], groups, torch.arange(2) + 2)  # local rows 2, 3 against all columns
+    assert torch.equal(local, expected[2:])
+
+
+def test_label_aware_accuracy_counts_any_positive_column() -> None:
+    text = torch.eye(4)
+    audio = torch.eye(4)[[2, 1, 0, 3]]  # audio 0 and 2 each point at the other's caption: same class
+    groups = torch.tensor([0, 1, 0, 2])
+    assert ContrastiveObjective()(audio, text, torch.tensor([1.0])).a2t_acc.item() == 0.5
+    for mode in ("mask", "multi_positive"):
+        out = ContrastiveObjective(False, mode)(audio, text, torch.tensor([1.0]), groups)
+        assert out.a2t_acc.item() == 1.0 and out.t2a_acc.item() == 1.0
+
+
+def test_label_aware_modes_need_group_ids_and_a_known_mode() -> None:
+    audio, text = random_pairs(batch=4)
+    with pytest.raises(ValueError, match="false_negatives='mask' needs per-pair group ids"):
+        ContrastiveObjective(False, "mask")(audio, text, torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="3 group ids for a batch of 4 pairs"):
+        ContrastiveObjective(False, "mask")(audio, text, torch.tensor([1.0]), torch.arange(3))
+    with pytest.raises(ValueError, match="false_negatives must be one of keep, mask, multi_positive, got 'drop'"):
+        ContrastiveObjective(False, "drop")

@@ -19,7 +19,8 @@ from clap_lightning.eval.report import result_rows
 from clap_lightning.eval.retrieval import caption_table
 from clap_lightning.eval.suite import TaskResult
 from clap_lightning.eval.tasks import get_task
-from clap_lightning.eval.zeroshot import build_targets, embed_class_prompt_sets, read_labels, score_zero_shot
+from clap_lightning.data.schema import read_labels
+from clap_lightning.eval.zeroshot import build_targets, embed_class_prompt_sets, score_zero_shot
 from clap_lightning.lit.finetune import FoldFilter
 
 

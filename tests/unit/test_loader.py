@@ -191,3 +191,26 @@ def test_weighted_sources_config():
         load_config(None, ["data.train=x", "data.train_sources=[{shards: a}]"])
     with pytest.raises(ConfigError, match=r"train_sources\[0\].weight must be > 0"):
         load_config(None, ["data.train_sources=[{shards: a, weight: 0}]"])
+
+
+def collate_sample(caption: str, meta: dict) -> dict:
+    return {"audio": torch.zeros(CLIP), "length": CLIP, "texts": [caption], "caption": caption, "key": caption,
+            "meta": meta}
+
+
+def test_collate_gives_each_pair_a_caption_key_and_a_label_set_key():
+    samples = [collate_sample("a dog barks", {"labels": ["dog", "bark"]}),
+               collate_sample("barking", {"labels": ["bark", "dog"]}),  # same set, other order and caption
+               collate_sample("a dog barks", {}),  # no labels: matched on the caption only
+               collate_sample("rain", {}),
+               collate_sample("rain", {"labels": "weather"})]  # a scalar label field is one label
+    batch = Collate(FakeTokenizer())(samples)
+    groups = batch["group_ids"]
+    assert groups.dtype == torch.int64 and groups.shape == (5, 2)
+    caption_key, labels_key = groups[:, 0].tolist(), groups[:, 1].tolist()
+    assert labels_key[0] == labels_key[1] and caption_key[0] != caption_key[1]
+    assert caption_key[0] == caption_key[2] == labels_key[2] and labels_key[2] != labels_key[0]
+    assert caption_key[3] == caption_key[4] and labels_key[3] != labels_key[4]
+    assert batch["labels"][4] == ["weather"]
+    # stable across processes and runs (Python's hash() is salted per process; this key is not)
+    assert groups[2].tolist() == [-7147811132704703568, -7147811132704703568]

@@ -40,7 +40,8 @@ def random_batch(config: ExperimentConfig, size: int = 8, seed: int = 0) -> dict
     lengths = torch.randint(3, length + 1, (size,), generator=generator)
     return {"audio": 0.1 * torch.randn(size, config.model.clip_samples, generator=generator),
             "input_ids": torch.randint(0, 300, (size, length), generator=generator),
-            "attention_mask": (torch.arange(length) < lengths[:, None]).long()}
+            "attention_mask": (torch.arange(length) < lengths[:, None]).long(),
+            "group_ids": torch.randint(0, 3, (size,), generator=generator)}  # ~3 pairs a class
 
 
 def build_module(config: ExperimentConfig) -> ClapPretraining:
@@ -75,11 +76,12 @@ def test_gradcache_loader_batch_holds_every_micro_batch_of_a_step():
 def test_there_is_no_switch_to_gather_without_gradients(key):
     with pytest.raises(ConfigError, match=f"bad config key '{key.split('=')[0]}'"):
         load_config(None, [key])
-    assert list(inspect.signature(ContrastiveObjective).parameters) == ["use_local_loss"]
+    assert list(inspect.signature(ContrastiveObjective).parameters) == ["use_local_loss", "false_negatives"]
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["objective.accumulation=cached"], "objective.accumulation must be one of plain, gradcache, got 'cached'"),
+    (["objective.false_negatives=drop"], "objective.false_negatives must be one of keep, mask, multi_positive, got 'drop'"),
     (["trainer.strategy=deepspeed"], "trainer.deepspeed_config is empty"),
     (["trainer.deepspeed_config=configs/deepspeed/zero2.json"], "expected deepspeed"),
     (["trainer.strategy=deepspeed", "trainer.deepspeed_config=configs/deepspeed/zero2.json",
@@ -162,9 +164,12 @@ def fit_two_steps(config: ExperimentConfig) -> L.Trainer:
     return trainer
 
 
-def test_training_logs_loss_scale_and_global_batch_accuracies(tokenizer_dir, tmp_path):
+@pytest.mark.parametrize("false_negatives", ["keep", "multi_positive"])
+def test_training_logs_loss_scale_and_global_batch_accuracies(tokenizer_dir, tmp_path, false_negatives):
     trainer = fit_two_steps(tiny_config(tokenizer_dir, run_dir=str(tmp_path),
+                                        objective={"false_negatives": false_negatives},
                                         trainer={"accelerator": "cpu", "devices": 1}))
+    assert trainer.lightning_module.objective.false_negatives == false_negatives
     metrics = trainer.callback_metrics
     assert {"train/loss", "train/logit_scale", "train/a2t_acc", "train/t2a_acc"} <= set(metrics)
     assert metrics["train/logit_scale"].item() == pytest.approx(1 / 0.07, rel=1e-2)  # exp of the clamped log-scale
@@ -189,14 +194,15 @@ def test_gradcache_runs_through_the_trainer_with_manual_optimization(tokenizer_d
 
 # --- GradCache gradients ---------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("false_negatives", ["keep", "mask", "multi_positive"])
 @pytest.mark.parametrize("use_local_loss", [False, True])
 @pytest.mark.parametrize("chunks", [2, 4])
-def test_gradcache_gradients_equal_one_big_batch(tokenizer_dir, chunks, use_local_loss):
+def test_gradcache_gradients_equal_one_big_batch(tokenizer_dir, chunks, use_local_loss, false_negatives):
     config = tiny_config(tokenizer_dir)
     batch = random_batch(config)
-    objective = ContrastiveObjective(use_local_loss=use_local_loss)
+    objective = ContrastiveObjective(use_local_loss=use_local_loss, false_negatives=false_negatives)
     module = build_module(config)
-    big = objective(*module(batch))
+    big = objective(*module(batch), batch["group_ids"])
     big.loss.backward()
     reference = collect_gradients(module)
     module.zero_grad()

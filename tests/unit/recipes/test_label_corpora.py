@@ -10,7 +10,8 @@ import pytest
 import soundfile as sf
 
 from clap_lightning.eval.tasks import TASKS, order_discovered_classes
-from clap_lightning.eval.zeroshot import build_targets, read_labels
+from clap_lightning.data.schema import read_labels
+from clap_lightning.eval.zeroshot import build_targets
 from data_recipes import cochlscene, epic_sounds, findsounds, fma, kinetics, nsynth
 
 from .conftest import HAVE_FFMPEG, RATE
