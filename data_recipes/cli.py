@@ -1,4 +1,4 @@
-"""`python -m data_recipes`: list corpora, build shards, merge `--part` manifests, validate, stats."""
+"""`python -m data_recipes`: list corpora, build shards, merge `--part` manifests, validate, stats, ids."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any, Sequence
 
 from pathlib import Path
 
-from data_recipes import base, checks, leakage, writer
+from clap_lightning.data import schema
+from data_recipes import base, checks, writer
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,7 +46,7 @@ def cmd_build(args: argparse.Namespace) -> None:
         workers=args.workers,
         part=writer.parse_part(args.part) if args.part else None,
         show_progress=not args.no_progress,
-        exclude=leakage.read_exclude_file(args.exclude) if args.exclude else frozenset(),
+        exclude=schema.read_exclude_file(args.exclude) if args.exclude else frozenset(),
     )
     manifests = writer.build_corpus(recipe, args.out, args.src, args.split, config)
     for split, m in manifests.items():
@@ -72,6 +73,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
         bad += bool(report.problem_count)
     print(f"validate: {bad} split(s) with problems" if bad else "validate: all splits ok")
     return 1 if bad else 0
+
+
+def cmd_ids(args: argparse.Namespace) -> None:
+    """Print the cross-corpus ids of one split's clips: the leakage list other corpora are built with."""
+    recipe = base.build_recipe(args.name, _parse_options(args.option))
+    src = Path(args.src) if args.src else None
+    items = [item for item in recipe.items(src, args.split) if recipe.match_ids(item)]
+    print(f"# {recipe.name} {args.split}: {len(items)} clips (python -m data_recipes ids)")
+    for item in items:
+        ids = recipe.match_ids(item)
+        for match_id in ids[1:] or ids[:1]:  # cross-corpus ids; the stable id where there are none
+            print(match_id)
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
@@ -120,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="decode every clip and check shards against their manifests")
     validate.add_argument("out", help="output root given to build, or one split directory")
     validate.set_defaults(func=cmd_validate)
+
+    ids = sub.add_parser("ids", help="print a split's cross-corpus ids (youtube:, freesound:, ...) for --exclude")
+    ids.add_argument("name", help="corpus name (see `list`)")
+    ids.add_argument("--src", help="directory of the downloaded corpus")
+    ids.add_argument("--split", required=True, help="split whose clips other corpora must leave out, e.g. test")
+    ids.add_argument("-o", "--option", action="append", default=[], help="recipe option KEY=VALUE (repeatable)")
+    ids.set_defaults(func=cmd_ids)
 
     stats = sub.add_parser("stats", help="clips, hours, captions per clip and a duration histogram")
     stats.add_argument("out", help="output root given to build, or one split directory")

@@ -10,40 +10,10 @@ number dropped as `excluded` in the manifest and the list's digest in the build 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from clap_lightning.data import schema
 from data_recipes.base import Recipe
-
-
-def read_exclude_file(path: str | Path) -> frozenset[str]:
-    """Read a leakage exclusion list: a json list, or one id per line ('#' starts a comment).
-
-    Entries are compared with each item's `Recipe.match_ids` (its stable id and cross-corpus
-    ids such as "freesound:1234" or "youtube:<ytid>") and with its sample key `<source>-<id>`.
-
-    Raises:
-        FileNotFoundError / ValueError: one line naming the file and what was wrong.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--exclude file {path} not found")
-    text = path.read_text(encoding="utf-8-sig")
-    if text.lstrip().startswith("["):
-        try:
-            entries = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--exclude file {path} is not a valid json list: {err}") from None
-        if not all(isinstance(e, (str, int)) and not isinstance(e, bool) for e in entries):
-            raise ValueError(f"--exclude file {path}: expected a json list of string or integer ids")
-    else:
-        entries = [line.split("#", 1)[0] for line in text.splitlines()]
-    ids = frozenset(str(e).strip() for e in entries if str(e).strip())
-    if not ids:
-        raise ValueError(f"--exclude file {path} lists no ids")
-    return ids
 
 
 def apply_exclude(recipe: Recipe, items: list[Any], exclude: frozenset[str]) -> tuple[list[Any], int]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import io
 import json
 import logging
@@ -374,8 +373,7 @@ def _build_params(recipe: Recipe, config: WriterConfig, n_items: int, n_shards: 
     # The exclusion list changes the shard plan, so its digest is a build parameter.
     exclude = None
     if config.exclude:
-        digest = hashlib.sha1("\n".join(sorted(config.exclude)).encode("utf-8")).hexdigest()
-        exclude = {"ids": len(config.exclude), "sha1": digest}
+        exclude = {"ids": len(config.exclude), "sha1": schema.exclude_digest(config.exclude)}
     return {"sample_rate": config.sample_rate, "flac_level": config.flac_level, "samples_per_shard": config.samples_per_shard,
             "max_shard_bytes": config.max_shard_bytes, "items": n_items, "planned_shards": n_shards,
             "exclude": exclude, "src": str(Path(src).resolve()) if src is not None else None}

@@ -12,6 +12,7 @@ split directory can be copied or uploaded to an object store as a whole.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -170,3 +171,37 @@ def manifest_shard_paths(split_dir_path: str | Path) -> list[Path]:
     """Return the absolute paths of the non-empty shards listed in a split's manifest."""
     manifest = read_manifest(split_dir_path)
     return [Path(split_dir_path).resolve() / shard["name"] for shard in manifest["shards"]]
+
+
+def read_exclude_file(path: str | Path) -> frozenset[str]:
+    """Read a leakage exclusion list: a json list, or one id per line ('#' starts a comment).
+
+    Entries are compared with each item's `Recipe.match_ids` (its stable id and cross-corpus
+    ids such as "freesound:1234" or "youtube:<ytid>") and with its sample key `<source>-<id>`.
+    Training configs name the same file (`data.exclude_list`) to check the shards were built with it.
+
+    Raises:
+        FileNotFoundError / ValueError: one line naming the file and what was wrong.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"exclusion list {path} not found")
+    text = path.read_text(encoding="utf-8-sig")
+    if text.lstrip().startswith("["):
+        try:
+            entries = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"exclusion list {path} is not a valid json list: {err}") from None
+        if not all(isinstance(e, (str, int)) and not isinstance(e, bool) for e in entries):
+            raise ValueError(f"exclusion list {path}: expected a json list of string or integer ids")
+    else:
+        entries = [line.split("#", 1)[0] for line in text.splitlines()]
+    ids = frozenset(str(e).strip() for e in entries if str(e).strip())
+    if not ids:
+        raise ValueError(f"exclusion list {path} lists no ids")
+    return ids
+
+
+def exclude_digest(ids: frozenset[str]) -> str:
+    """The sha1 a manifest records for the exclusion list a split was built with (`build.exclude.sha1`)."""
+    return hashlib.sha1("\n".join(sorted(ids)).encode("utf-8")).hexdigest()

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from clap_lightning.data import schema
-from data_recipes import leakage
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -99,15 +98,15 @@ def test_folder_recipe_labels_from_folders_or_pattern(corpus):
 def test_exclude_file_formats(tmp_path):
     lines = tmp_path / "ids.txt"
     lines.write_text("# AudioCaps test\nyoutube:abc\n\nclotho-x  # a key\n")
-    assert leakage.read_exclude_file(lines) == {"youtube:abc", "clotho-x"}
+    assert schema.read_exclude_file(lines) == {"youtube:abc", "clotho-x"}
     listed = tmp_path / "ids.json"
     listed.write_text(json.dumps(["freesound:1", 2]))
-    assert leakage.read_exclude_file(listed) == {"freesound:1", "2"}
+    assert schema.read_exclude_file(listed) == {"freesound:1", "2"}
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(ValueError, match="lists no ids"):
-        leakage.read_exclude_file(tmp_path / "empty.txt")
+        schema.read_exclude_file(tmp_path / "empty.txt")
     with pytest.raises(FileNotFoundError, match="not found"):
-        leakage.read_exclude_file(tmp_path / "absent.txt")
+        schema.read_exclude_file(tmp_path / "absent.txt")
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -175,3 +174,26 @@ def test_nothing_usable_is_an_error_and_leaves_no_shards(corpus):
         corpus.build("csv", {"name": "empty"})
     assert not list((corpus.out / "empty" / "train").glob("*.tar"))
     assert not (corpus.out / "empty" / "train" / "manifest.json").exists()
+
+
+def test_ids_of_audiocaps_test_keep_its_segments_out_of_audioset(corpus, tmp_path):
+    header = ["audiocap_id", "youtube_id", "start_time", "caption"]
+    corpus.csv("audiocaps/dataset/test.csv", header, [[1, "testvideo01", 30, "a dog barks"],
+                                                      [2, "testvideo01", 30, "a dog barks twice"]])
+    segments = "# a\n# b\n# YTID, start_seconds, end_seconds, positive_labels\n"
+    corpus.csv("audioset/class_labels_indices.csv", ["index", "mid", "display_name"], [[0, "/m/0bt9lr", "Dog"]])
+    corpus.text("audioset/balanced_train_segments.csv", segments + 'testvideo01, 30.000, 40.000, "/m/0bt9lr"\n'
+                                                                   'trainvideo1, 0.000, 10.000, "/m/0bt9lr"\n')
+    corpus.text("audioset/unbalanced_train_segments.csv", segments)
+    for name in ("testvideo01", "trainvideo1"):
+        corpus.wav(f"audioset/audios/balanced_train_segments/Y{name}.wav")
+    listed = run_cli("ids", "audiocaps", "--src", str(corpus.src / "audiocaps"), "--split", "test", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == ["# audiocaps test: 1 clips (python -m data_recipes ids)", "youtube:testvideo01"]
+    (tmp_path / "eval_ids.txt").write_text(listed.stdout)
+    build = run_cli("build", "audioset", "--src", str(corpus.src / "audioset"), "--out", "out", "--split", "train",
+                    "--sample-rate", "8000", "--exclude", "eval_ids.txt", "--no-progress", cwd=tmp_path)
+    assert build.returncode == 0, build.stderr
+    manifest = schema.read_manifest(tmp_path / "out" / "audioset" / "train")
+    assert manifest["excluded"] == 1 and manifest["num_samples"] == 1
+    assert manifest["build"]["exclude"]["sha1"] == schema.exclude_digest(schema.read_exclude_file(tmp_path / "eval_ids.txt"))
