@@ -58,6 +58,7 @@ class DataConfig:
 
     train: str = ""  # train shards: a split dir with manifest.json, a brace pattern, or a .txt list
     train_sources: list[SourceConfig] = field(default_factory=list)  # weighted train sources (instead of data.train)
+    exclude_list: str = ""  # leakage list every train split must have been built with (`build --exclude`); "" = no check
     seed: int = 0  # seeds the training streams with (seed, epoch, rank, worker, position)
     val: str = ""  # validation shards, same forms ("" = no validation)
     test: str = ""  # test shards, same forms
@@ -200,6 +201,15 @@ def check_override(item: str) -> None:
     """Raise a ConfigError unless a command-line override reads `key=value`."""
     if "=" not in item:
         raise ConfigError(f"override '{item}' is not of the form key=value")
+
+
+def read_overrides(path: str | Path) -> list[str]:
+    """Read `key=value` overrides from a file: one a line, '#' starts a comment line (e.g. configs/rehearsal/)."""
+    lines = [line.strip() for line in Path(path).read_text().splitlines()]
+    overrides = [line for line in lines if line and not line.startswith("#")]
+    for item in overrides:
+        check_override(item)
+    return overrides
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:

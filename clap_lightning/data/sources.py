@@ -9,6 +9,7 @@ from typing import Optional
 
 import braceexpand
 
+from clap_lightning.data.schema import exclude_digest, read_exclude_file
 from clap_lightning.errors import DataError
 
 MANIFEST_NAME = "manifest.json"
@@ -86,3 +87,31 @@ def _resolve_one(spec: str) -> ShardSource:
     if path.is_file() and is_shard_name(path.name):
         return ShardSource([str(path)])
     raise DataError(f"shard directory not found: {spec}")
+
+
+def check_built_with_exclusion(specs: list[str], exclude_list: str) -> None:
+    """Refuse training shards that were not built with the leakage list `exclude_list`.
+
+    Each part of each spec must be a split directory whose manifest records that list's
+    digest (`python -m data_recipes build --exclude FILE` writes it), so a run configured to
+    keep evaluation clips out cannot start on shards that still hold them.
+
+    Raises:
+        DataError: the list is unreadable, a part is not a split directory with a manifest,
+            or its manifest records no exclusion list or another one.
+    """
+    try:
+        expected = exclude_digest(read_exclude_file(exclude_list))
+    except (OSError, ValueError) as err:
+        raise DataError(f"data.exclude_list: {err}") from None
+    for spec in specs:
+        for part in spec.split("::"):
+            manifest_path = Path(part) / MANIFEST_NAME
+            if not manifest_path.is_file():
+                raise DataError(f"data.exclude_list is set but {part} has no {MANIFEST_NAME} recording how it was built; "
+                                f"give split directories built with --exclude {exclude_list}")
+            recorded = (json.loads(manifest_path.read_text()).get("build") or {}).get("exclude") or {}
+            if recorded.get("sha1") != expected:
+                found = f"another list (sha1 {recorded['sha1'][:12]})" if recorded.get("sha1") else "no list"
+                raise DataError(f"{part} was built with {found}, not data.exclude_list {exclude_list}; rebuild it with "
+                                f"`python -m data_recipes build ... --exclude {exclude_list}`")

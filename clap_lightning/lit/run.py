@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from clap_lightning.checkpoint import load_stored_state, read_lightning_checkpoint
 from clap_lightning.config import ExperimentConfig, local_batch_size, save_config
-from clap_lightning.data.sources import resolve_shards
+from clap_lightning.data.sources import check_built_with_exclusion, resolve_shards
 from clap_lightning.errors import CheckpointError
 from clap_lightning.eval.callback import build_eval_callbacks
 from clap_lightning.lit.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
@@ -67,6 +67,8 @@ def run_stage(stage: str, config: ExperimentConfig, ckpt_path: Optional[str] = N
         raise CheckpointError(f"checkpoint not found: {ckpt_path}")
     for spec in stage_shards(stage, config):
         resolve_shards(spec)  # a missing or empty shard directory fails now, not inside the loop
+    if stage == "fit" and config.data.exclude_list:
+        check_built_with_exclusion([s.shards for s in config.data.training_sources()], config.data.exclude_list)
     L.seed_everything(config.seed, workers=True, verbose=False)
     trainer = build_trainer(config)
     datamodule = ClapDataModule(config)
