@@ -39,12 +39,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from clap_lightning.data.schema import DEMO_CLASSES
 from data_recipes.base import Recipe, Sample, register_recipe
 
-DEMO_CLASSES = (
-    "sine tone", "square wave", "sawtooth wave", "bell", "plucked string", "chord", "white noise",
-    "pink noise", "brown noise", "rising chirp", "falling chirp", "pulse train", "tremolo tone", "vibrato tone",
-)
 NOISE_CLASSES = ("white noise", "pink noise", "brown noise")  # no pitch attribute
 RHYTHM_CLASSES = ("pulse train", "tremolo tone", "vibrato tone")  # have a slow/fast rhythm
 ATTRIBUTE_VALUES = {

@@ -1,6 +1,6 @@
 """The shard contract shared by the writer (`data_recipes`) and the reader (`ClapDataModule`).
 
-Layout of one corpus split (DESIGN.md, "Shard sample")::
+Layout of one corpus split (docs/data.md)::
 
     <out>/<source>/<split>/<source>-<split>-000000.tar   samples: <key>.flac + <key>.json
     <out>/<source>/<split>/manifest.json                 shard list, counts, hours, build parameters
@@ -30,6 +30,12 @@ MANIFEST_FORMAT = "clap-lightning-shards/1"
 # Extensions of the two tar members of every sample.
 AUDIO_EXT = "flac"
 JSON_EXT = "json"
+
+# Labels of the built-in demo corpus (`data_recipes/demo.py` makes it, the eval task `demo` scores it).
+DEMO_CLASSES = (
+    "sine tone", "square wave", "sawtooth wave", "bell", "plucked string", "chord", "white noise",
+    "pink noise", "brown noise", "rising chirp", "falling chirp", "pulse train", "tremolo tone", "vibrato tone",
+)
 
 # json fields every sample carries, with the Python type(s) each must have.
 REQUIRED_JSON_FIELDS: dict[str, tuple[type, ...]] = {

@@ -10,6 +10,8 @@ from typing import Sequence
 
 import torch
 
+from clap_lightning.eval.tasks import KIND_METRICS
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary sibling, then rename: readers never see half a file."""
@@ -80,7 +82,6 @@ def plot_confusion(confusion: torch.Tensor, classes: Sequence[str], path: Path, 
 
 
 # ----------------------------------------------------------------------------- multi-task results
-RESULT_COLUMNS = ("task", "metric", "ours", "paper", "delta", "clips")
 PROBE_METRIC = "probe_acc"  # linear-probe accuracy (eval/linear_probe.py); the paper reports none
 
 
@@ -95,8 +96,6 @@ def result_rows(results: Sequence) -> list[dict]:
         results: `suite.TaskResult`s. Metrics shown: the paper's (headline first), the other
             metrics of the task's kind that were computed, then the linear probe if run.
     """
-    from clap_lightning.eval.tasks import KIND_METRICS
-
     rows = []
     for result in results:
         spec = result.spec

@@ -1,9 +1,11 @@
 """Registry of the CLAP-2023 paper's 26 downstream tasks: classes, split, prompts, metric, reported numbers.
 
-Facts come from `shared/reference/CORPORA.md` Part B (class lists B.2, numbers B.1b) and the
-paper's Table 2. Where the paper does not state its protocol (split, prompt, threshold,
-label set), the choice made here is ours and `notes` says so; those rows compare with the
-paper only approximately.
+Reported numbers are Table 2 of Elizalde, Deshmukh, Wang, "Natural Language Supervision for
+General-Purpose Audio Representations" (arXiv 2309.05767v2, ICASSP 2024); class lists are the
+exact strings of each dataset's public metadata (e.g. ESC-50's `meta/esc50.csv` `category`,
+AudioSet's `class_labels_indices.csv`, NSynth's `examples.json`). Where the paper does not
+state its protocol (split, prompt, threshold, label set), the choice made here is ours and
+`notes` says so; those rows compare with the paper only approximately.
 
 Shards: a task reads `<data>/<source>/<split>/*.tar`; each sample's json field
 `label_field` holds a string or a list of strings (numbers compare as `str(value)`).
@@ -14,7 +16,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field, replace
 
-from data_recipes.demo import DEMO_CLASSES
+from clap_lightning.data.schema import DEMO_CLASSES
 
 TASK_KINDS = ("single_label", "multi_label", "retrieval", "captioning")
 # The metrics each kind may report (paper Table 2 caption, Sec. 4.3).
@@ -194,7 +196,8 @@ def _captioning(corpus: str, display: str, paper: float, benchmark: float, proto
         protocol=protocol,
         paper={"SPIDEr": paper},
         benchmark={"SPIDEr": benchmark},
-        notes="Registered for the report; the captioning model (frozen encoders + mapper + GPT-2) and SPIDEr come later.",
+        notes="`eval` scores CLAP checkpoints and skips this row; a captioner (lit/captioning.py) is scored with "
+              "BLEU, ROUGE-L and CIDEr-D, and SPIDEr needs SPICE, which is unavailable (eval/caption_metrics.py).",
     )
 
 
@@ -220,7 +223,7 @@ _TASK_LIST = [
     _zero_shot("audioset", "AudioSet", "mAP", 0.102, 0.058, classes_from="shards", num_classes=527,
                protocol="eval_segments.csv (20,383 listed; report how many were scored)",
                notes="527 display names of class_labels_indices.csv, discovered from the shards. The poster text "
-                     "is garbled for this cell; 0.102 is the paper's Table 2 value (CORPORA.md B.1b)."),
+                     "is garbled for this cell; 0.102 is the paper's Table 2 value (arXiv v2)."),
     _zero_shot("vocalsound", "VocalSound", "acc", 0.80, 0.495, classes=VOCALSOUND_CLASSES,
                protocol="official speaker-disjoint test split (te.json)"),
     _zero_shot("sesa", "SESA", "acc", 0.65, 0.25, classes=SESA_CLASSES, benchmark_is_random=True,
@@ -274,8 +277,8 @@ _TASK_LIST = [
                class_format="{} people speaking", class_text={"0": "no one speaking", "1": "one person speaking"},
                protocol=f"{_ALL_FILES} (5,720; the original test set is not available)"),
     # ----------------------------------------------------------------- retrieval and captioning
-    # Table 2 as transcribed in CORPORA.md B.1b. The poster text scrambles these cells; its
-    # numbers agree with B.1b except the A->T AudioCaps R@1 benchmark (0.517), which it drops.
+    # The paper's Table 2 (arXiv v2). The ICASSP poster scrambles these cells; its numbers agree
+    # with Table 2 except the A->T AudioCaps R@1 benchmark (0.517), which it drops.
     _retrieval("audiocaps", "AudioCaps", "a2t", (0.425, 0.319), (0.517, 0.457), "test split: 975 clips x 5 captions"),
     _retrieval("audiocaps", "AudioCaps", "t2a", (0.356, 0.51), (0.397, 0.51), "test split: 975 clips x 5 captions"),
     _retrieval("clotho", "Clotho", "a2t", (0.229, 0.155), (0.234, 0.138), "v2.1 evaluation split: 1,045 clips x 5 captions"),

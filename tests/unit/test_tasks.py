@@ -17,7 +17,7 @@ from clap_lightning.eval.tasks import (
     task_names,
 )
 
-# Class counts stated in CORPORA.md Part B (B.1 table and B.2 lists).
+# Class counts of each dataset's public metadata.
 STATED_CLASS_COUNTS = {
     "esc50": 50, "fsd50k": 200, "urbansound8k": 10, "dcase2017_task4": 17, "audioset": 527, "vocalsound": 6,
     "sesa": 4, "esc50_actions": 20, "tut2017": 15, "gtzan_music_speech": 2, "gtzan_genres": 10,
