@@ -132,7 +132,7 @@ class ZeroShotConfig:
 
 @dataclass
 class EvalConfig:
-    """Registry tasks scored during pretraining validation (eval/callback.py)."""
+    """Registry tasks scored during pretraining validation (lit/eval_callback.py)."""
 
     tasks: str = ""  # comma-separated task names or a group, e.g. "demo" or "esc50,clotho" ("" = none)
     data: str = ""  # root holding <source>/<split>/ shard folders of those tasks
@@ -239,6 +239,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 def validate_components(config: ExperimentConfig) -> None:
     """Check the registry-selected sections (encoders) against their own schemas."""
+    # Imported here so that reading a config (the CLI, data tools) does not import torch.
     from clap_lightning.encoders.registry import AUDIO_ENCODERS, TEXT_ENCODERS, import_builtin_encoders
 
     import_builtin_encoders()

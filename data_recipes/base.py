@@ -14,6 +14,7 @@ and convert them in parallel:
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
@@ -87,8 +88,6 @@ class Recipe:
     @classmethod
     def summary(cls) -> str:
         """Return the first line of the recipe's docstring (module docstring as fallback)."""
-        import sys
-
         doc = cls.__doc__ or sys.modules[cls.__module__].__doc__ or ""
         return doc.strip().splitlines()[0] if doc.strip() else ""
 

@@ -1,20 +1,20 @@
 """Import of released checkpoints into clap-lightning models (Microsoft CLAP: `msclap`)."""
 
 from clap_lightning.convert.msclap import (
-    add_msclap_arguments,
+    VARIANTS,
     convert_clap,
     convert_clapcap,
-    convert_command,
+    convert_msclap_file,
     detect_variant,
     map_clap_keys,
     read_msclap_state,
 )
 
 __all__ = [
-    "add_msclap_arguments",
+    "VARIANTS",
     "convert_clap",
     "convert_clapcap",
-    "convert_command",
+    "convert_msclap_file",
     "detect_variant",
     "map_clap_keys",
     "read_msclap_state",

@@ -30,8 +30,11 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 import torch
+from omegaconf import OmegaConf
 
-from clap_lightning.errors import CheckpointError
+from clap_lightning.config import from_container, to_container, validate_components
+from clap_lightning.errors import CheckpointError, ConfigError
+from clap_lightning.models.clap import CLAP
 
 VARIANTS = ("2023", "2022", "clapcap")
 MODEL_CONFIG_NAMES = {"2023": "msclap_2023", "2022": "msclap_2022", "clapcap": "msclap_2023"}
@@ -99,7 +102,9 @@ def detect_variant(state: Mapping[str, torch.Tensor]) -> Optional[str]:
 
 
 def check_variant(state: Mapping[str, torch.Tensor], variant: Optional[str], origin: str) -> str:
-    """Return the variant to convert as, refusing other architectures in one line."""
+    """Return the variant to convert as, refusing unknown variants and other architectures in one line."""
+    if variant not in (None, "auto", *VARIANTS):
+        raise CheckpointError(f"unknown msclap variant '{variant}'; known: auto, {', '.join(VARIANTS)}")
     found = detect_variant(state)
     if found is None:
         raise CheckpointError(
@@ -156,11 +161,6 @@ def _names(keys) -> str:
 
 def load_model_config(name_or_path: str):
     """An `ExperimentConfig` whose model section is a model YAML (a name in configs/model or a path)."""
-    from omegaconf import OmegaConf
-
-    from clap_lightning.config import from_container, validate_components
-    from clap_lightning.errors import ConfigError
-
     path = Path(name_or_path)
     if not path.suffix:
         found = [d / f"{name_or_path}.yaml" for d in CONFIG_DIRS if (d / f"{name_or_path}.yaml").is_file()]
@@ -177,8 +177,6 @@ def load_model_config(name_or_path: str):
 
 def build_clap_from_msclap(state: Mapping[str, torch.Tensor], variant: str, config, origin: str = "checkpoint"):
     """Build our `CLAP` for `config` and fill it from an msclap 2022/2023 state dict, strictly."""
-    from clap_lightning.models.clap import CLAP
-
     mapped, unmapped = map_clap_keys(state, variant)
     model = CLAP(config.model)
     load_strict(model, mapped, unmapped, origin)
@@ -200,8 +198,6 @@ def convert_clap(path: str | Path, variant: Optional[str] = None, model_config: 
         tokenizer: a local tokenizer directory to store in the config instead of the hub id.
         state: the file's state dict when already read (`read_msclap_state`).
     """
-    from clap_lightning.config import to_container
-
     state = read_msclap_state(path) if state is None else state
     variant = check_variant(state, variant, str(path))
     if variant == "clapcap":
@@ -229,8 +225,6 @@ def convert_clapcap(path: str | Path, model_config: Optional[str] = None,
          clap_lightning.models.mapper's clapcap layout), "mapper_config" (sizes read from the shapes),
          "gpt": GPT2LMHeadModel's state dict (`transformer.*`, `lm_head.weight`)}.
     """
-    from clap_lightning.config import to_container
-
     state = read_msclap_state(path) if state is None else state
     check_variant(state, "clapcap", str(path))
     parts = {"clap": {}, "gpt": {}, "clap_project": {}}
@@ -249,8 +243,6 @@ def convert_clapcap(path: str | Path, model_config: Optional[str] = None,
 
 def _load_audio_side(config, state: Mapping[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
     """Map clapcap's audio encoder + projection and check them strictly against our CLAP's audio side."""
-    from clap_lightning.models.clap import CLAP
-
     with torch.device("meta"):  # shapes only: nothing is allocated
         model = CLAP(config.model)
     audio = torch.nn.Module()
@@ -273,30 +265,18 @@ def infer_mapper_config(mapper: Mapping[str, torch.Tensor]) -> dict:
             "num_layers": len(layers), "num_heads": 8, "mlp_ratio": hidden / n_embd}
 
 
-def add_msclap_arguments(parser) -> None:
-    """Arguments of `clap-lightning convert msclap` (the CLI adds them to its subparser)."""
-    parser.add_argument("file", help="msclap checkpoint (CLAP_weights_2022.pth, CLAP_weights_2023.pth, "
-                                     "clapcap_weights_2023.pth)")
-    parser.add_argument("--out", required=True, help="output file (.ckpt)")
-    parser.add_argument("--variant", choices=("auto",) + VARIANTS, default="auto",
-                        help="msclap release; auto = detect from the keys")
-    parser.add_argument("--model-config", default=None,
-                        help="model YAML (configs/model name or path); default msclap_2023 / msclap_2022")
-    parser.add_argument("--tokenizer", default=None,
-                        help="local tokenizer directory to store in the config instead of the hub id")
-
-
-def convert_command(args) -> None:
-    """`clap-lightning convert msclap FILE --out OUT [--variant] [--model-config] [--tokenizer]`."""
-    out = Path(args.out)
-    state = read_msclap_state(args.file)
-    variant = check_variant(state, args.variant, str(args.file))
+def convert_msclap_file(path: str | Path, out: str | Path, variant: str = "auto", model_config: Optional[str] = None,
+                       tokenizer: Optional[str] = None) -> str:
+    """Convert an msclap checkpoint and write it to `out` atomically; returns the variant converted."""
+    out = Path(out)
+    state = read_msclap_state(path)
+    variant = check_variant(state, variant, str(path))
     if variant == "clapcap":
-        result = convert_clapcap(args.file, args.model_config, state=state)
+        result = convert_clapcap(path, model_config, state=state)
     else:
-        result = convert_clap(args.file, variant, args.model_config, args.tokenizer, state=state)
+        result = convert_clap(path, variant, model_config, tokenizer, state=state)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     torch.save(result, tmp)
     tmp.replace(out)  # nothing half-written is left at OUT
-    print(f"wrote {out} (msclap {variant})")
+    return variant

@@ -18,6 +18,7 @@ from clap_lightning.errors import DataError
 from clap_lightning.eval.embed import (ClipSettings, EmbeddedSplit, EmbeddingCache, build_eval_loader, embed_batches,
                                        split_urls)
 from clap_lightning.data.schema import read_labels
+from clap_lightning.eval.linear_probe import cross_validate_probe, train_test_probe
 from clap_lightning.eval.retrieval import score_retrieval
 from clap_lightning.eval.tasks import TaskSpec, order_discovered_classes
 from clap_lightning.eval.zeroshot import build_targets, embed_class_prompt_sets, model_logit_scale, score_zero_shot
@@ -137,8 +138,6 @@ class TaskEvaluator:
 
         A task without folds and without a `train` split gets no probe (logged, not fatal).
         """
-        from clap_lightning.eval.linear_probe import cross_validate_probe, train_test_probe
-
         if spec.fold_field:
             folds = [meta.get(spec.fold_field) for meta in embedded.metas]
             return {"probe_acc": cross_validate_probe(embedded.audio_emb, targets, folds, len(classes)).mean_accuracy}

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from clap_lightning.errors import DataError
 from clap_lightning.eval.embed import eval_mode
 from clap_lightning.eval.metrics import accuracy, f1_at_threshold, mean_average_precision
+from clap_lightning.eval.report import plot_confusion, write_table
 from clap_lightning.models.clap import CLAP
 
 
@@ -85,8 +86,6 @@ def collect_classes(embedded: EmbeddedSet, classes: Optional[Sequence[str]]) -> 
 
 def write_zeroshot_report(result: ZeroShotResult, out_dir: str | Path, title: str) -> list[Path]:
     """Write results.md, results.csv and confusion.png into `out_dir`; return their paths."""
-    from clap_lightning.eval.report import plot_confusion, write_table
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [{"class": c, "clips": int(result.confusion[i].sum()), "accuracy": round(result.per_class_accuracy[c], 4)}

@@ -22,6 +22,7 @@ from clap_lightning.errors import CheckpointError, ConfigError
 from clap_lightning.eval.caption_metrics import compute_caption_metrics
 from clap_lightning.lit.caption_data import CaptionDataConfig, CaptionDataModule, read_embedding_cache
 from clap_lightning.lit.optim import build_optimizer
+from clap_lightning.lit.run import build_trainer
 from clap_lightning.models.captioner import Captioner, CaptionerConfig, caption_audio
 from clap_lightning.models.decoding import DecodingConfig
 
@@ -92,8 +93,6 @@ class CaptioningModule(L.LightningModule):
 
 def fit_captioning(config: CaptioningConfig, ckpt_path: Optional[str] = None) -> CaptioningModule:
     """Train a captioner on the configured embedding caches with the configured Trainer."""
-    from clap_lightning.lit.run import build_trainer  # uses only `config.trainer` and `config.run_dir`
-
     L.seed_everything(config.seed, workers=True, verbose=False)
     module = CaptioningModule(config)
     datamodule = CaptionDataModule(config.data, module.captioner.tokenizer)

@@ -28,6 +28,7 @@ from clap_lightning.lit.multitask_config import (MultiTaskConfig, SourcePlan, ex
                                                  multitask_config_from, multitask_container, plan_sources,
                                                  resolve_tasks, save_multitask_config)
 from clap_lightning.lit.optim import build_optimizer
+from clap_lightning.lit.run import build_trainer
 from clap_lightning.models.encoder_init import init_audio_encoder
 from clap_lightning.models.multitask import MultiTaskClassifier, compute_multitask_loss
 from clap_lightning.objectives.collectives import is_distributed, world_size
@@ -164,8 +165,6 @@ def _write_run_config(config: MultiTaskConfig) -> None:
 
 def fit_multitask(config: MultiTaskConfig, ckpt_path: Optional[str] = None) -> MultiTaskPretraining:
     """Resolve classes, plan the sources, then train; every check happens before a batch is read."""
-    from clap_lightning.lit.run import build_trainer  # uses config.trainer and config.run_dir only
-
     ckpt_path = resolve_ckpt_path(ckpt_path, config.run_dir, "fit")  # "auto": newest complete checkpoint, or fresh
     config = resolve_tasks(config)
     plan = plan_sources(config)

@@ -14,7 +14,7 @@ from clap_lightning.checkpoint import load_stored_state, read_lightning_checkpoi
 from clap_lightning.config import ExperimentConfig, local_batch_size, save_config
 from clap_lightning.data.sources import check_built_with_exclusion, resolve_shards
 from clap_lightning.errors import CheckpointError
-from clap_lightning.eval.callback import build_eval_callbacks
+from clap_lightning.lit.eval_callback import build_eval_callbacks
 from clap_lightning.lit.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
 from clap_lightning.lit.datamodule import ClapDataModule
 from clap_lightning.lit.pretraining import ClapPretraining

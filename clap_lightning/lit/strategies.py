@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
+from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, Strategy
 from torch.nn import Module
 from torch.optim import Optimizer
@@ -53,8 +54,6 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
     def setup_distributed(self) -> None:
         if not self._is_cpu():
             return super().setup_distributed()
-        from lightning.fabric.utilities.seed import reset_seed
-
         reset_seed()
         self.set_world_ranks()
         self._init_deepspeed_distributed()

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from clap_lightning.checkpoint import read_lightning_checkpoint
+from clap_lightning.encoders.registry import AUDIO_ENCODERS
 from clap_lightning.errors import CheckpointError
 
 ENCODER_PREFIX = "model.audio_encoder."
@@ -60,8 +61,6 @@ def describe_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.
 
 def front_end_differences(encoder: nn.Module, checkpoint: dict) -> list[str]:
     """Front-end options (FRONT_END_KEYS) where the checkpoint's stored encoder config differs from `encoder.cfg`."""
-    from clap_lightning.encoders.registry import AUDIO_ENCODERS
-
     section = ((checkpoint.get("hyper_parameters") or {}).get("config") or {}).get("model", {}).get("audio_encoder")
     if not section or not hasattr(encoder, "cfg"):
         return []  # nothing stored to compare with (e.g. a hand-made state dict)

@@ -1,4 +1,4 @@
-"""`caption_command`: audio files -> captions through a CLAP checkpoint and a captioning checkpoint."""
+"""`clap-lightning caption`: audio files -> captions through a CLAP checkpoint and a captioning checkpoint."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from clap_lightning.config import ExperimentConfig, ModelConfig, to_container
 from clap_lightning.errors import CheckpointError, ConfigError, DataError
-from clap_lightning.eval.captioning_cli import add_caption_arguments, caption_command, load_audio_files
+from clap_lightning.commands import caption
 from clap_lightning.lit.captioning import CaptioningConfig, CaptioningModule, captioning_container
 from clap_lightning.lit.pretraining import ClapPretraining
 from clap_lightning.models.captioner import CaptionerConfig
@@ -24,7 +24,7 @@ TINY = Path(__file__).resolve().parents[2] / "configs" / "model" / "tiny.yaml"
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    add_caption_arguments(parser)
+    caption.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -56,7 +56,7 @@ def checkpoints(tokenizer_dir, tmp_path_factory):
 def test_caption_command_prints_one_line_per_file(checkpoints, capsys):
     _, cap_path, wavs, _ = checkpoints
     args = parse([*wavs, "--checkpoint", str(cap_path), "--beam-size", "2", "--max-length", "5"])
-    assert caption_command(args) == 0
+    assert caption.run(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == wavs
     assert all(len(line.split("\t")) == 2 for line in lines)
@@ -64,15 +64,15 @@ def test_caption_command_prints_one_line_per_file(checkpoints, capsys):
 
 def test_audio_files_are_resampled_and_fitted(checkpoints):
     _, _, wavs, model = checkpoints
-    audio = load_audio_files(wavs, model.sample_rate, model.clip_samples)
+    audio = caption.load_audio_files(wavs, model.sample_rate, model.clip_samples)
     assert audio.shape == (2, model.clip_samples) and torch.isfinite(audio).all()
 
 
 def test_clear_errors(checkpoints, tmp_path):
     clap_path, cap_path, wavs, _ = checkpoints
     with pytest.raises(DataError, match="cannot read audio file"):
-        caption_command(parse([str(tmp_path / "none.wav"), "--checkpoint", str(cap_path)]))
+        caption.run(parse([str(tmp_path / "none.wav"), "--checkpoint", str(cap_path)]))
     with pytest.raises(CheckpointError, match="not a captioning checkpoint"):
-        caption_command(parse([wavs[0], "--checkpoint", str(clap_path)]))
+        caption.run(parse([wavs[0], "--checkpoint", str(clap_path)]))
     with pytest.raises(ConfigError, match="beam_size and max_length must be >= 1"):
-        caption_command(parse([wavs[0], "--checkpoint", str(cap_path), "--beam-size", "0"]))
+        caption.run(parse([wavs[0], "--checkpoint", str(cap_path), "--beam-size", "0"]))

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from clap_lightning.config import load_config
-from clap_lightning.convert import add_msclap_arguments, convert_command, detect_variant, read_msclap_state
+from clap_lightning.commands import convert
+from clap_lightning.convert import detect_variant, read_msclap_state
 from clap_lightning.convert.msclap import convert_clap
 from clap_lightning.errors import CheckpointError
 from clap_lightning.models.clap import CLAP
@@ -48,7 +49,7 @@ def small_config(reference, tmp_path) -> str:
 
 def _convert_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    add_msclap_arguments(parser)
+    convert.add_msclap_arguments(parser)
     return parser.parse_args(list(argv))
 
 
@@ -56,7 +57,7 @@ def test_cli_function_writes_a_checkpoint_both_loaders_read(msclap_file, small_c
     from clap_lightning.lit.run import load_pretraining
 
     out = tmp_path / "out" / "clap.ckpt"
-    convert_command(_convert_args(str(msclap_file()), "--out", str(out), "--model-config", small_config))
+    convert.run(_convert_args(str(msclap_file()), "--out", str(out), "--model-config", small_config))
     assert out.is_file() and not list(out.parent.glob("*.tmp"))
     audio = torch.randn(2, 44100 * 7, generator=torch.Generator().manual_seed(0)) * 0.1
     model = CLAP.from_checkpoint(out)
@@ -94,7 +95,9 @@ def test_another_architecture_is_refused(tmp_path, msclap_file, small_config):
     with pytest.raises(CheckpointError, match="asked for msclap variant 2022 but the checkpoint is msclap 2023"):
         convert_clap(msclap_file(), "2022", small_config)
     with pytest.raises(CheckpointError, match="clapcap"):
-        convert_command(_convert_args(str(msclap_file()), "--out", str(tmp_path / "x"), "--variant", "clapcap"))
+        convert.run(_convert_args(str(msclap_file()), "--out", str(tmp_path / "x"), "--variant", "clapcap"))
+    with pytest.raises(CheckpointError, match="unknown msclap variant '2021'; known: auto, 2023, 2022, clapcap"):
+        convert.run(_convert_args(str(msclap_file()), "--out", str(tmp_path / "x"), "--variant", "2021"))
     assert not (tmp_path / "x").exists()
 
 

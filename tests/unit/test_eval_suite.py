@@ -11,7 +11,7 @@ from torch import nn
 
 from clap_lightning.config import EvalConfig, load_config
 from clap_lightning.errors import ConfigError, DataError
-from clap_lightning.eval.callback import TaskEvalCallback
+from clap_lightning.lit.eval_callback import TaskEvalCallback
 from clap_lightning.eval.embed import EmbeddedSplit, EmbeddingCache
 from clap_lightning.eval.linear_probe import cross_validate_probe, fold_splits, train_test_probe
 from clap_lightning.eval.metrics import f1_at_threshold, retrieval_metrics

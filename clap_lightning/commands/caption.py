@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
-from typing import Sequence
-
-import torch
+from typing import TYPE_CHECKING, Sequence
 
 from clap_lightning.errors import CheckpointError, ConfigError, DataError
 
+if TYPE_CHECKING:
+    import torch
 
-def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `caption` subcommand's arguments (cli.py adds the subparser and calls this)."""
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `caption` verb's arguments."""
     parser.add_argument("files", nargs="+", help="audio files (any format soundfile reads)")
     parser.add_argument("--checkpoint", required=True, help="a captioning checkpoint (CaptioningModule)")
     parser.add_argument("--clap-checkpoint", default=None,
@@ -27,6 +29,8 @@ def add_caption_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_audio_files(paths: Sequence[str], sample_rate: int, clip_samples: int, pad_mode: str = "repeat") -> torch.Tensor:
     """Decode, down-mix, resample and crop (from the start) or pad files to [N, clip_samples]."""
+    import torch
+
     from clap_lightning.audio.io import Resampler, fit_length, read_clip
 
     resample = Resampler(sample_rate)
@@ -45,7 +49,7 @@ def load_audio_files(paths: Sequence[str], sample_rate: int, clip_samples: int, 
 
 def caption_files(args: argparse.Namespace) -> list[tuple[str, str]]:
     """Load the captioner and its CLAP, caption `args.files`; returns (file, caption) pairs."""
-    import dataclasses
+    import torch
 
     from clap_lightning.lit.captioning import load_captioner
     from clap_lightning.lit.run import load_pretraining
@@ -70,7 +74,7 @@ def caption_files(args: argparse.Namespace) -> list[tuple[str, str]]:
     return list(zip(args.files, captions))
 
 
-def caption_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Print one `file<TAB>caption` line per file."""
     for path, caption in caption_files(args):
         print(f"{path}\t{caption}")

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Optional
 
 from clap_lightning.errors import ConfigError
 
-if TYPE_CHECKING:  # the CLI imports this module for its arguments; torch loads only when eval runs
+if TYPE_CHECKING:
     from clap_lightning.eval.suite import EvalOptions, TaskEvaluator, TaskResult
 
 
-def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `eval` options to a (sub)parser."""
     parser.add_argument("--checkpoint", required=True, help="a clap-lightning checkpoint")
     parser.add_argument("--tasks", default="all",
@@ -68,7 +68,7 @@ def run_eval(checkpoint: str, tasks: str, data: str, out: Optional[str] = None, 
     return results, paths, evaluator
 
 
-def eval_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run `clap-lightning eval` from parsed arguments; prints the report paths and a summary."""
     from clap_lightning.eval.suite import EvalOptions
 

@@ -1,0 +1,33 @@
+"""`clap-lightning convert msclap FILE --out OUT`: import released weights as a clap-lightning checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+
+
+def add_msclap_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `clap-lightning convert msclap`."""
+    parser.add_argument("file", help="msclap checkpoint (CLAP_weights_2022.pth, CLAP_weights_2023.pth, "
+                                     "clapcap_weights_2023.pth)")
+    parser.add_argument("--out", required=True, help="output file (.ckpt)")
+    parser.add_argument("--variant", default="auto",
+                        help="msclap release: 2023, 2022 or clapcap; auto = detect from the keys")
+    parser.add_argument("--model-config", default=None,
+                        help="model YAML (configs/model name or path); default msclap_2023 / msclap_2022")
+    parser.add_argument("--tokenizer", default=None,
+                        help="local tokenizer directory to store in the config instead of the hub id")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    formats = parser.add_subparsers(dest="format", required=True)
+    add_msclap_arguments(formats.add_parser("msclap", help="Microsoft CLAP 2022 / 2023 / clapcap checkpoints"))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Convert `args.file` to `args.out`; prints what was written."""
+    from clap_lightning.convert import convert_msclap_file
+
+    variant = convert_msclap_file(args.file, args.out, args.variant, args.model_config, args.tokenizer)
+    print(f"wrote {args.out} (msclap {variant})")
+    return 0
