@@ -14,6 +14,7 @@ model is touched.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,14 +27,68 @@ from clap_lightning.errors import ConfigError
 
 CONFIG_GROUPS = ("model", "data", "trainer", "optim")
 
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric field admits: bounds (`ge`/`gt`/`le`/`lt`) and one extra value (`or_`, e.g. -1)."""
+
+    ge: Optional[float] = None
+    gt: Optional[float] = None
+    le: Optional[float] = None
+    lt: Optional[float] = None
+    or_: Optional[float] = None
+
+    def admits(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return True  # types are OmegaConf's to check
+        if self.or_ is not None and value == self.or_:
+            return True
+        return (math.isfinite(value) and (self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    def __str__(self) -> str:
+        parts = [f"{op} {bound:g}" for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                 if bound is not None]
+        return " and ".join(parts) + (f" (or {self.or_:g})" if self.or_ is not None else "")
+
+
+def bounded(default: Any, **limits: float) -> Any:
+    """A dataclass field whose value `check_ranges` keeps within `Range(**limits)` (every item, for a list)."""
+    if isinstance(default, list):
+        items = list(default)
+        return field(default_factory=lambda: list(items), metadata={"range": Range(**limits)})
+    return field(default=default, metadata={"range": Range(**limits)})
+
+
+def check_ranges(config: Any, prefix: str = "") -> None:
+    """Raise a ConfigError naming the first field, by dotted key, whose value is outside its `bounded` range.
+
+    Walks nested dataclasses and lists of them, so a root schema's `__post_init__` checks the whole tree.
+    """
+    for f in dataclasses.fields(config):
+        value, key = getattr(config, f.name), f"{prefix}{f.name}"
+        items = list(enumerate(value)) if isinstance(value, (list, tuple)) else None
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, f"{key}.")
+        for i, item in items or []:
+            if dataclasses.is_dataclass(item):
+                check_ranges(item, f"{key}[{i}].")
+        allowed = f.metadata.get("range")
+        if allowed is None or value is None:
+            continue
+        for where, item in ([(f"{key}[{i}]", v) for i, v in items] if items is not None else [(key, value)]):
+            if not allowed.admits(item):
+                raise ConfigError(f"{where} must be {allowed}, got {item}")
+
+
 @dataclass
 class ModelConfig:
     """The CLAP model: two encoders, two projections and a temperature."""
 
-    sample_rate: int = 44100  # rate of the waveforms the model takes (the loader resamples to it)
-    clip_seconds: float = 7.0  # clip length the loader crops/pads to
-    d_proj: int = 1024  # joint embedding size
-    proj_dropout: float = 0.5  # dropout inside the projection heads (msclap: 0.5)
+    sample_rate: int = bounded(44100, ge=1)  # rate of the waveforms the model takes (the loader resamples to it)
+    clip_seconds: float = bounded(7.0, gt=0)  # clip length the loader crops/pads to
+    d_proj: int = bounded(1024, ge=1)  # joint embedding size
+    proj_dropout: float = bounded(0.5, ge=0, lt=1)  # dropout inside the projection heads (msclap: 0.5)
     logit_scale_init: float = math.log(1 / 0.07)  # initial log temperature, as CLIP
     audio_encoder: dict = field(default_factory=lambda: {"name": "htsat"})  # `name` + that encoder's config
     text_encoder: dict = field(default_factory=lambda: {"name": "gpt2"})  # `name` + that encoder's config
@@ -49,7 +104,7 @@ class SourceConfig:
     """One weighted training source."""
 
     shards: str = ""  # shard specification, same forms as data.train
-    weight: float = 1.0  # relative share of training samples drawn from this source
+    weight: float = bounded(1.0, gt=0)  # relative share of training samples drawn from this source
 
 
 @dataclass
@@ -62,12 +117,12 @@ class DataConfig:
     seed: int = 0  # seeds the training streams with (seed, epoch, rank, worker, position)
     val: str = ""  # validation shards, same forms ("" = no validation)
     test: str = ""  # test shards, same forms
-    global_batch_size: int = 64  # pairs per optimizer step over all devices (paper: 1536)
-    num_workers: int = 2  # loader worker processes per device
-    shuffle_buffer: int = 1000  # samples held for shuffling in training
-    epoch_samples: int = 0  # training samples per epoch; 0 = one pass over the train manifest
+    global_batch_size: int = bounded(64, ge=1)  # pairs per optimizer step over all devices (paper: 1536)
+    num_workers: int = bounded(2, ge=0)  # loader worker processes per device
+    shuffle_buffer: int = bounded(1000, ge=0)  # samples held for shuffling in training
+    epoch_samples: int = bounded(0, ge=0)  # training samples per epoch; 0 = one pass over the train manifest
     pad_mode: str = "repeat"  # short clips: "repeat" (msclap) or "zero"
-    eval_batch_size: int = 64  # per-device batch for validation, test and zero-shot
+    eval_batch_size: int = bounded(64, ge=1)  # per-device batch for validation, test and zero-shot
 
     def training_sources(self) -> list[SourceConfig]:
         """`train_sources`, or `train` as a single source of weight 1."""
@@ -79,32 +134,36 @@ class TrainerConfig:
     """Arguments passed to `lightning.Trainer`."""
 
     accelerator: str = "auto"  # cpu, gpu, auto
-    devices: int = 1  # devices per node
-    num_nodes: int = 1  # nodes
+    devices: int = bounded(1, ge=1)  # devices per node
+    num_nodes: int = bounded(1, ge=1)  # nodes
     strategy: str = "auto"  # auto (= ddp on several devices), ddp, or deepspeed (with deepspeed_config)
     deepspeed_config: str = ""  # DeepSpeed JSON when strategy is deepspeed, e.g. configs/deepspeed/zero2.json
     precision: str = "32-true"  # 32-true, bf16-mixed, ...
-    max_steps: int = -1  # optimizer steps (-1 = use max_epochs)
-    max_epochs: int = 1  # epochs when max_steps is -1
-    accumulate_grad_batches: int = 1  # micro-batches per optimizer step
-    gradient_clip_val: Optional[float] = None  # clip gradient norm (None = off)
-    log_every_n_steps: int = 10  # logging interval in steps
-    val_check_interval: Optional[float] = None  # > 1: validate every N steps; <= 1: fraction of an epoch
-    limit_val_batches: Optional[float] = None  # cap validation batches
+    max_steps: int = bounded(-1, ge=1, or_=-1)  # optimizer steps (-1 = use max_epochs)
+    max_epochs: int = bounded(1, ge=1, or_=-1)  # epochs when max_steps is -1
+    accumulate_grad_batches: int = bounded(1, ge=1)  # micro-batches per optimizer step
+    gradient_clip_val: Optional[float] = bounded(None, ge=0)  # clip gradient norm (None = off)
+    log_every_n_steps: int = bounded(10, ge=1)  # logging interval in steps
+    val_check_interval: Optional[float] = bounded(None, gt=0)  # > 1: validate every N steps; <= 1: fraction of an epoch
+    limit_val_batches: Optional[float] = bounded(None, ge=0)  # cap validation batches
     enable_progress_bar: bool = True  # Lightning's progress bar
-    checkpoint_every_n_steps: int = 0  # save a checkpoint every N steps (0 = at epoch end only)
+    checkpoint_every_n_steps: int = bounded(0, ge=0)  # save a checkpoint every N steps (0 = at epoch end only)
 
 
 @dataclass
 class OptimConfig:
     """AdamW with linear warmup then cosine decay."""
 
-    lr: float = 1e-4  # peak learning rate
-    weight_decay: float = 0.2  # AdamW weight decay (not applied to norms, biases, logit scale)
-    betas: list = field(default_factory=lambda: [0.9, 0.98])  # AdamW betas
-    eps: float = 1e-6  # AdamW epsilon
-    warmup_steps: int = 100  # linear warmup steps
-    min_lr_ratio: float = 0.0  # final lr as a fraction of lr at the end of the cosine
+    lr: float = bounded(1e-4, gt=0)  # peak learning rate
+    weight_decay: float = bounded(0.2, ge=0)  # AdamW weight decay (not applied to norms, biases, logit scale)
+    betas: list = bounded([0.9, 0.98], ge=0, lt=1)  # AdamW betas
+    eps: float = bounded(1e-6, gt=0)  # AdamW epsilon
+    warmup_steps: int = bounded(100, ge=0)  # linear warmup steps
+    min_lr_ratio: float = bounded(0.0, ge=0, le=1)  # final lr as a fraction of lr at the end of the cosine
+
+    def __post_init__(self) -> None:
+        if len(self.betas) != 2:
+            raise ConfigError(f"optim.betas must hold two numbers (beta1, beta2), got {list(self.betas)}")
 
 
 ACCUMULATION_MODES = ("plain", "gradcache")
@@ -136,8 +195,8 @@ class EvalConfig:
 
     tasks: str = ""  # comma-separated task names or a group, e.g. "demo" or "esc50,clotho" ("" = none)
     data: str = ""  # root holding <source>/<split>/ shard folders of those tasks
-    every_n_val: int = 1  # run the tasks at every N-th validation
-    batch_size: int = 64  # clips per forward pass
+    every_n_val: int = bounded(1, ge=1)  # run the tasks at every N-th validation
+    batch_size: int = bounded(64, ge=1)  # clips per forward pass
     ensemble_prompts: bool = False  # average every prompt template of a task (else the first)
 
 
@@ -155,6 +214,9 @@ class ExperimentConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 def first_line(err: OmegaConfBaseException) -> str:
@@ -261,9 +323,6 @@ def validate_components(config: ExperimentConfig) -> None:
                           f"model.audio_encoder.sample_rate ({audio_rate}); they must agree")
     if config.data.train and config.data.train_sources:
         raise ConfigError("set either data.train or data.train_sources, not both")
-    for i, source in enumerate(config.data.train_sources):
-        if not source.weight > 0:
-            raise ConfigError(f"data.train_sources[{i}].weight must be > 0, got {source.weight}")
     if config.data.pad_mode not in ("repeat", "zero"):
         raise ConfigError(f"data.pad_mode must be 'repeat' or 'zero', got '{config.data.pad_mode}'")
     validate_training(config)

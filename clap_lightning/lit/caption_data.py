@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from clap_lightning.config import bounded
 from clap_lightning.errors import DataError
 
 CACHE_FORMAT = "clap-lightning/caption-cache/1"
@@ -31,8 +32,8 @@ class CaptionDataConfig:
 
     train: str = ""  # train cache (.pt written by `write_embedding_cache`)
     val: str = ""  # validation cache ("" = no validation)
-    batch_size: int = 64  # (clip, caption) pairs per device per step
-    num_workers: int = 0  # loader worker processes per device (the data is in memory; 0 is usually best)
+    batch_size: int = bounded(64, ge=1)  # (clip, caption) pairs per device per step
+    num_workers: int = bounded(0, ge=0)  # loader worker processes per device (the data is in memory; 0 is usually best)
 
 
 def _batched(clips: Iterable[dict[str, Any]], batch_size: int) -> Iterator[list[dict[str, Any]]]:

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from clap_lightning.checkpoint import read_lightning_checkpoint
-from clap_lightning.config import OptimConfig, TrainerConfig
+from clap_lightning.config import OptimConfig, TrainerConfig, check_ranges
 from clap_lightning.errors import CheckpointError, ConfigError
 from clap_lightning.eval.caption_metrics import compute_caption_metrics
 from clap_lightning.lit.caption_data import CaptionDataConfig, CaptionDataModule, read_embedding_cache
@@ -40,6 +40,9 @@ class CaptioningConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-5, weight_decay=0.01, warmup_steps=500))
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     decoding: DecodingConfig = field(default_factory=DecodingConfig)  # defaults for `caption` and evaluation
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 def captioning_config_from(data: dict | CaptioningConfig | None = None, overrides: tuple[str, ...] = ()) -> CaptioningConfig:

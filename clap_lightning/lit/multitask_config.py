@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from clap_lightning.config import (DataConfig, ExperimentConfig, ModelConfig, OptimConfig, SourceConfig,
-                                   TrainerConfig, check_override, compose_layers, first_line,
+                                   TrainerConfig, bounded, check_override, check_ranges, compose_layers, first_line,
                                    validate_components, write_yaml)
 from clap_lightning.data.multitask import TaskLabelSpec, scan_field, sort_class_names, temperature_weights
 from clap_lightning.data.sources import resolve_shards
@@ -47,22 +47,22 @@ class TaskHeadConfig:
     label_field: str = "labels"  # json field holding the label(s) or the value
     kind: str = "single"  # single (cross-entropy), multi (clip-level BCE) or regression (MSE)
     classes: list[str] = field(default_factory=list)  # class names; [] = every value found in the shards
-    weight: float = 1.0  # factor of this task's loss in the sum
+    weight: float = bounded(1.0, gt=0)  # factor of this task's loss in the sum
     mean: Optional[float] = None  # regression: target mean (None = computed from the training shards)
-    std: Optional[float] = None  # regression: target std (None = computed from the training shards)
+    std: Optional[float] = bounded(None, gt=0)  # regression: target std (None = computed from the training shards)
 
 
 @dataclass
 class MultiTaskDataConfig:
     """How the tasks' shards are mixed and batched."""
 
-    temperature: float = 2.0  # source i drawn with p ~ n_i^(1/T): 1 = by size, large = uniform
-    global_batch_size: int = 64  # clips per optimizer step over all devices
-    num_workers: int = 2  # loader worker processes per device
-    shuffle_buffer: int = 1000  # clips held for shuffling in training
-    epoch_samples: int = 0  # training clips per epoch; 0 = the sources' total
+    temperature: float = bounded(2.0, gt=0)  # source i drawn with p ~ n_i^(1/T): 1 = by size, large = uniform
+    global_batch_size: int = bounded(64, ge=1)  # clips per optimizer step over all devices
+    num_workers: int = bounded(2, ge=0)  # loader worker processes per device
+    shuffle_buffer: int = bounded(1000, ge=0)  # clips held for shuffling in training
+    epoch_samples: int = bounded(0, ge=0)  # training clips per epoch; 0 = the sources' total
     pad_mode: str = "repeat"  # short clips: "repeat" or "zero"
-    eval_batch_size: int = 64  # per-device batch for validation
+    eval_batch_size: int = bounded(64, ge=1)  # per-device batch for validation
     seed: int = 0  # seeds the training streams
 
 
@@ -74,11 +74,14 @@ class MultiTaskConfig:
     seed: int = 0  # global seed
     run_dir: str = "runs/${name}"  # checkpoints, logs and the resolved config go here
     model: ModelConfig = field(default_factory=ModelConfig)  # uses sample_rate, clip_seconds, audio_encoder(_init)
-    head_dropout: float = 0.1  # dropout on the embedding before the task heads
+    head_dropout: float = bounded(0.1, ge=0, lt=1)  # dropout on the embedding before the task heads
     tasks: list[TaskHeadConfig] = field(default_factory=list)  # the tasks, one head each
     data: MultiTaskDataConfig = field(default_factory=MultiTaskDataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 def _update(merged, key: str, value, origin: str):
@@ -159,16 +162,10 @@ def validate_multitask(config: MultiTaskConfig) -> None:
             raise ConfigError(f"{where}.shards is empty: name the task's training shards")
         if not task.label_field:
             raise ConfigError(f"{where}.label_field is empty")
-        if not task.weight > 0:
-            raise ConfigError(f"{where}.weight must be > 0; got {task.weight}")
         if task.kind == "regression" and task.classes:
             raise ConfigError(f"{where}.classes must be empty for a regression task; got {len(task.classes)}")
-        if task.std is not None and not task.std > 0:
-            raise ConfigError(f"{where}.std must be > 0; got {task.std}")
         if len(set(task.classes)) != len(task.classes):
             raise ConfigError(f"{where}.classes lists a class twice")
-    if not config.data.temperature > 0:
-        raise ConfigError(f"data.temperature must be > 0; got {config.data.temperature}")
     if config.data.pad_mode not in ("repeat", "zero"):
         raise ConfigError(f"data.pad_mode must be 'repeat' or 'zero', got '{config.data.pad_mode}'")
     shards = [task.shards for task in config.tasks]

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from clap_lightning.errors import CheckpointError, DataError
+from clap_lightning.errors import CheckpointError, ConfigError, DataError
 from clap_lightning.eval.caption_metrics import compute_caption_metrics
 from clap_lightning.lit.caption_data import (CaptionDataConfig, CaptionDataModule, most_common_caption,
                                              read_embedding_cache, write_embedding_cache)
-from clap_lightning.lit.captioning import (CaptioningConfig, CaptioningModule, evaluate_captioning, fit_captioning,
-                                           load_captioner)
+from clap_lightning.lit.captioning import (CaptioningConfig, CaptioningModule, captioning_config_from,
+                                           evaluate_captioning, fit_captioning, load_captioner)
 from clap_lightning.models.captioner import CaptionerConfig
 from clap_lightning.models.decoding import DecodingConfig
 from clap_lightning.models.mapper import MapperConfig
@@ -166,3 +166,14 @@ def test_load_captioner_refuses_foreign_files(tmp_path):
         load_captioner(tmp_path / "p.ckpt")
     with pytest.raises(CheckpointError, match="not found"):
         load_captioner(tmp_path / "none.ckpt")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.batch_size=0", "data.batch_size must be >= 1, got 0"),
+    ("data.num_workers=-2", "data.num_workers must be >= 0"),
+    ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be >= 1"),
+    ("optim.lr=0", "optim.lr must be > 0"),
+])
+def test_captioning_config_refuses_out_of_range_numbers(override, message):
+    with pytest.raises(ConfigError, match=message):
+        captioning_config_from({}, (override,))

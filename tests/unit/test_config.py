@@ -70,3 +70,47 @@ def test_global_batch_divides_or_is_refused():
     config = load_config(DEMO, ["data.global_batch_size=100", "trainer.devices=8"])
     with pytest.raises(ConfigError, match="100 is not divisible by devices 8 x num_nodes 1"):
         local_batch_size(config)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.global_batch_size=0", "data.global_batch_size must be >= 1, got 0"),
+    ("data.global_batch_size=-64", "data.global_batch_size must be >= 1, got -64"),
+    ("trainer.devices=0", "trainer.devices must be >= 1, got 0"),
+    ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be >= 1, got 0"),
+    ("trainer.num_nodes=-1", "trainer.num_nodes must be >= 1"),
+    ("trainer.max_steps=0", "trainer.max_steps must be >= 1 (or -1), got 0"),
+    ("trainer.max_epochs=-3", "trainer.max_epochs must be >= 1 (or -1)"),
+    ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps must be >= 1"),
+    ("trainer.checkpoint_every_n_steps=-5", "trainer.checkpoint_every_n_steps must be >= 0"),
+    ("trainer.val_check_interval=0", "trainer.val_check_interval must be > 0"),
+    ("data.num_workers=-1", "data.num_workers must be >= 0, got -1"),
+    ("data.shuffle_buffer=-1", "data.shuffle_buffer must be >= 0"),
+    ("data.epoch_samples=-10", "data.epoch_samples must be >= 0"),
+    ("data.eval_batch_size=0", "data.eval_batch_size must be >= 1"),
+    ("model.sample_rate=0", "model.sample_rate must be >= 1"),
+    ("model.clip_seconds=-1", "model.clip_seconds must be > 0"),
+    ("model.proj_dropout=1.5", "model.proj_dropout must be >= 0 and < 1"),
+    ("optim.lr=0", "optim.lr must be > 0, got 0.0"),
+    ("optim.lr=-1e-3", "optim.lr must be > 0"),
+    ("optim.lr=nan", "optim.lr must be > 0, got nan"),
+    ("optim.lr=inf", "optim.lr must be > 0, got inf"),
+    ("optim.eps=0", "optim.eps must be > 0"),
+    ("optim.warmup_steps=-1", "optim.warmup_steps must be >= 0"),
+    ("optim.min_lr_ratio=2", "optim.min_lr_ratio must be >= 0 and <= 1"),
+    ("optim.betas=[0.9,1.5]", "optim.betas[1] must be >= 0 and < 1, got 1.5"),
+    ("optim.betas=[0.9]", "optim.betas must hold two numbers"),
+    ("eval.batch_size=0", "eval.batch_size must be >= 1"),
+    ("eval.every_n_val=0", "eval.every_n_val must be >= 1"),
+    ("data.train_sources=[{shards: a, weight: -1}]", "data.train_sources[0].weight must be > 0"),
+])
+def test_out_of_range_numbers_fail_with_one_line_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(DEMO, [override])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_range_limits_admit_their_edges():
+    config = load_config(DEMO, ["data.num_workers=0", "data.shuffle_buffer=0", "trainer.max_steps=-1",
+                                "trainer.max_epochs=-1", "optim.min_lr_ratio=1", "optim.betas=[0,0.5]",
+                                "trainer.gradient_clip_val=0", "optim.warmup_steps=0"])
+    assert config.data.num_workers == 0 and config.trainer.max_epochs == -1

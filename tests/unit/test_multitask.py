@@ -56,6 +56,20 @@ def test_bad_tasks_are_refused(task: dict, message: str) -> None:
         multitask_config_from({"model": TINY_MODEL, "tasks": [task]})
 
 
+@pytest.mark.parametrize("override, message", [
+    ("data.global_batch_size=0", "data.global_batch_size must be >= 1, got 0"),
+    ("data.num_workers=-1", "data.num_workers must be >= 0"),
+    ("data.temperature=0", "data.temperature must be > 0"),
+    ("trainer.devices=0", "trainer.devices must be >= 1"),
+    ("tasks.0.weight=0", r"tasks\[0\].weight must be > 0"),
+    ("tasks.1.std=-1", r"tasks\[1\].std must be > 0"),
+    ("head_dropout=1", "head_dropout must be >= 0 and < 1"),
+])
+def test_out_of_range_numbers_are_refused_naming_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_multitask_config(REPO / "configs" / "multitask" / "demo3.yaml", [override])
+
+
 def test_override_reaches_a_task_by_index() -> None:
     config = load_multitask_config(REPO / "configs" / "multitask" / "demo3.yaml",
                                    ["tasks.1.weight=3", "tasks.0.classes=[a,b]"])
