@@ -9,6 +9,8 @@ trained on torchlibrosa features see the same inputs (differences are float roun
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -126,46 +128,68 @@ def _stripe_mask(batch: int, size: int, drop_width: int, stripes: int, device: t
     return ((pos >= start) & (pos < start + width)).any(dim=1)
 
 
+@dataclass
+class SpecAugmentConfig:
+    """SpecAugment stripes, sized relative to the spectrogram; the defaults give HTSAT's 64 frames and 8 bins."""
+
+    time_width: float = 0.0625  # widest time stripe, fraction of the frames (HTSAT: of its image's, 64 of 1024)
+    time_stripes: int = 2  # time stripes per clip
+    freq_width: float = 0.125  # widest frequency stripe, fraction of the mel bins (8 of 64)
+    freq_stripes: int = 2  # frequency stripes per clip
+
+    def __post_init__(self) -> None:
+        for name in ("time_width", "freq_width"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"spec_augment.{name}: expected a fraction in [0, 1]; got {getattr(self, name)}")
+        for name in ("time_stripes", "freq_stripes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"spec_augment.{name}: expected a count >= 0; got {getattr(self, name)}")
+
+
 class SpecAugment(nn.Module):
     """Zero random time and frequency stripes of [B, frames, n_mels] features in training.
 
-    HTSAT's SpecAugmentation (torchlibrosa) with its widths; identity in eval mode. Unlike
-    torchlibrosa it does not write into its input (safe for autograd) and draws all stripes
-    at once instead of looping over the batch.
+    HTSAT's SpecAugmentation (torchlibrosa's DropStripes), with widths given as fractions of
+    the spectrogram: of `frames` when given (HTSAT passes its image's frame capacity, so the
+    msclap model gets exactly torchlibrosa's 64 frames and 8 bins), else of the input's
+    frames. Identity in eval mode. Unlike torchlibrosa it does not write into its input
+    (safe for autograd) and draws all stripes at once instead of looping over the batch.
     """
 
-    def __init__(
-        self, time_drop_width: int = 64, time_stripes_num: int = 2,
-        freq_drop_width: int = 8, freq_stripes_num: int = 2,
-    ) -> None:
+    def __init__(self, cfg: Optional[SpecAugmentConfig] = None, frames: Optional[int] = None) -> None:
         super().__init__()
-        self.time_drop_width = time_drop_width
-        self.time_stripes_num = time_stripes_num
-        self.freq_drop_width = freq_drop_width
-        self.freq_stripes_num = freq_stripes_num
+        self.cfg = cfg or SpecAugmentConfig()
+        self.frames = frames
+
+    def drop_widths(self, frames: int, bins: int) -> tuple[int, int]:
+        """Return the (time, frequency) drop widths for a [frames, bins] spectrogram; a stripe is narrower."""
+        reference = self.frames or frames
+        return max(1, round(self.cfg.time_width * reference)), max(1, round(self.cfg.freq_width * bins))
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return feats
         batch, frames, bins = feats.shape
-        drop_time = _stripe_mask(batch, frames, self.time_drop_width, self.time_stripes_num, feats.device)
-        drop_freq = _stripe_mask(batch, bins, self.freq_drop_width, self.freq_stripes_num, feats.device)
+        time_width, freq_width = self.drop_widths(frames, bins)
+        drop_time = _stripe_mask(batch, frames, time_width, self.cfg.time_stripes, feats.device)
+        drop_freq = _stripe_mask(batch, bins, freq_width, self.cfg.freq_stripes, feats.device)
         drop = drop_time[:, :, None] | drop_freq[:, None, :]
         return feats.masked_fill(drop, 0.0)
 
 
-def build_mel_stem(cfg) -> tuple[LogMelFrontEnd, SpecAugment, nn.BatchNorm2d]:
+def build_mel_stem(cfg, frames: Optional[int] = None) -> tuple[LogMelFrontEnd, SpecAugment, nn.BatchNorm2d]:
     """Return the (frontend, spec_augmenter, bn0) modules CNN14 and HTSAT both start with.
 
     Args:
-        cfg: an encoder config with `n_fft`, `hop_length`, `n_mels`, `fmin`, `fmax` and
-            `mel_sample_rate` fields.
+        cfg: an encoder config with `n_fft`, `hop_length`, `n_mels`, `fmin`, `fmax`,
+            `mel_sample_rate` and `spec_augment` fields.
+        frames: the spectrogram length SpecAugment widths are fractions of (None: each input's).
 
     The caller assigns them as `self.frontend`, `self.spec_augmenter` and `self.bn0` so the
     state-dict keys stay msclap's.
     """
     frontend = LogMelFrontEnd(cfg.n_fft, cfg.hop_length, cfg.n_mels, cfg.fmin, cfg.fmax, cfg.mel_sample_rate)
-    spec_augmenter = SpecAugment(time_drop_width=64, time_stripes_num=2, freq_drop_width=8, freq_stripes_num=2)
+    spec_augmenter = SpecAugment(cfg.spec_augment, frames)
     return frontend, spec_augmenter, nn.BatchNorm2d(cfg.n_mels)
 
 

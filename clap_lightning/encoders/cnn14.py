@@ -12,13 +12,13 @@ the embedding and is frozen unless `train_classifier_head`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clap_lightning.audio.frontend import build_mel_stem, normalise_and_augment
+from clap_lightning.audio.frontend import SpecAugmentConfig, build_mel_stem, normalise_and_augment
 from clap_lightning.encoders.registry import register_audio_encoder
 
 # msclap key prefixes with no counterpart here (torchlibrosa's fixed STFT/mel matrices).
@@ -45,6 +45,7 @@ class CNN14Config:
     head_dropout: float = 0.5  # dropout before fc1 and on the embedding
     train_classifier_head: bool = False  # give fc_audioset gradients (unused by the embedding)
     use_spec_augment: bool = False  # SpecAugment in training (PANNs has it, msclap's copy does not)
+    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)  # widths relative to each input
 
     def __post_init__(self) -> None:
         if self.n_mels < _MIN_SIZE:

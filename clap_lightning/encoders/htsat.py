@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clap_lightning.audio.frontend import build_mel_stem, normalise_and_augment
+from clap_lightning.audio.frontend import SpecAugmentConfig, build_mel_stem, normalise_and_augment
 from clap_lightning.encoders.registry import register_audio_encoder
 from clap_lightning.encoders.swin import BasicLayer
 
@@ -64,6 +64,7 @@ class HTSATConfig:
     enable_tscam: bool = True  # token-semantic conv head (msclap: True); else a linear head
     train_classifier_head: bool = False  # give tscam_conv/head gradients (unused by the embedding)
     use_spec_augment: bool = True  # SpecAugment time/frequency stripes in training
+    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)  # widths relative to the image
     use_checkpointing: bool = False  # activation checkpointing per Swin block (saves memory)
 
     def __post_init__(self) -> None:
@@ -146,7 +147,7 @@ class HTSATEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.out_dim = cfg.out_dim
-        self.frontend, self.spec_augmenter, self.bn0 = build_mel_stem(cfg)
+        self.frontend, self.spec_augmenter, self.bn0 = build_mel_stem(cfg, frames=cfg.max_frames)
         self.patch_embed = PatchEmbed(cfg)
         self.pos_drop = nn.Dropout(cfg.drop_rate)
         self.layers = self._build_layers(cfg)

@@ -10,6 +10,7 @@ import torchaudio.functional as AF
 from clap_lightning.audio.frontend import (
     LogMelFrontEnd,
     SpecAugment,
+    SpecAugmentConfig,
     compute_mel_filters,
     hz_to_mel,
     mel_to_hz,
@@ -106,7 +107,8 @@ def test_mel_sample_rate_moves_bands():
 
 
 def test_spec_augment_only_in_training():
-    aug = SpecAugment(time_drop_width=64, time_stripes_num=2, freq_drop_width=8, freq_stripes_num=2)
+    aug = SpecAugment(SpecAugmentConfig(), frames=1024)  # HTSAT's 1024-frame image: 64 frames, 8 bins
+    assert aug.drop_widths(300, 64) == (64, 8)
     feats = torch.randn(16, 300, 64) + 10.0  # no zeros of its own
     aug.eval()
     assert torch.equal(aug(feats), feats)
@@ -123,3 +125,18 @@ def test_spec_augment_only_in_training():
     stripe = dropped.all(dim=2, keepdim=True) | dropped.all(dim=1, keepdim=True)
     assert torch.equal(dropped, stripe)
     torch.testing.assert_close(out[~dropped], feats[~dropped])
+
+
+def test_spec_augment_widths_are_fractions_of_the_spectrogram():
+    cfg = SpecAugmentConfig(time_width=0.25, time_stripes=1, freq_width=0.5, freq_stripes=0)
+    assert SpecAugment(cfg).drop_widths(200, 32) == (50, 16)  # of each input's frames
+    assert SpecAugment(cfg, frames=256).drop_widths(200, 32) == (64, 16)  # of a fixed frame count
+    assert SpecAugment(SpecAugmentConfig(time_width=0.0)).drop_widths(200, 32)[0] == 1  # width U{0}: never drops
+    aug = SpecAugment(cfg).train()
+    torch.manual_seed(1)
+    dropped = aug(torch.randn(64, 200, 32) + 10.0) == 0
+    assert not dropped.all(dim=1).any()  # no frequency stripes
+    widths = dropped.all(dim=2).sum(dim=1)  # one time stripe per clip, 0-49 frames wide
+    assert widths.max() <= 49 and widths.max() >= 30
+    with pytest.raises(ValueError, match=r"spec_augment.time_width: expected a fraction in \[0, 1\]; got 64"):
+        SpecAugmentConfig(time_width=64)

@@ -221,3 +221,26 @@ def test_demo_model_clip_fills_the_image_without_a_time_stretch():
     encoder = HTSATEncoder(HTSATConfig(**section))
     frames = encoder.frontend(torch.zeros(1, round(model["sample_rate"] * model["clip_seconds"]))).shape[1]
     assert frames == encoder.cfg.spec_size * encoder.cfg.freq_ratio  # bicubic stretch skipped, nothing cropped
+
+
+@pytest.mark.parametrize(("config_name", "widths"), [("msclap_2023", (64, 8)), ("tiny", (16, 8))])
+def test_spec_augment_widths_are_relative_to_the_image(config_name, widths):
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "model" / f"{config_name}.yaml"
+    section = {k: v for k, v in OmegaConf.to_container(OmegaConf.load(path))["audio_encoder"].items() if k != "name"}
+    cfg = AUDIO_ENCODERS.parse_config("htsat", section)
+    encoder = HTSATEncoder(cfg)
+    # msclap's torchlibrosa widths (64 frames of 1024, 8 of 64 bins), whatever the clip's frame count
+    assert encoder.spec_augmenter.drop_widths(965, cfg.n_mels) == widths
+
+
+def test_spec_augment_options_are_validated_with_their_key():
+    with pytest.raises(ValueError, match="spec_augment.freq_width: expected a fraction"):
+        AUDIO_ENCODERS.parse_config("htsat", {**TINY, "spec_augment": {"freq_width": 8}}, where="model.audio_encoder")
+    with pytest.raises(ValueError, match="model.audio_encoder.spec_augment.time_widht"):
+        AUDIO_ENCODERS.parse_config("htsat", {**TINY, "spec_augment": {"time_widht": 0.1}}, where="model.audio_encoder")
+    cfg = AUDIO_ENCODERS.parse_config("htsat", {**TINY, "spec_augment": {"time_stripes": 3}})
+    assert (cfg.spec_augment.time_stripes, cfg.spec_augment.time_width) == (3, 0.0625)
