@@ -6,7 +6,7 @@ encode (no tar, json or recipe) is printed as the ceiling for one core.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/bench_shard_writer.py [--clips 48] [--source-rate 48000]
 
-With --source-rate other than 48000 the writer also resamples (torchaudio), as a corpus
+With --source-rate other than 48000 the writer also resamples (the loader's Resampler), as a corpus
 at 44.1 kHz would need.
 """
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import io
 import json
 import logging
@@ -119,12 +120,21 @@ def plan_shards(n_items: int, samples_per_shard: int, max_shard_bytes: int | Non
 # One sample: audio -> 16-bit mono FLAC, meta -> json
 
 
+@functools.lru_cache(maxsize=4)
+def _resampler(target_rate: int) -> Any:
+    # Imported here: building shards at the recipe's own rate needs no torch. The loader's
+    # resampler: torchaudio's filter, and bounded cost at odd rates (16001 Hz) where
+    # torchaudio's dense kernel takes gigabytes. One per process, so each kernel is built once.
+    from clap_lightning.audio.io import Resampler
+
+    return Resampler(target_rate)
+
+
 def _resample(audio: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
-    import torch  # imported here: building shards at the recipe's own rate needs no torch
-    import torchaudio.functional as AF
+    import torch
 
     with torch.inference_mode():
-        return AF.resample(torch.from_numpy(audio), rate, target_rate).numpy()
+        return _resampler(target_rate)(torch.from_numpy(audio), rate).numpy()
 
 
 def prepare_audio(audio: np.ndarray, rate: int, target_rate: int) -> tuple[np.ndarray, bool]:

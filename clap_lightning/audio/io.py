@@ -75,23 +75,33 @@ def fit_length(audio: torch.Tensor, num_samples: int, pad_mode: str) -> tuple[to
     return torch.nn.functional.pad(audio, (0, num_samples - length)), length
 
 
+# torchaudio.functional.resample's defaults: Hann-windowed sinc, 6 zero crossings, rolloff 0.99.
+ZERO_CROSSINGS = 6
+ROLLOFF = 0.99
+
+
 class Resampler:
     """Resample clips to one target rate, building each rate's kernel once per process.
 
     The same windowed-sinc filter as `torchaudio.functional.resample` (Hann window, 6 zero
-    crossings, rolloff 0.99), applied as matrix products: the input is cut into overlapping
+    crossings, rolloff 0.99). A rate pair whose reduced ratio is large (16001 -> 44100 Hz does
+    not reduce: a dense kernel of 16001 x 44100 taps, 5.6 GB) takes `DirectResamplePlan`, which
+    evaluates the same taps per output sample, with cost bounded by the clip's length
+    (`MAX_DENSE_TAPS`). Otherwise the filter is applied as matrix products (`ResamplePlan`): the input is cut into overlapping
     blocks of `orig + 2 width` samples, one block per `orig` input samples, and the kernel maps
     each block to its `new` output samples (rates reduced by their gcd). Each output phase
     only touches about 2 width samples of its block, so the phases are split into a few groups,
     each multiplying only the rows it needs; small ratios (3 -> 2) put several blocks side by
     side so the products stay wide. torchaudio runs the full kernel as a strided conv1d; this
     is 2-4x faster on one CPU thread (7 s at 48 -> 44.1, 32 or 16 kHz, 44.1 -> 16 kHz, ...),
-    which matters in loader workers. Values agree with torchaudio to float rounding.
+    which matters in loader workers. Both agree with torchaudio to float rounding.
     """
+
+    MAX_DENSE_TAPS = 1 << 22  # entries of the dense kernel (32 MB in float64) above which the direct plan is used
 
     def __init__(self, target_rate: int) -> None:
         self.target_rate = target_rate
-        self._kernels: dict[tuple[int, torch.dtype], ResamplePlan] = {}
+        self._kernels: dict[tuple[int, torch.dtype], ResamplePlan | DirectResamplePlan] = {}
 
     def __call__(self, audio: torch.Tensor, rate: int, padded: bool = False,
                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -113,13 +123,15 @@ class Resampler:
         """(left, right) zeros that `__call__(..., padded=True)` expects around audio at `rate`."""
         if rate == self.target_rate:
             return 0, 0
-        plan = self._plan(rate, torch.float32)
-        return plan.width, plan.width + plan.orig
+        return self._plan(rate, torch.float32).margins
 
-    def _plan(self, rate: int, dtype: torch.dtype) -> "ResamplePlan":
+    def _plan(self, rate: int, dtype: torch.dtype) -> "ResamplePlan | DirectResamplePlan":
         plan = self._kernels.get((rate, dtype))
         if plan is None:
-            plan = self._kernels[(rate, dtype)] = ResamplePlan(rate, self.target_rate, dtype)
+            orig, new, width = reduced_rates(rate, self.target_rate)
+            dense = (orig + 2 * width) * new <= self.MAX_DENSE_TAPS
+            plan_cls = ResamplePlan if dense else DirectResamplePlan
+            plan = self._kernels[(rate, dtype)] = plan_cls(rate, self.target_rate, dtype)
         return plan
 
 
@@ -153,6 +165,7 @@ class ResamplePlan:
 
         best = min((split(g) for g in range(1, min(self.new, 16) + 1)), key=cost)
         self.groups = [(c0, c1, r0, r1, kernel[r0:r1, c0:c1].to(dtype).contiguous()) for c0, c1, r0, r1 in best]
+        self.margins = (self.width, self.width + self.orig)  # zeros `padded` input holds before and after
 
     def __call__(self, audio: torch.Tensor, padded: bool = False, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Resample [..., T]; with `padded`, T includes `width` zeros before and `width + orig` after.
@@ -192,6 +205,81 @@ class ResamplePlan:
             torch.mm(blocks[:, r0:r1], taps, out=dest[:, c0:c1])
 
 
+class DirectResamplePlan:
+    """The windowed-sinc filter with each output sample's taps evaluated at its exact position.
+
+    Output sample m lies at input position m orig / new (rates reduced by their gcd); it is
+    the sum of the input samples n within the filter's reach (|n - m orig / new| <= width)
+    weighted by `windowed_sinc((n / orig - m / new) base)`, the values `sinc_resample_kernel`
+    tabulates per phase. So the result equals torchaudio's and `ResamplePlan`'s to float
+    rounding (tested: within 2e-6 in float32, 1e-11 in float64), for any ratio: time is
+    O(output samples x (2 width + 1)) and memory is bounded by `CHUNK_TAPS` taps at a time,
+    where a dense kernel would hold orig x new taps. The taps are computed in float64 by the
+    angle-sum identities: sin and cos once per output sample and once per tap offset, then
+    products, so 16001 or 48001 -> 44100 Hz (15 taps per output sample) costs tens of ms for 3 s.
+    """
+
+    CHUNK_TAPS = 1 << 20  # taps weighed per step: ~8 MB per float64 temporary
+
+    def __init__(self, orig_rate: int, new_rate: int, dtype: torch.dtype) -> None:
+        self.orig, self.new, self.width = reduced_rates(orig_rate, new_rate)
+        self.base = min(self.orig, self.new) * ROLLOFF
+        self.margins = (self.width, self.width)  # zeros `padded` input holds before and after
+        self._offsets = torch.arange(-self.width, self.width + 1)  # taps k: input samples n0 + k around each position
+        # Tap k of an output at input position n0 + frac sits at t = (k - frac) step.
+        self._step = self.base / self.orig
+        angle = math.pi * self._offsets.double() * self._step
+        scale = self._step / math.pi  # windowed_sinc's scale, and the pi of sin(pi t) / (pi t)
+        self._tap_terms = (torch.sin(angle) * scale, torch.cos(angle) * scale,
+                           0.5 * torch.sin(angle / ZERO_CROSSINGS), 0.5 * torch.cos(angle / ZERO_CROSSINGS))
+        # Only taps with |k| >= ZERO_CROSSINGS / step - 1 can reach |t| >= ZERO_CROSSINGS (zero there).
+        self._edges = (self._offsets.abs() >= ZERO_CROSSINGS / self._step - 1).nonzero()[:, 0]
+
+    def __call__(self, audio: torch.Tensor, padded: bool = False, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Resample [..., T] as `ResamplePlan.__call__` does (same `padded` and `out` contracts)."""
+        lead = audio.shape[:-1]
+        audio = audio.reshape(-1, audio.shape[-1])
+        if padded:
+            length = audio.shape[-1] - sum(self.margins)
+        else:
+            length = audio.shape[-1]
+            audio = torch.nn.functional.pad(audio, self.margins)
+        samples = -(-self.new * length // self.orig)
+        if out is not None:
+            _check_out((*lead, samples), out)
+            dest = out[None]
+        else:
+            dest = audio.new_empty(audio.shape[0], samples)
+        step = max(1, self.CHUNK_TAPS // len(self._offsets))
+        for start in range(0, dest.shape[1], step):
+            m = torch.arange(start, min(start + step, dest.shape[1]))
+            position = m * self.orig
+            n0, rest = position // self.new, position % self.new  # m orig / new = n0 + rest / new
+            taps = self._taps(rest.double() / self.new).to(audio.dtype)  # [outputs, taps]
+            index = n0[:, None] + self._offsets + self.margins[0]
+            dest[:, start:start + len(m)] = (audio[:, index] * taps).sum(-1)
+        return out if out is not None else dest.reshape(*lead, -1)
+
+    def _taps(self, frac: torch.Tensor) -> torch.Tensor:
+        """`windowed_sinc` at t = (k - frac) step for fractions [M] and taps k, in float64: [M, taps].
+
+        sin(pi t) and cos(pi t / Z) come from the angle-sum identities, so sin and cos are taken
+        once per output sample and once per tap, not once per (output, tap).
+        """
+        sin_k, cos_k, sin_kw, cos_kw = self._tap_terms
+        angle = (-math.pi * self._step) * frac[:, None]  # [M, 1]: the part of pi t that depends on frac
+        t = (self._offsets - frac[:, None]).mul_(self._step)
+        taps = torch.sin(angle) * cos_k
+        taps.addcmul_(torch.cos(angle), sin_k)  # sin(pi t) step / pi
+        window = torch.cos(angle / ZERO_CROSSINGS) * cos_kw
+        window.addcmul_(torch.sin(angle / ZERO_CROSSINGS), sin_kw, value=-1).add_(0.5)  # cos(pi t / 2Z)^2
+        taps.mul_(window).div_(t)
+        taps[frac == 0, self.width] = self._step  # t = 0: sinc(0) = 1
+        edges = taps[:, self._edges]
+        taps[:, self._edges] = edges.masked_fill_(t[:, self._edges].abs() >= ZERO_CROSSINGS, 0.0)
+        return taps
+
+
 def _check_out(shape: Sequence[int], out: torch.Tensor) -> None:
     """Raise unless `out` is 1-D and no longer than 1-D audio of `shape`."""
     if len(shape) != 1 or out.dim() != 1 or out.shape[0] > shape[0]:
@@ -199,23 +287,31 @@ def _check_out(shape: Sequence[int], out: torch.Tensor) -> None:
                          f"and out {tuple(out.shape)}")
 
 
-def sinc_resample_kernel(orig_rate: int, new_rate: int, zero_crossings: int = 6,
-                         rolloff: float = 0.99) -> tuple[torch.Tensor, int, int, int]:
+def reduced_rates(orig_rate: int, new_rate: int) -> tuple[int, int, int]:
+    """Return (orig, new, width): the rates divided by their gcd and the filter's reach in input samples."""
+    gcd = math.gcd(orig_rate, new_rate)
+    orig, new = orig_rate // gcd, new_rate // gcd
+    return orig, new, math.ceil(ZERO_CROSSINGS * orig / (min(orig, new) * ROLLOFF))
+
+
+def windowed_sinc(t: torch.Tensor, scale: float) -> torch.Tensor:
+    """Hann-windowed sinc taps at `t` (in cutoff periods) times `scale`; zero where |t| >= ZERO_CROSSINGS."""
+    inside = t.abs() < ZERO_CROSSINGS  # outside, torchaudio's clamped taps are ~1e-49: exact zeros here
+    t = t.clamp(-ZERO_CROSSINGS, ZERO_CROSSINGS)
+    window = torch.cos(t * math.pi / ZERO_CROSSINGS / 2) ** 2
+    t = t * math.pi
+    taps = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / t) * window * scale
+    return torch.where(inside, taps, torch.zeros_like(taps))
+
+
+def sinc_resample_kernel(orig_rate: int, new_rate: int) -> tuple[torch.Tensor, int, int, int]:
     """Return (kernel [orig + 2 width, new], orig, new, width) for rates reduced by their gcd.
 
     Column j holds the Hann-windowed sinc taps of output phase j over one input block; the
     values are torchaudio's `_get_sinc_resample_kernel`, kept in float64 and cast per call.
     """
-    gcd = math.gcd(orig_rate, new_rate)
-    orig, new = orig_rate // gcd, new_rate // gcd
-    base = min(orig, new) * rolloff
-    width = math.ceil(zero_crossings * orig / base)
+    orig, new, width = reduced_rates(orig_rate, new_rate)
+    base = min(orig, new) * ROLLOFF
     idx = torch.arange(-width, width + orig, dtype=torch.float64) / orig
     t = (torch.arange(0, -new, -1, dtype=torch.float64)[:, None] / new + idx) * base
-    inside = t.abs() < zero_crossings  # outside, torchaudio's clamped taps are ~1e-49: exact zeros here
-    t = t.clamp(-zero_crossings, zero_crossings)
-    window = torch.cos(t * math.pi / zero_crossings / 2) ** 2
-    t = t * math.pi
-    taps = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / t) * window * (base / orig)
-    taps = torch.where(inside, taps, torch.zeros_like(taps))
-    return taps.T.contiguous(), orig, new, width
+    return windowed_sinc(t, base / orig).T.contiguous(), orig, new, width

@@ -6,7 +6,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from clap_lightning.audio.io import Resampler, fit_length, read_clip
+from clap_lightning.audio.io import DirectResamplePlan, ResamplePlan, Resampler, fit_length, read_clip
 
 
 def flac_bytes(audio: np.ndarray, rate: int) -> bytes:
@@ -50,13 +50,35 @@ def test_resampler_builds_each_kernel_once_and_passes_matching_rates():
     assert resample(same, 16000) is same
 
 
-@pytest.mark.parametrize("orig,new", [(48000, 44100), (44100, 16000), (16000, 44100), (22050, 32000), (8000, 16000),
-                                      (48000, 32000), (48000, 16000)])
-def test_resampler_matches_torchaudio(orig, new):
+@pytest.mark.parametrize("orig,new,plan", [
+    (48000, 44100, ResamplePlan), (44100, 16000, ResamplePlan), (16000, 44100, ResamplePlan),
+    (22050, 32000, ResamplePlan), (8000, 16000, ResamplePlan), (48000, 32000, ResamplePlan),
+    (48000, 16000, ResamplePlan),
+    (1601, 4410, DirectResamplePlan), (4801, 4410, DirectResamplePlan), (16001, 3000, DirectResamplePlan),
+])
+def test_resampler_matches_torchaudio(orig, new, plan):
+    """Both plans give torchaudio's values (whose dense kernel the direct plan's rates would make large)."""
     audio = torch.randn(2, 3001, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     reference = torchaudio.functional.resample(audio, orig, new)  # float64 input: float64 kernel
-    torch.testing.assert_close(Resampler(new)(audio, orig), reference, atol=1e-12, rtol=0)
-    torch.testing.assert_close(Resampler(new)(audio.float(), orig), reference.float(), atol=2e-6, rtol=0)
+    resample = Resampler(new)
+    atol = 1e-12 if plan is ResamplePlan else 1e-11  # taps at positions rounded another way
+    torch.testing.assert_close(resample(audio, orig), reference, atol=atol, rtol=0)
+    torch.testing.assert_close(resample(audio.float(), orig), reference.float(), atol=2e-6, rtol=0)
+    assert {type(p) for p in resample._kernels.values()} == {plan}
+
+
+def test_odd_rates_stay_within_the_filters_passband_error():
+    """16001 and 48001 Hz do not reduce against 44.1 kHz (the dense kernel would hold 16001 x 44100
+    taps); the direct plan's 1 kHz tone is as close to the ideal one as at 16000 / 48000 Hz."""
+    def error(orig: int, new: int = 44100) -> float:
+        wave = torch.sin(2 * torch.pi * 1000 * torch.arange(3 * orig, dtype=torch.float64) / orig)
+        out = Resampler(new)(wave.float(), orig).double()
+        ideal = torch.sin(2 * torch.pi * 1000 * torch.arange(len(out), dtype=torch.float64) / new)
+        assert len(out) == -(-3 * orig * new // orig)
+        return float((out - ideal)[new // 10:-new // 10].abs().max())  # away from the zero-padded ends
+
+    for odd, ordinary in ((16001, 16000), (48001, 48000)):
+        assert error(odd) < 1e-3 and error(odd) < error(ordinary) + 1e-4
 
 
 def test_resample_plan_splits_the_banded_kernel():
@@ -68,25 +90,25 @@ def test_resample_plan_splits_the_banded_kernel():
     assert all(a[1] == b[0] for a, b in zip(plan.groups, plan.groups[1:]))
 
 
-@pytest.mark.parametrize("channels", [1, 2])
-def test_decoding_between_the_resampler_margins_changes_nothing(channels):
+@pytest.mark.parametrize("channels, file_rate", [(1, 48000), (2, 48000), (1, 48001)])
+def test_decoding_between_the_resampler_margins_changes_nothing(channels, file_rate):
     """read_clip(margins=resampler.margins) + resampler(padded=True) == read_clip + resampler."""
     rng = np.random.default_rng(1)
     audio = (0.3 * rng.standard_normal((48000, channels))).astype(np.float32)
-    data = flac_bytes(audio if channels > 1 else audio[:, 0], 48000)
+    data = flac_bytes(audio if channels > 1 else audio[:, 0], file_rate)
     resample = Resampler(44100)
-    left, right = resample.margins(48000)
-    assert left > 0 and right > left and resample.margins(44100) == (0, 0)
+    left, right = resample.margins(file_rate)
+    assert left > 0 and right >= left and resample.margins(44100) == (0, 0)
     plain, rate, _ = read_clip(data, 30000, np.random.default_rng(5))
     padded, rate_again, _ = read_clip(data, 30000, np.random.default_rng(5), resample.margins)
-    assert rate == rate_again == 48000 and padded.shape == (left + 30000 + right,)
+    assert rate == rate_again == file_rate and padded.shape == (left + 30000 + right,)
     assert not padded[:left].any() and not padded[-right:].any()
     np.testing.assert_array_equal(padded[left:-right], plain)
     torch.testing.assert_close(resample(torch.from_numpy(padded), rate, padded=True),
                                resample(torch.from_numpy(plain), rate), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("orig", [48000, 44100, 16000])
+@pytest.mark.parametrize("orig", [48000, 44100, 16000, 16001])
 def test_resampling_into_out_writes_the_leading_samples_in_place(orig):
     """out= (a batch row) receives the first len(out) samples of the resampled clip, untouched beyond."""
     resample = Resampler(44100)
