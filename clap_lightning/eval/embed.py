@@ -53,6 +53,7 @@ class EvalCollate:
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "audio": torch.stack([s["audio"] for s in samples]),  # [B, T]
+            "audio_length": torch.tensor([s["length"] for s in samples]),  # [B] samples that are not padding
             "key": [s["key"] for s in samples],
             "meta": [s["meta"] for s in samples],
         }
