@@ -47,8 +47,8 @@ class AudioEmbedder(torch.nn.Module):
         super().__init__()
         self.encoder = encoder
 
-    def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.encoder(audio)
+    def encode_audio(self, audio: torch.Tensor, audio_length: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encoder(audio, audio_length)
 
 
 def build_configs(data: Path, steps: int, batch: int, run_root: Path) -> dict[str, MultiTaskConfig]:

@@ -3,8 +3,9 @@
 Reads the first batch of clips of a shard split (deterministic crops, as evaluation), pads
 them to the model's clip length with each `data.pad_mode`, computes the log-mel features of
 the model's front end and passes them through a freshly initialised `bn0` in training mode
-(statistics of this batch, as in the first training steps). Per mel bin, then averaged over
-bins, it prints:
+(statistics of this batch, as in the first training steps). `zero+mask` is zero padding with
+the encoder's `mask_padding` on: padded frames out of bn0's statistics (and set to its mean)
+and out of the pooling. Per mel bin, then averaged over bins, it prints:
 
 - bn0 input: the mean and standard deviation over batch x time that BatchNorm normalises
   with, and the share of frames that are padding (frames centred past the clip's length);
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from clap_lightning.audio.frontend import compute_valid_frames, masked_batch_norm
 from clap_lightning.config import load_config
 from clap_lightning.eval.embed import ClipSettings, build_eval_loader, split_urls
 from clap_lightning.models.clap import CLAP
@@ -42,11 +44,6 @@ def first_batch(split: Path, clip: ClipSettings, batch_size: int) -> tuple[torch
     return batch["audio"], batch["audio_length"]
 
 
-def valid_frames(lengths: torch.Tensor, frames: int, hop: int, samples: int) -> torch.Tensor:
-    """[B, frames] True where a frame's centre lies inside the clip's real samples (all of a full clip)."""
-    return (torch.arange(frames)[None, :] * hop < lengths[:, None]) | (lengths[:, None] >= samples)
-
-
 def per_bin(values: torch.Tensor, where: torch.Tensor) -> tuple[float, float]:
     """Mean and standard deviation per mel bin of values [B, frames, bins] at `where` [B, frames], averaged over bins."""
     picked = values[where]  # [N, bins]
@@ -55,21 +52,23 @@ def per_bin(values: torch.Tensor, where: torch.Tensor) -> tuple[float, float]:
     return picked.mean(0).mean().item(), picked.std(0).mean().item()
 
 
-def measure(encoder: torch.nn.Module, audio: torch.Tensor, lengths: torch.Tensor) -> dict[str, float]:
+def measure(encoder: torch.nn.Module, audio: torch.Tensor, lengths: torch.Tensor, mask: bool) -> dict[str, float]:
     """bn0 input and output statistics of one batch through a fresh bn0 in training mode."""
     feats = encoder.frontend(audio)  # [B, frames, bins], dB
-    valid = valid_frames(lengths, feats.shape[1], encoder.cfg.hop_length, audio.shape[1])
-    if not valid.any():
-        raise SystemExit("no clip has a frame of sound")
+    valid = compute_valid_frames(lengths, feats.shape[1], encoder.cfg.hop_length, audio.shape[1])
     bn0 = torch.nn.BatchNorm2d(feats.shape[2]).train()
     with torch.no_grad():
-        out = bn0(feats.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
+        if mask:
+            out = masked_batch_norm(feats, valid, bn0)
+        else:
+            out = bn0(feats.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
     everywhere = torch.ones_like(valid)
     in_mean, in_std = per_bin(feats, everywhere)
     sound_mean, sound_std = per_bin(out, valid)
     pad_mean, _ = per_bin(out, ~valid)
+    encoder.cfg.mask_padding = mask
     with torch.no_grad():
-        emb = encoder.train()(audio)  # [B, D]; batch statistics in bn0, as in training
+        emb = encoder.train()(audio, lengths)  # [B, D]; batch statistics in bn0, as in training
     spread = (emb.std(0).mean() / emb.square().mean().sqrt()).item()
     return {"pad_share": 1 - valid.float().mean().item(), "in_mean": in_mean, "in_std": in_std,
             "sound_in_std": per_bin(feats, valid)[1], "sound_mean": sound_mean, "sound_std": sound_std,
@@ -87,15 +86,13 @@ def main() -> None:
     encoder = CLAP(config.model).audio_encoder
     print(f"{args.batch} clips of {args.data}, padded to {config.model.clip_seconds} s; bn0 freshly initialised, "
           "training mode; per mel bin, averaged over bins")
-    print(f"{'mode':8} {'pad frames':>10} | {'bn0 in: mean':>12} {'std':>6} {'sound std':>9} | "
+    print(f"{'mode':9} {'pad frames':>10} | {'bn0 in: mean':>12} {'std':>6} {'sound std':>9} | "
           f"{'bn0 out: sound mean':>19} {'sound std':>9} {'pad mean':>8} | {'embedding spread':>16}")
-    for mode in ("repeat", "zero"):
-        clip = ClipSettings(config.model.sample_rate, config.model.clip_samples, mode)
-        audio, lengths = first_batch(args.data, clip, args.batch)
-        if mode == "repeat":  # the tiled copies are the model's input too: count them as sound
-            lengths = torch.full_like(lengths, audio.shape[1])
-        s = measure(encoder, audio, lengths)
-        print(f"{mode:8} {s['pad_share']:>10.2f} | {s['in_mean']:>12.1f} {s['in_std']:>6.1f} {s['sound_in_std']:>9.1f} | "
+    for mode in ("repeat", "zero", "zero+mask"):
+        clip = ClipSettings(config.model.sample_rate, config.model.clip_samples, mode.split("+")[0])
+        audio, lengths = first_batch(args.data, clip, args.batch)  # a tiled clip has no padding
+        s = measure(encoder, audio, lengths, mask=mode.endswith("+mask"))
+        print(f"{mode:9} {s['pad_share']:>10.2f} | {s['in_mean']:>12.1f} {s['in_std']:>6.1f} {s['sound_in_std']:>9.1f} | "
               f"{s['sound_mean']:>19.2f} {s['sound_std']:>9.2f} {s['pad_mean']:>8.2f} | {s['spread']:>16.3f}")
 
 

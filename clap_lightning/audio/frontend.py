@@ -193,11 +193,60 @@ def build_mel_stem(cfg, frames: Optional[int] = None) -> tuple[LogMelFrontEnd, S
     return frontend, spec_augmenter, nn.BatchNorm2d(cfg.n_mels)
 
 
+def compute_valid_frames(lengths: torch.Tensor, frames: int, hop_length: int, samples: int) -> torch.Tensor:
+    """[B, frames] True for the frames of real audio, from real samples per clip `lengths` [B].
+
+    A frame is real when its centre (`center=True`: frame i at sample i * hop) lies before the
+    clip's length; every frame of a clip that fills the window is real (the last one is centred
+    on the end). The first frame always counts, so an empty clip still has one.
+    """
+    lengths = lengths.to(torch.long)
+    valid = torch.arange(frames, device=lengths.device)[None, :] * hop_length < lengths[:, None]
+    valid |= (lengths >= samples)[:, None]
+    valid[:, 0] = True
+    return valid
+
+
+def masked_batch_norm(feats: torch.Tensor, valid: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """BatchNorm per mel bin of [B, frames, n_mels] whose statistics see only the `valid` [B, frames] frames.
+
+    In training the mean and (biased) variance are taken over the valid frames only and the
+    running statistics are updated from them, as `nn.BatchNorm2d` does (unbiased variance,
+    `bn.momentum`); in eval the running statistics apply. Padded frames come out at the
+    normalised mean (0 before the affine, `bn.bias` after): neutral, not the dB floor.
+    """
+    weight = valid.to(feats.dtype)[..., None]  # [B, frames, 1]
+    if bn.training:
+        count = weight.sum()
+        mean = (feats * weight).sum((0, 1)) / count  # [n_mels]
+        var = ((feats - mean).square() * weight).sum((0, 1)) / count
+        if bn.track_running_stats:
+            with torch.no_grad():
+                bn.num_batches_tracked.add_(1)
+                momentum = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked.item()
+                unbiased = var * count / (count - 1).clamp(min=1)
+                bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), momentum)
+                bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), momentum)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    normed = (feats - mean) * torch.rsqrt(var + bn.eps) * weight
+    return normed * bn.weight + bn.bias if bn.affine else normed
+
+
 def normalise_and_augment(
     feats: torch.Tensor, bn0: nn.BatchNorm2d, spec_augmenter: SpecAugment, use_spec_augment: bool,
+    valid: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """Apply bn0 per mel bin to log-mel [B, frames, n_mels], then SpecAugment if enabled."""
+    """Apply bn0 per mel bin to log-mel [B, frames, n_mels], then SpecAugment if enabled.
+
+    With `valid` [B, frames] (False for padding), padded frames are left out of bn0's
+    statistics and set to its mean (`masked_batch_norm`).
+    """
     # bn0 normalises each mel bin over batch and time (msclap: BatchNorm2d on [B, mel, T, 1]).
     # The fp32 features meet bn0 in its own dtype (bf16 when the whole model was cast).
-    feats = bn0(feats.to(bn0.weight.dtype).transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
+    feats = feats.to(bn0.weight.dtype)
+    if valid is not None and not valid.all():
+        feats = masked_batch_norm(feats, valid, bn0)
+    else:
+        feats = bn0(feats.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
     return spec_augmenter(feats) if use_spec_augment else feats

@@ -64,14 +64,15 @@ def fit_length(audio: torch.Tensor, num_samples: int, pad_mode: str) -> tuple[to
     Short clips are tiled ("repeat", as msclap's loader) or zero-padded ("zero").
 
     Returns:
-        (clip [num_samples], number of real, non-padding samples).
+        (clip [num_samples], samples that are not padding). A tiled clip has no padding: its
+        copies are audio the encoder is meant to see; a zero-padded one has its real samples.
     """
     length = audio.shape[0]
     if length >= num_samples:
         return audio[:num_samples], num_samples
     if pad_mode == "repeat":
         repeats = -(-num_samples // length)
-        return audio.repeat(repeats)[:num_samples], length
+        return audio.repeat(repeats)[:num_samples], num_samples
     return torch.nn.functional.pad(audio, (0, num_samples - length)), length
 
 

@@ -13,12 +13,13 @@ the embedding and is frozen unless `train_classifier_head`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clap_lightning.audio.frontend import SpecAugmentConfig, build_mel_stem, normalise_and_augment
+from clap_lightning.audio.frontend import SpecAugmentConfig, build_mel_stem, compute_valid_frames, normalise_and_augment
 from clap_lightning.encoders.registry import register_audio_encoder
 
 # msclap key prefixes with no counterpart here (torchlibrosa's fixed STFT/mel matrices).
@@ -46,6 +47,7 @@ class CNN14Config:
     train_classifier_head: bool = False  # give fc_audioset gradients (unused by the embedding)
     use_spec_augment: bool = False  # SpecAugment in training (PANNs has it, msclap's copy does not)
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)  # widths relative to each input
+    mask_padding: bool = False  # given clip lengths: padding out of bn0 statistics and pooling (msclap: off)
 
     def __post_init__(self) -> None:
         if self.n_mels < _MIN_SIZE:
@@ -84,27 +86,40 @@ class CNN14Encoder(nn.Module):
         if not cfg.train_classifier_head:
             self.fc_audioset.requires_grad_(False)
 
-    def compute_pooled(self, wave: torch.Tensor) -> torch.Tensor:
-        """ReLU(fc1(.)) of the time-max plus time-mean of the last conv map: [B, out_dim], pre-dropout."""
+    def compute_pooled(self, wave: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """ReLU(fc1(.)) of the time-max plus time-mean of the last conv map: [B, out_dim], pre-dropout.
+
+        With `mask_padding` and `lengths` [B] (real samples per clip), padded frames are left out
+        of bn0's statistics and the time pooling sees only the map's real columns.
+        """
         feats = self.frontend(wave)  # [B, frames, n_mels]
         if feats.shape[1] < _MIN_SIZE:
             raise ValueError(f"CNN14 needs at least {_MIN_SIZE} frames; got {feats.shape[1]} ({wave.shape[1]} samples)")
-        x = normalise_and_augment(feats, self.bn0, self.spec_augmenter, self.cfg.use_spec_augment)
+        valid = None
+        if self.cfg.mask_padding and lengths is not None:
+            valid = compute_valid_frames(lengths.to(wave.device), feats.shape[1], self.cfg.hop_length, wave.shape[1])
+        x = normalise_and_augment(feats, self.bn0, self.spec_augmenter, self.cfg.use_spec_augment, valid)
         x = x.unsqueeze(1)  # [B, 1, frames, n_mels]
         for i in range(1, len(_CHANNELS) + 1):
             x = getattr(self, f"conv_block{i}")(x, pool=2 if i < len(_CHANNELS) else 1)
             x = F.dropout(x, p=self.cfg.block_dropout, training=self.training)
-        x = x.mean(dim=3)  # over mel
-        x = x.amax(dim=2) + x.mean(dim=2)  # over time
+        x = x.mean(dim=3)  # over mel: [B, C, time]
+        if valid is None:
+            x = x.amax(dim=2) + x.mean(dim=2)  # over time
+        else:  # each column pools 2**5 frames (five 2x2 pools, floor): real when one of them is
+            pooled = 2 ** (len(_CHANNELS) - 1)
+            columns = valid[:, :x.shape[2] * pooled].reshape(x.shape[0], x.shape[2], pooled).any(dim=2)[:, None, :]
+            weight = columns.to(x.dtype)
+            x = x.masked_fill(~columns, float("-inf")).amax(dim=2) + (x * weight).sum(dim=2) / weight.sum(dim=2)
         x = F.dropout(x, p=self.cfg.head_dropout, training=self.training)
         return F.relu(self.fc1(x))
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        """Return msclap's `embedding` [B, out_dim]."""
-        return F.dropout(self.compute_pooled(wave), p=self.cfg.head_dropout, training=self.training)
+    def forward(self, wave: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Return msclap's `embedding` [B, out_dim] (`lengths` is used only with `mask_padding`)."""
+        return F.dropout(self.compute_pooled(wave, lengths), p=self.cfg.head_dropout, training=self.training)
 
-    def forward_features(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward_features(self, wave: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """Return `embedding` [B, D] and sigmoid `clipwise_output` [B, num_classes], as msclap."""
-        pooled = self.compute_pooled(wave)
+        pooled = self.compute_pooled(wave, lengths)
         embedding = F.dropout(pooled, p=self.cfg.head_dropout, training=self.training)
         return {"embedding": embedding, "clipwise_output": torch.sigmoid(self.fc_audioset(pooled))}

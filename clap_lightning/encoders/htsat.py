@@ -18,17 +18,21 @@ Names follow msclap, so `audio_encoder.base.htsat.<key>` maps to `<key>` here. D
   embedding, LayerNorm before the MLP, no repeat mode, mixup outside the encoder.
 - `tscam_conv` and `head` do not feed the embedding; unless `train_classifier_head` they are
   frozen so DDP sees no unused trainable parameters (msclap never uses `head` at all).
+- `mask_padding` (off as released): given each clip's real length, padded frames stay out of
+  bn0's statistics and the token-semantic pooling and take bn0's neutral value, and a short
+  spectrogram is padded to the image rather than stretched.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clap_lightning.audio.frontend import SpecAugmentConfig, build_mel_stem, normalise_and_augment
+from clap_lightning.audio.frontend import SpecAugmentConfig, build_mel_stem, compute_valid_frames, normalise_and_augment
 from clap_lightning.encoders.registry import register_audio_encoder
 from clap_lightning.encoders.swin import BasicLayer
 
@@ -66,6 +70,7 @@ class HTSATConfig:
     use_spec_augment: bool = True  # SpecAugment time/frequency stripes in training
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)  # widths relative to the image
     use_checkpointing: bool = False  # activation checkpointing per Swin block (saves memory)
+    mask_padding: bool = False  # given clip lengths: padding out of bn0 statistics and pooling (msclap: off)
 
     def __post_init__(self) -> None:
         self.depths = list(self.depths)
@@ -179,8 +184,35 @@ class HTSATEncoder(nn.Module):
             ))
         return layers
 
-    def compute_logmel(self, wave: torch.Tensor) -> torch.Tensor:
-        """Log-mel [B, frames, n_mels] after bn0 and, in training, SpecAugment."""
+    def valid_frames(self, wave: torch.Tensor, lengths: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """[B, frames] False for padding frames with `mask_padding` on (no lengths: none padded), else None."""
+        if not self.cfg.mask_padding:
+            return None
+        if lengths is None:
+            lengths = torch.full((wave.shape[0],), wave.shape[1], device=wave.device)
+        frames = 1 + wave.shape[1] // self.cfg.hop_length
+        return compute_valid_frames(lengths.to(wave.device), frames, self.cfg.hop_length, wave.shape[1])
+
+    def pad_to_image(self, feats: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad log-mel [B, frames, n_mels] after bn0 to the image's `spec_size * freq_ratio` frames.
+
+        The added frames take bn0's neutral value (its bias, the normalised mean) and are marked
+        padding in the returned `valid`. With `mask_padding` a short input is padded like this
+        rather than stretched in time (as msclap does): a clip's image does not depend on how
+        much audio follows it.
+        """
+        extra = self.cfg.spec_size * self.cfg.freq_ratio - feats.shape[1]
+        if extra <= 0:
+            return feats, valid
+        neutral = self.bn0.bias if self.bn0.affine else feats.new_zeros(feats.shape[2])
+        feats = torch.cat([feats, neutral.to(feats.dtype).expand(feats.shape[0], extra, -1)], dim=1)
+        return feats, F.pad(valid, (0, extra), value=False)
+
+    def compute_logmel(self, wave: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Log-mel [B, frames, n_mels] after bn0 and, in training, SpecAugment.
+
+        `valid` [B, frames] (False for padding) keeps padded frames out of bn0's statistics.
+        """
         feats = self.frontend(wave)
         if feats.shape[1] > self.cfg.max_frames:
             max_samples = (self.cfg.max_frames - 1) * self.cfg.hop_length
@@ -188,7 +220,7 @@ class HTSATEncoder(nn.Module):
                 f"HTSAT takes at most {self.cfg.max_frames} frames ({max_samples} samples); "
                 f"got {feats.shape[1]} frames ({wave.shape[1]} samples): crop the waveform first"
             )
-        return normalise_and_augment(feats, self.bn0, self.spec_augmenter, self.cfg.use_spec_augment)
+        return normalise_and_augment(feats, self.bn0, self.spec_augmenter, self.cfg.use_spec_augment, valid)
 
     def reshape_wav2img(self, feats: torch.Tensor) -> torch.Tensor:
         """Fold log-mel [B, frames, n_mels] into the square image [B, 1, spec_size, spec_size].
@@ -208,9 +240,16 @@ class HTSATEncoder(nn.Module):
         x = x.transpose(2, 3).reshape(b, c, target_f, cfg.freq_ratio, target_t // cfg.freq_ratio)
         return x.permute(0, 1, 3, 2, 4).reshape(b, c, target_f * cfg.freq_ratio, target_t // cfg.freq_ratio)
 
-    def encode_tokens(self, wave: torch.Tensor) -> torch.Tensor:
-        """Final normed tokens regrouped by the TSCAM layout: [B, C, freq groups, time]."""
-        x = self.pos_drop(self.patch_embed(self.reshape_wav2img(self.compute_logmel(wave))))
+    def encode_tokens(self, wave: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Final normed tokens regrouped by the TSCAM layout: [B, C, freq groups, time].
+
+        With `valid` [B, frames] (mask_padding), the spectrogram is padded to the image's width
+        (`pad_to_image`) rather than stretched.
+        """
+        feats = self.compute_logmel(wave, valid)
+        if valid is not None:
+            feats, _ = self.pad_to_image(feats, valid)
+        x = self.pos_drop(self.patch_embed(self.reshape_wav2img(feats)))
         for layer in self.layers:
             x = layer(x)
         x = self.norm(x)  # [B, tokens, C]
@@ -222,18 +261,39 @@ class HTSATEncoder(nn.Module):
         x = x.reshape(b, c, self.cfg.freq_ratio, bins, side).permute(0, 1, 3, 2, 4)
         return x.reshape(b, c, bins, self.cfg.freq_ratio * side)
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        """Return msclap's `latent_output`: the mean of the final normed tokens, [B, out_dim]."""
-        return self.encode_tokens(wave).flatten(2).mean(dim=2)
+    def pool_tokens(self, wave: torch.Tensor, lengths: Optional[torch.Tensor]
+                    ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """(tokens [B, C, bins, time], their mean [B, C], real-time columns [B, time] or None).
 
-    def forward_features(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
+        With `mask_padding` and `lengths`, the mean is over the token columns that hold real
+        frames only (token-semantic pooling without the padding); otherwise over all, as msclap.
+        """
+        valid = self.valid_frames(wave, lengths)
+        tokens = self.encode_tokens(wave, valid)
+        if valid is None:
+            return tokens, tokens.flatten(2).mean(dim=2), None
+        # Token column j covers the j-th equal run of the padded image's frames: real if one of them is.
+        frames = F.pad(valid, (0, self.cfg.spec_size * self.cfg.freq_ratio - valid.shape[1]), value=False)
+        columns = frames.reshape(frames.shape[0], tokens.shape[3], -1).any(dim=2)  # [B, time]
+        weight = columns.to(tokens.dtype)[:, None, :]  # [B, 1, time]
+        pooled = (tokens.mean(dim=2) * weight).sum(dim=2) / weight.sum(dim=2)
+        return tokens, pooled, columns
+
+    def forward(self, wave: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Return msclap's `latent_output`: the mean of the final normed tokens, [B, out_dim].
+
+        `lengths` [B] (real samples per clip) is used only with `mask_padding`.
+        """
+        return self.pool_tokens(wave, lengths)[1]
+
+    def forward_features(self, wave: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """Return `embedding` [B, D], `clipwise_output` [B, K] and `framewise_output` [B, frames, K].
 
         Outputs are as msclap's with loss_type "clip_bce" (clipwise sigmoid-ed). With
         enable_tscam off msclap gives no latent output; here the embedding is the same mean.
+        With `mask_padding` and `lengths`, clipwise outputs average the real time columns only.
         """
-        tokens = self.encode_tokens(wave)  # [B, C, bins, time]
-        embedding = tokens.flatten(2).mean(dim=2)
+        tokens, embedding, columns = self.pool_tokens(wave, lengths)  # tokens [B, C, bins, time]
         if not self.cfg.enable_tscam:
             logits = self.head(embedding)
             return {"embedding": embedding, "clipwise_output": torch.sigmoid(logits)}
@@ -241,7 +301,11 @@ class HTSATEncoder(nn.Module):
         # msclap repeats each token 8 * patch_stride times (8 = 2**3 merges in the default depths).
         repeat = 2 ** (len(self.cfg.depths) - 1) * self.cfg.patch_stride
         framewise = torch.sigmoid(frame_logits).transpose(1, 2).repeat_interleave(repeat, dim=1)
-        clipwise = torch.sigmoid(frame_logits.mean(dim=2))
+        if columns is None:
+            clipwise = torch.sigmoid(frame_logits.mean(dim=2))
+        else:
+            weight = columns.to(frame_logits.dtype)[:, None, :]
+            clipwise = torch.sigmoid((frame_logits * weight).sum(dim=2) / weight.sum(dim=2))
         return {"embedding": embedding, "clipwise_output": clipwise, "framewise_output": framewise}
 
 

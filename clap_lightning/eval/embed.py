@@ -35,7 +35,7 @@ class ClipSettings:
 
     sample_rate: int  # model sample rate
     clip_samples: int  # samples per clip
-    pad_mode: str = "repeat"  # short clips: "repeat" or "zero"
+    pad_mode: str = "repeat"  # short clips: "repeat" or "zero" (whose padding a `mask_padding` encoder masks)
 
 
 @dataclass
@@ -102,7 +102,8 @@ def embed_batches(model, batches: Iterator[dict[str, Any]]) -> EmbeddedSplit:
     embs, keys, metas = [], [], []
     with eval_mode(model):
         for batch in batches:
-            embs.append(F.normalize(model.encode_audio(batch["audio"].to(device)).float(), dim=-1).cpu())
+            emb = model.encode_audio(batch["audio"].to(device), batch["audio_length"].to(device))
+            embs.append(F.normalize(emb.float(), dim=-1).cpu())
             keys += batch["key"]
             metas += batch["meta"]
     if not embs:

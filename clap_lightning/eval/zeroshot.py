@@ -41,7 +41,8 @@ def embed_audio_batches(model: CLAP, batches: Iterable[dict]) -> EmbeddedSet:
     device = next(model.parameters()).device
     embs, labels, keys = [], [], []
     for batch in batches:
-        embs.append(F.normalize(model.encode_audio(batch["audio"].to(device)).float(), dim=-1).cpu())
+        emb = model.encode_audio(batch["audio"].to(device), batch["audio_length"].to(device))
+        embs.append(F.normalize(emb.float(), dim=-1).cpu())
         labels += batch["labels"]
         keys += batch["key"]
     if not embs:

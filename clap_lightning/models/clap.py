@@ -43,19 +43,29 @@ class CLAP(nn.Module):
         self.text_projection = Projection(self.text_encoder.out_dim, config.d_proj, config.proj_dropout)
         self.logit_scale = nn.Parameter(torch.full((1,), float(config.logit_scale_init)))
 
-    def encode_audio(self, audio: torch.Tensor) -> torch.Tensor:
-        """Embed waveforms [B, T] at `config.sample_rate` into [B, d_proj]."""
-        return self.audio_projection(self.audio_encoder(audio))
+    def encode_audio(self, audio: torch.Tensor, audio_length: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Embed waveforms [B, T] at `config.sample_rate` into [B, d_proj].
+
+        `audio_length` [B] (samples that are not padding) masks the padding when the audio
+        encoder's `mask_padding` is on; it is ignored otherwise.
+        """
+        return self.audio_projection(self.audio_encoder(audio, audio_length))
+
+    @property
+    def masks_padding(self) -> bool:
+        """Whether the audio encoder keeps padded frames out of its statistics and pooling."""
+        return bool(getattr(self.audio_encoder.cfg, "mask_padding", False))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Embed token ids and attention mask [B, L] into [B, d_proj]."""
         return self.text_projection(self.text_encoder(input_ids, attention_mask))
 
     def forward(
-        self, audio: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, audio: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        audio_length: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return (audio_emb [B, D], text_emb [B, D], logit_scale [1])."""
-        return self.encode_audio(audio), self.encode_text(input_ids, attention_mask), self.logit_scale
+        return self.encode_audio(audio, audio_length), self.encode_text(input_ids, attention_mask), self.logit_scale
 
     def build_tokenizer(self):
         """The caption tokenizer that matches this model's text encoder."""
@@ -99,14 +109,19 @@ class CLAP(nn.Module):
             audio: a file path, a waveform, or a list of them. A waveform is [T] or [channels, T]
                 (a list item) or a batch [N, T] (one tensor/array). Channels are averaged, the
                 rate is converted to the model's, clips are cut from their start or tiled to
-                `config.clip_seconds` (as msclap and the evaluation loader).
+                `config.clip_seconds` (as msclap and the evaluation loader). With the audio
+                encoder's `mask_padding` on, short clips are zero-padded instead and the
+                padding, trailing digital silence included, is masked: appending silence to a
+                clip does not change its embedding.
             sample_rate: rate of the waveforms (None = the model's rate); files carry their own.
             batch_size: clips per forward pass; the result does not depend on it.
         """
-        clips = prepare_audio(audio, sample_rate, self.config.sample_rate, self.config.clip_samples)
+        clips, lengths = prepare_audio(audio, sample_rate, self.config.sample_rate, self.config.clip_samples,
+                                       "zero" if self.masks_padding else "repeat")
         device = self.logit_scale.device
         with eval_mode(self):
-            embs = [self.encode_audio(clips[i:i + batch_size].to(device)) for i in range(0, len(clips), batch_size)]
+            embs = [self.encode_audio(clips[i:i + batch_size].to(device), lengths[i:i + batch_size].to(device))
+                    for i in range(0, len(clips), batch_size)]
         return F.normalize(torch.cat(embs).float(), dim=-1)
 
     @torch.no_grad()
@@ -144,8 +159,13 @@ def read_checkpoint(path: str | Path, map_location="cpu") -> tuple[dict[str, tor
 
 
 def prepare_audio(audio: AudioInput | Sequence[AudioInput], sample_rate: Optional[int], target_rate: int,
-                  num_samples: int) -> torch.Tensor:
-    """Decode, down-mix, resample and crop/tile inputs into a batch [N, num_samples] at `target_rate`."""
+                  num_samples: int, pad_mode: str = "repeat") -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode, down-mix, resample and crop/pad inputs into a batch [N, num_samples] at `target_rate`.
+
+    Returns:
+        (clips [N, num_samples], samples that are not padding [N]). With `pad_mode` "zero",
+        trailing digital silence (exact zeros) counts as padding too.
+    """
     from clap_lightning.audio.io import Resampler, fit_length
 
     if isinstance(audio, (str, Path)) or (isinstance(audio, (np.ndarray, torch.Tensor)) and audio.ndim == 1):
@@ -157,16 +177,26 @@ def prepare_audio(audio: AudioInput | Sequence[AudioInput], sample_rate: Optiona
     if not items:
         raise ValueError("embed_audio got no audio")
     resample = Resampler(target_rate)
-    clips = []
+    clips, lengths = [], []
     for item in items:
         if isinstance(item, (str, Path)):
             wave, rate = read_audio_file(item, num_samples, target_rate)
         else:  # cut what the clip needs before resampling, as a file is read: same result either way
             rate = sample_rate or target_rate
             wave = to_mono(item)[:frames_needed(num_samples, rate, target_rate)]
-        clip, _ = fit_length(resample(wave, rate), num_samples, "repeat")
+        wave = resample(wave, rate)
+        if pad_mode == "zero":
+            wave = trim_trailing_silence(wave)
+        clip, length = fit_length(wave, num_samples, pad_mode)
         clips.append(clip)
-    return torch.stack(clips)
+        lengths.append(length)
+    return torch.stack(clips), torch.tensor(lengths)
+
+
+def trim_trailing_silence(wave: torch.Tensor) -> torch.Tensor:
+    """`wave` [T] without its trailing exact zeros (one sample kept if all are zero)."""
+    nonzero = torch.nonzero(wave).flatten()
+    return wave[:int(nonzero[-1]) + 1 if len(nonzero) else 1]
 
 
 def frames_needed(num_samples: int, rate: int, target_rate: int) -> int:

@@ -152,7 +152,8 @@ def test_scratch_and_2022_configs(tmp_path):
     scratch = load_config(_experiment(tmp_path / "a", "htsat_gpt2")).model
     assert (scratch.audio_encoder["mel_sample_rate"], scratch.audio_encoder["fmax"]) == (44100, 8000.0)
     release = load_config(_experiment(tmp_path / "b", "msclap_2023")).model
-    same = {k: v for k, v in scratch.audio_encoder.items() if k not in ("mel_sample_rate", "fmax")}
+    assert (scratch.audio_encoder["mask_padding"], release.audio_encoder["mask_padding"]) == (True, False)
+    same = {k: v for k, v in scratch.audio_encoder.items() if k not in ("mel_sample_rate", "fmax", "mask_padding")}
     assert same == {k: release.audio_encoder.get(k) for k in same}  # same architecture otherwise
     old = load_config(_experiment(tmp_path / "c", "msclap_2022")).model
     assert (old.audio_encoder["name"], old.text_encoder["name"], old.text_encoder["max_length"], old.clip_seconds) == \
