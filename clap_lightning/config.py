@@ -108,6 +108,24 @@ class SourceConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Waveform augmentations of training clips in the loader, each with its probability (all off by default).
+
+    Every draw is seeded by the sample's stream position, so a resumed run repeats them exactly.
+    """
+
+    gain_prob: float = bounded(0.0, ge=0, le=1)  # chance of a random gain
+    gain_db: float = bounded(6.0, ge=0)  # the gain is uniform in [-gain_db, +gain_db] dB
+    shift_prob: float = bounded(0.0, ge=0, le=1)  # chance of a circular time shift within the crop
+    shift_max: float = bounded(0.5, ge=0, le=1)  # largest shift, as a fraction of the clip
+    noise_prob: float = bounded(0.0, ge=0, le=1)  # chance of adding a noise clip from noise_shards
+    noise_shards: str = ""  # noise shards (same forms as data.train; captions unused)
+    noise_bank: int = bounded(64, ge=1)  # noise clips each worker holds: the first of noise_shards
+    noise_snr_db: list = bounded([5.0, 30.0])  # [low, high]: signal-to-noise ratio drawn uniformly in dB
+    mixup_prob: float = bounded(0.0, ge=0, le=1)  # chance a clip is mixed with another of its batch, captions joined
+
+
+@dataclass
 class DataConfig:
     """Where shards are and how batches are made."""
 
@@ -123,6 +141,7 @@ class DataConfig:
     epoch_samples: int = bounded(0, ge=0)  # training samples per epoch; 0 = one pass over the train manifest
     pad_mode: str = "repeat"  # short clips: "repeat" (msclap) or "zero"
     eval_batch_size: int = bounded(64, ge=1)  # per-device batch for validation, test and zero-shot
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # waveform augmentations in training
 
     def training_sources(self) -> list[SourceConfig]:
         """`train_sources`, or `train` as a single source of weight 1."""
@@ -325,6 +344,11 @@ def validate_components(config: ExperimentConfig) -> None:
         raise ConfigError("set either data.train or data.train_sources, not both")
     if config.data.pad_mode not in ("repeat", "zero"):
         raise ConfigError(f"data.pad_mode must be 'repeat' or 'zero', got '{config.data.pad_mode}'")
+    augment = config.data.augment
+    if augment.noise_prob > 0 and not augment.noise_shards:
+        raise ConfigError("data.augment.noise_prob is set but data.augment.noise_shards is empty; name noise shards")
+    if len(augment.noise_snr_db) != 2 or augment.noise_snr_db[0] > augment.noise_snr_db[1]:
+        raise ConfigError(f"data.augment.noise_snr_db must be [low, high] with low <= high, got {augment.noise_snr_db}")
     validate_training(config)
 
 

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = ("flac", "wav", "ogg", "mp3")
 MAX_REPORTED_KEYS = 5  # bad samples named in a warning, per reason and worker
+AUGMENT_STREAM = 1  # appended to a sample's seed: its augmentation draws are independent of its crop and caption
+MIXUP_STREAM = 2  # appended to a batch's seed for its mixup draws
 
 
 class ClipDecoder:
@@ -189,6 +191,9 @@ class ClapStream(IterableDataset):
     the worker (workers must be persistent). `resume` = {"epoch", "workers": [[batches,
     position], ...]} makes the worker skip, in that epoch, the first `position` raw samples
     of its stream without decoding them, and yield only its remaining batches.
+    `augment` (a `data.augment.WaveAugment`) augments each training clip with draws seeded
+    by its position and mixes each batch with draws seeded by the batch's last position, so a
+    resumed run repeats them.
 
     Evaluation reads every sample once, keeping the last partial batch: whole shards split by rank
     then by worker, or, with fewer shards than ranks, shards by worker and samples by rank.
@@ -197,13 +202,15 @@ class ClapStream(IterableDataset):
     def __init__(self, sources: Sequence[Sequence[str]], decoder: ClipDecoder, collate: Collate, batch_size: int, *,
                  is_train: bool, weights: Optional[Sequence[float]] = None, seed: int = 0, rank: int = 0,
                  world_size: int = 1, shuffle_buffer: int = 0, batches_per_worker: int = 0, num_workers: int = 0,
-                 start_epoch: int = 0, resume: Optional[dict] = None, name: str = "the shards") -> None:
+                 start_epoch: int = 0, resume: Optional[dict] = None, name: str = "the shards",
+                 augment: Optional[Any] = None) -> None:
         self.sources = [list(urls) for urls in sources]
         self.weights = list(weights) if weights is not None else [1.0] * len(self.sources)
         self.decoder, self.collate, self.batch_size = decoder, collate, batch_size
         self.is_train, self.seed, self.rank, self.world_size = is_train, seed, rank, world_size
         self.shuffle_buffer, self.batches_per_worker = shuffle_buffer, batches_per_worker
         self.num_workers, self.epoch, self.resume, self.name = max(1, num_workers), start_epoch, resume, name
+        self.augment = augment if augment is not None and augment.is_active else None  # a WaveAugment (training)
 
     def __len__(self) -> int:
         if not self.is_train:
@@ -240,9 +247,13 @@ class ClapStream(IterableDataset):
                 guard.fail(skipped)
                 continue
             guard.ok()
+            if self.augment is not None:  # seeded by the position, as the crop: a resumed run repeats it
+                self.augment.augment_clip(sample["audio"], np.random.default_rng([*seed, position, AUGMENT_STREAM]))
             samples.append(sample)
             if len(samples) == self.batch_size:
                 done += 1
+                if self.augment is not None:
+                    self.augment.mix_batch(samples, np.random.default_rng([*seed, position, MIXUP_STREAM]))
                 batch = self.collate(samples)
                 batch["stream"] = {"epoch": epoch, "worker": worker, "batches": done, "position": position + 1}
                 batch["skipped"], reported, samples = dict(skipped - reported), Counter(skipped), []

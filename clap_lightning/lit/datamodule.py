@@ -12,6 +12,7 @@ import lightning as L
 import torch
 
 from clap_lightning.config import ExperimentConfig, local_batch_size
+from clap_lightning.data.augment import WaveAugment
 from clap_lightning.data.pipeline import ClapLoader, ClapStream, ClipDecoder, Collate
 from clap_lightning.data.sources import resolve_shards
 from clap_lightning.encoders.registry import build_caption_tokenizer
@@ -89,9 +90,16 @@ class ClapDataModule(L.LightningDataModule):
         stream = ClapStream(urls, decoder, collate, self.batch_size, is_train=True, weights=weights, seed=data.seed,
                             rank=rank, world_size=world, shuffle_buffer=data.shuffle_buffer,
                             batches_per_worker=batches_per_worker, num_workers=workers, start_epoch=start_epoch,
-                            resume=resume, name=" + ".join(s.shards for s in data.training_sources()))
+                            resume=resume, name=" + ".join(s.shards for s in data.training_sources()),
+                            augment=self._wave_augment())
         # Persistent workers keep their stream's epoch counter (and resampler) between epochs.
         return self._make_loader(stream, workers, persistent=True)
+
+    def _wave_augment(self) -> WaveAugment:
+        augment, model = self.config.data.augment, self.config.model
+        noise_urls = resolve_shards(augment.noise_shards).urls if augment.noise_prob > 0 else []
+        return WaveAugment(augment, noise_urls, model.sample_rate, model.clip_samples,
+                           self.config.zeroshot.label_field)
 
     def _resume_point(self, rank: int, workers: int, batches_per_worker: int) -> tuple[int, Optional[dict]]:
         """(first epoch, resume positions) from a restored state, or from the trainer's epoch."""

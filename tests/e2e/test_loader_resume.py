@@ -1,10 +1,11 @@
-"""Mid-epoch resume through Lightning: no batch of the epoch is replayed or lost."""
+"""Mid-epoch resume through Lightning: no batch of the epoch is replayed or lost, augmented or not."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -17,7 +18,7 @@ STEPS, CHECKPOINT_AT, BATCHES_PER_EPOCH = 14, 5, 12  # the resumed run crosses i
 
 
 class KeyRecorder(L.LightningModule):
-    """Trains one weight on the clips' mean and records the keys of every batch it trains on."""
+    """Trains one weight on the clips' mean and records every batch it trains on (keys, captions, audio sum)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -27,7 +28,7 @@ class KeyRecorder(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         assert "stream" not in batch  # the DataModule consumes the position tag
-        self.batches.append(tuple(batch["key"]))
+        self.batches.append((tuple(batch["key"]), tuple(batch["captions"]), batch["audio"].double().sum().item()))
         self.skipped = batch["skipped"]
         return self.weight(batch["audio"].mean(dim=1, keepdim=True)).pow(2).mean()
 
@@ -45,15 +46,24 @@ def fit(config, run_dir, ckpt_path=None) -> KeyRecorder:
     return module
 
 
-def test_mid_epoch_resume_neither_replays_nor_loses_batches(tmp_path):
+AUGMENT = ["data.augment.gain_prob=0.5", "data.augment.shift_prob=0.5", "data.augment.noise_prob=0.5",
+           "data.augment.mixup_prob=0.5"]
+
+
+@pytest.mark.parametrize("is_augmented", [False, True])
+def test_mid_epoch_resume_neither_replays_nor_loses_batches(tmp_path, is_augmented):
     shards = tmp_path / "shards"
     write_good_shards(shards, "a", n_shards=3, per_shard=6)
     write_tar(shards / "z-bad.tar", good_members("z-0") + bad_members()["bad_json"])
+    noise = write_good_shards(tmp_path / "noise", "n", n_shards=1, per_shard=3)[0]
     config = load_config(DEMO_EXPERIMENT, [
         f"data.train={shards}", 'data.val=""', "data.global_batch_size=4", "data.num_workers=2",
-        "data.epoch_samples=48", "data.shuffle_buffer=8", f"run_dir={tmp_path / 'run'}"])
+        "data.epoch_samples=48", "data.shuffle_buffer=8", f"run_dir={tmp_path / 'run'}",
+        *([*AUGMENT, f"data.augment.noise_shards={noise}"] if is_augmented else [])])
     full = fit(config, tmp_path / "full")
     assert len(full.batches) == STEPS and len(set(full.batches)) > BATCHES_PER_EPOCH  # epoch 1 differs
+    captions = [caption for _, batch_captions, _ in full.batches for caption in batch_captions]
+    assert any(" and " in caption for caption in captions) == is_augmented  # mixup joined some captions
     checkpoint = torch.load(tmp_path / "full" / f"step={CHECKPOINT_AT}.ckpt", weights_only=False)
     state = checkpoint["ClapDataModule"]
     assert state["epoch"] == 0 and sum(b for b, _ in state["ranks"][0].values()) == CHECKPOINT_AT
