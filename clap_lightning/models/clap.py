@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -102,7 +103,8 @@ class CLAP(nn.Module):
 
     @torch.no_grad()
     def embed_audio(self, audio: AudioInput | Sequence[AudioInput], sample_rate: Optional[int] = None,
-                    batch_size: int = 32) -> torch.Tensor:
+                    batch_size: int = 32, long_audio: str = "first", hop_seconds: Optional[float] = None,
+                    return_windows: bool = False) -> torch.Tensor | WindowedEmbeddings:
         """L2-normalised audio embeddings [N, d_proj], deterministic (eval mode, crop from the start).
 
         Args:
@@ -114,15 +116,46 @@ class CLAP(nn.Module):
                 padding, trailing digital silence included, is masked: appending silence to a
                 clip does not change its embedding.
             sample_rate: rate of the waveforms (None = the model's rate); files carry their own.
-            batch_size: clips per forward pass; the result does not depend on it.
+            batch_size: clips (windows) per forward pass; the result does not depend on it.
+            long_audio: "first" embeds the first `clip_seconds`; "windows" embeds overlapping
+                windows over the whole recording (`prepare_windows`) and pools them (the
+                normalised mean of their normalised embeddings); "fusion" is LAION's fusion of
+                a whole-clip view and crops, for audio encoders that have it.
+            hop_seconds: window hop for "windows" (default half a window).
+            return_windows: with "windows", also return every window's embedding and times.
         """
-        clips, lengths = prepare_audio(audio, sample_rate, self.config.sample_rate, self.config.clip_samples,
-                                       "zero" if self.masks_padding else "repeat")
+        if long_audio == "first":
+            clips, lengths = prepare_audio(audio, sample_rate, self.config.sample_rate, self.config.clip_samples,
+                                           self.pad_mode)
+            return self.embed_clips(clips, lengths, batch_size)
+        if long_audio != "windows":
+            raise ValueError(f"long_audio must be 'first' or 'windows' (this audio encoder has no fusion), "
+                             f"got {long_audio!r}")
+        hop = hop_seconds if hop_seconds is not None else self.config.clip_seconds / 2
+        prepared = [prepare_windows(wave, rate or self.config.sample_rate, self.config.sample_rate,
+                                    self.config.clip_samples, hop, self.pad_mode)
+                    for wave, rate in iter_recordings(audio, sample_rate)]
+        embs = self.embed_clips(torch.cat([p[0] for p in prepared]), torch.cat([p[1] for p in prepared]), batch_size)
+        windows = list(torch.split(embs, [len(p[0]) for p in prepared]))
+        pooled = torch.stack([F.normalize(w.mean(dim=0), dim=-1) for w in windows])
+        if not return_windows:
+            return pooled
+        starts = [p[2] for p in prepared]
+        return WindowedEmbeddings(pooled, windows, [torch.stack([s, s + self.config.clip_seconds], 1) for s in starts])
+
+    @torch.no_grad()
+    def embed_clips(self, clips: torch.Tensor, lengths: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        """L2-normalised embeddings [N, d_proj] of prepared clips [N, clip_samples] (samples not padding [N])."""
         device = self.logit_scale.device
         with eval_mode(self):
             embs = [self.encode_audio(clips[i:i + batch_size].to(device), lengths[i:i + batch_size].to(device))
                     for i in range(0, len(clips), batch_size)]
         return F.normalize(torch.cat(embs).float(), dim=-1)
+
+    @property
+    def pad_mode(self) -> str:
+        """How inference pads a short clip: zeros when the encoder masks padding, else tiling (msclap)."""
+        return "zero" if self.masks_padding else "repeat"
 
     @torch.no_grad()
     def embed_text(self, captions: str | Sequence[str], batch_size: int = 256) -> torch.Tensor:
@@ -191,6 +224,58 @@ def prepare_audio(audio: AudioInput | Sequence[AudioInput], sample_rate: Optiona
         clips.append(clip)
         lengths.append(length)
     return torch.stack(clips), torch.tensor(lengths)
+
+
+@dataclass
+class WindowedEmbeddings:
+    """`embed_audio(long_audio="windows", return_windows=True)`: pooled and per-window embeddings."""
+
+    embedding: torch.Tensor  # [N, D] one per recording, L2-normalised
+    windows: list[torch.Tensor]  # per recording [W, D], L2-normalised
+    times: list[torch.Tensor]  # per recording [W, 2]: each window's start and end in seconds
+
+
+def iter_recordings(audio: AudioInput | Sequence[AudioInput], sample_rate: Optional[int]):
+    """(mono waveform, its rate) of each recording in an `embed_audio` input, files decoded whole."""
+    from clap_lightning.audio.io import read_clip
+
+    if isinstance(audio, (str, Path)) or (isinstance(audio, (np.ndarray, torch.Tensor)) and audio.ndim == 1):
+        audio = [audio]
+    for item in audio:
+        if isinstance(item, (str, Path)):
+            if not Path(item).is_file():
+                raise FileNotFoundError(f"audio file not found: {item}")
+            wave, rate, _ = read_clip(Path(item).read_bytes(), None, None)
+            yield wave, rate
+        else:
+            yield item, sample_rate
+
+
+def prepare_windows(wave: np.ndarray | torch.Tensor, sample_rate: int, target_rate: int, num_samples: int,
+                    hop_seconds: float, pad_mode: str = "repeat") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cut a whole recording into overlapping clips of `num_samples` at `target_rate`.
+
+    Windows start every `hop_seconds`; the last one is placed to end with the recording, so every
+    window is full audio and the whole recording is covered. A recording no longer than one
+    window gives one clip, padded as `prepare_audio` pads.
+
+    Returns:
+        (clips [W, num_samples], samples that are not padding [W], window starts in seconds [W]).
+    """
+    from clap_lightning.audio.io import Resampler
+
+    if hop_seconds <= 0:
+        raise ValueError(f"window hop must be positive, got {hop_seconds} s")
+    wave = Resampler(target_rate)(to_mono(wave), sample_rate)
+    if not torch.isfinite(wave).all():
+        raise ValueError("audio holds NaN or Inf samples")
+    if len(wave) <= num_samples:
+        clips, lengths = prepare_audio([wave], target_rate, target_rate, num_samples, pad_mode)
+        return clips, lengths, torch.zeros(1)
+    hop = max(1, round(hop_seconds * target_rate))
+    starts = list(range(0, len(wave) - num_samples, hop)) + [len(wave) - num_samples]
+    clips = torch.stack([wave[s:s + num_samples] for s in starts])
+    return clips, torch.full((len(starts),), num_samples), torch.tensor(starts, dtype=torch.float64) / target_rate
 
 
 def trim_trailing_silence(wave: torch.Tensor) -> torch.Tensor:
