@@ -1,4 +1,4 @@
-"""The `clap-lightning` command: fit | validate | test | zeroshot | eval | caption | convert | export | multitask fit."""
+"""The `clap-lightning` command: one verb per module of clap_lightning/commands (see VERBS)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from clap_lightning.commands import caption, convert, export, multitask, stages, zeroshot
+from clap_lightning.commands import caption, convert, embed, export, multitask, search, stages, zeroshot
 from clap_lightning.commands import eval as eval_command
 from clap_lightning.errors import ClapError
 
@@ -20,6 +20,8 @@ VERBS = {
     "eval": (eval_command, "score a checkpoint on registry tasks vs the paper"),
     "caption": (caption, "caption audio files with a captioning checkpoint"),
     "convert": (convert, "import released weights"),
+    "embed": (embed, "embed a sound library (folder, list, csv, shards) into a resumable index"),
+    "search": (search, "the clips of an index nearest to a text query"),
     "export": (export, "export a model for use outside clap-lightning (ONNX)"),
     "multitask": (multitask, "supervised multi-task pretraining of the audio encoder"),
 }
