@@ -70,6 +70,7 @@ def run_eval(checkpoint: str, tasks: str, data: str, out: Optional[str] = None, 
 
 def run(args: argparse.Namespace) -> int:
     """Run `clap-lightning eval` from parsed arguments; prints the report paths and a summary."""
+    from clap_lightning.data.stream import format_skipped
     from clap_lightning.eval.suite import EvalOptions
 
     options = EvalOptions(batch_size=args.batch_size, num_workers=args.num_workers,
@@ -78,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     for result in results:
         spec = result.spec
         shown = result.status or f"{spec.metric} {result.metrics[spec.result_key(spec.metric)]:.4f}"
-        print(f"{spec.name}: {shown}")
+        left_out = f" (left out: {format_skipped(result.left_out)})" if result.left_out else ""
+        print(f"{spec.name}: {shown}{left_out}")
     print(f"audio embeddings: {evaluator.num_embedded} split(s) computed, {evaluator.num_from_cache} from cache")
     print(f"report: {', '.join(str(p) for p in paths)}")
     return 0

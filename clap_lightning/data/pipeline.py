@@ -14,7 +14,7 @@ import json
 import logging
 import math
 from collections import Counter
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from clap_lightning.audio.io import Resampler, fit_length, read_clip
 from clap_lightning.data.schema import read_captions, read_labels
-from clap_lightning.data.stream import FailureGuard, mixed_stream, single_pass
+from clap_lightning.data.stream import (FailureGuard, format_skipped, mixed_stream, pass_share, shuffle_buffered,
+                                        single_pass)
 from clap_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -195,15 +196,22 @@ class ClapStream(IterableDataset):
     by its position and mixes each batch with draws seeded by the batch's last position, so a
     resumed run repeats them.
 
-    Evaluation reads every sample once, keeping the last partial batch: whole shards split by rank
-    then by worker, or, with fewer shards than ranks, shards by worker and samples by rank.
+    Otherwise (`is_train=False`) each `iter()` is one pass over every sample, split over ranks
+    and workers by `pass_share`, keeping the last partial batch unless `drop_last`. This is the
+    evaluation stream; with `shuffle_buffer` > 1 the pass is shuffled (shard order per epoch,
+    then a buffer), which is how fine-tuning runs its epochs. A decoder in training mode gets
+    a generator per sample seeded by (seed, epoch, rank, worker, position) in either mode.
+    `select`, when given, keeps the raw samples it returns True for (before decoding; a filter,
+    not a skip: nothing is counted). Damage is counted in `decoder.skipped` by reason in both
+    modes, and each batch carries the increments since the previous one as `skipped`.
     """
 
     def __init__(self, sources: Sequence[Sequence[str]], decoder: ClipDecoder, collate: Collate, batch_size: int, *,
                  is_train: bool, weights: Optional[Sequence[float]] = None, seed: int = 0, rank: int = 0,
                  world_size: int = 1, shuffle_buffer: int = 0, batches_per_worker: int = 0, num_workers: int = 0,
                  start_epoch: int = 0, resume: Optional[dict] = None, name: str = "the shards",
-                 augment: Optional[Any] = None) -> None:
+                 augment: Optional[Any] = None, select: Optional[Callable[[dict[str, Any]], bool]] = None,
+                 drop_last: bool = False) -> None:
         self.sources = [list(urls) for urls in sources]
         self.weights = list(weights) if weights is not None else [1.0] * len(self.sources)
         self.decoder, self.collate, self.batch_size = decoder, collate, batch_size
@@ -211,6 +219,7 @@ class ClapStream(IterableDataset):
         self.shuffle_buffer, self.batches_per_worker = shuffle_buffer, batches_per_worker
         self.num_workers, self.epoch, self.resume, self.name = max(1, num_workers), start_epoch, resume, name
         self.augment = augment if augment is not None and augment.is_active else None  # a WaveAugment (training)
+        self.select, self.drop_last = select, drop_last
 
     def __len__(self) -> int:
         if not self.is_train:
@@ -220,13 +229,10 @@ class ClapStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        self.epoch += 1
         if self.is_train:
-            self.epoch += 1
             return self._train_batches(self.epoch - 1, worker)
-        urls = [u for urls in self.sources for u in urls]
-        if len(urls) >= self.world_size:  # whole shards per rank
-            return self._eval_batches(urls[self.rank::self.world_size][worker::workers])
-        return self._eval_batches(urls[worker::workers], self.rank, self.world_size)  # samples per rank
+        return self._pass_batches(self.epoch - 1, worker, workers)
 
     def _train_batches(self, epoch: int, worker: int) -> Iterator[dict[str, Any]]:
         done, start = 0, 0
@@ -267,11 +273,21 @@ class ClapStream(IterableDataset):
         the collate's `stack_for_transfer` then finds them stacked already."""
         return transfer_buffer((self.batch_size, self.decoder.clip_samples))
 
-    def _eval_batches(self, urls: list[str], rank: int = 0, world_size: int = 1) -> Iterator[dict[str, Any]]:
+    def _pass_batches(self, epoch: int, worker: int, workers: int) -> Iterator[dict[str, Any]]:
+        urls = [u for urls in self.sources for u in urls]
+        seed = (self.seed, epoch, self.rank, worker)
+        if self.shuffle_buffer > 1:  # the same shard order in every worker, so the shares stay a partition
+            urls = [urls[i] for i in np.random.default_rng([self.seed, epoch]).permutation(len(urls))]
+        urls, rank, world_size = pass_share(urls, self.rank, self.world_size, worker, workers)
         skipped = self.decoder.skipped
+        raws: Iterator[dict[str, Any]] = single_pass(urls, skipped, rank, world_size)
+        if self.select is not None:
+            raws = (raw for raw in raws if self.select(raw))
+        raws = shuffle_buffered(raws, self.shuffle_buffer, np.random.default_rng(seed))  # crops: [*seed, position]
         reported, samples, audio = Counter(skipped), [], self._audio_buffer()
-        for raw in single_pass(urls, skipped, rank, world_size):
-            sample = self.decoder(raw, out=audio[len(samples)])
+        for position, raw in enumerate(raws):
+            rng = np.random.default_rng([*seed, position]) if self.decoder.is_train else None
+            sample = self.decoder(raw, rng, out=audio[len(samples)])
             if sample is not None:
                 samples.append(sample)
             if len(samples) == self.batch_size:
@@ -279,30 +295,55 @@ class ClapStream(IterableDataset):
                 batch["skipped"], reported, samples = dict(skipped - reported), Counter(skipped), []
                 yield batch
                 audio = self._audio_buffer()
-        if samples:
+        if samples and not self.drop_last:
             batch = self.collate(samples)
-            batch["skipped"] = dict(skipped - reported)
+            batch["skipped"], reported = dict(skipped - reported), Counter(skipped)
             yield batch
+        if skipped - reported:  # damage met after the last batch (or with none): a tally for ClapLoader
+            yield {TALLY: True, "skipped": dict(skipped - reported)}
+
+
+TALLY = "skip_tally"  # marks a pass's last item when it holds only skip counts, no clips
 
 
 class ClapLoader(DataLoader):
     """A DataLoader over a `ClapStream` that turns an empty pass into a one-line DataError.
 
     A DataError raised inside a worker comes back wrapped in a traceback; it is re-raised
-    here with its own message only.
+    here with its own message only. In a single pass, a worker's skip counts made after its
+    last batch come as a tally; they are added to a batch still held back (one batch of
+    lookahead), so every skip reaches the consumer and no tally does.
     """
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        count = 0
+        stream = self.dataset
+        count, held, tally = 0, None, Counter()
         try:
             for batch in super().__iter__():
-                count += 1
-                yield batch
+                if batch.get(TALLY):
+                    tally.update(batch["skipped"])
+                    continue
+                if stream.is_train:
+                    count += 1
+                    yield batch
+                    continue
+                if held is not None:
+                    count += 1
+                    yield held
+                held, tally = _add_skips(batch, tally), Counter()
         except DataError as err:
             raise DataError(_own_message(str(err))) from None
-        stream = self.dataset
+        if held is not None:
+            count += 1
+            yield _add_skips(held, tally)
         if count == 0 and (not stream.is_train or stream.resume is None):
-            raise DataError(f"no valid sample in {stream.name}: every sample or shard was skipped")
+            why = "every sample or shard was skipped" + (" or filtered out" if stream.select is not None else "")
+            raise DataError(f"no valid sample in {stream.name}: {why} ({format_skipped(tally)})")
+
+
+def _add_skips(batch: dict[str, Any], skips: Counter) -> dict[str, Any]:
+    batch["skipped"] = dict(Counter(batch.get("skipped", {})) + skips)
+    return batch
 
 
 def _own_message(text: str) -> str:

@@ -12,7 +12,7 @@ import logging
 import re
 import zlib
 from collections import Counter
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import webdataset as wds
@@ -40,11 +40,16 @@ class FailureGuard:
     def fail(self, skipped: Counter) -> None:
         self.count += 1
         if self.count >= self.limit:
-            reasons = ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) or "none"
-            raise DataError(f"no valid sample in {self.count} consecutive tries from {self.what} (skipped: {reasons})")
+            raise DataError(f"no valid sample in {self.count} consecutive tries from {self.what} "
+                            f"(skipped: {format_skipped(skipped)})")
 
     def ok(self) -> None:
         self.count = 0
+
+
+def format_skipped(skipped: dict[str, int]) -> str:
+    """`bad_audio=2, bad_tar=1`: skip counts by reason, for messages ("none" when empty)."""
+    return ", ".join(f"{reason}={count}" for reason, count in sorted(skipped.items()) if count) or "none"
 
 
 class TarFormatError(ValueError):
@@ -226,6 +231,21 @@ def _first_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
+def pass_share(urls: Sequence[str], rank: int, world_size: int, worker: int,
+               workers: int) -> tuple[list[str], int, int]:
+    """The one rule splitting a single pass over ranks and loader workers.
+
+    Whole shards by rank then by worker; with fewer shards than ranks, shards by worker and
+    samples by rank (an idle rank would hang the others' collectives).
+
+    Returns:
+        (this worker's shards, rank, world size) to hand to `single_pass`.
+    """
+    if len(urls) >= world_size:
+        return list(urls[rank::world_size][worker::workers]), 0, 1
+    return list(urls[worker::workers]), rank, world_size
+
+
 def single_pass(urls: Sequence[str], skipped: Counter, rank: int = 0, world_size: int = 1) -> Iterator[dict[str, Any]]:
     """Every sample of `urls`, in order, once; with `world_size` > 1, only this rank's share.
 
@@ -267,18 +287,33 @@ def mixed_stream(sources: Sequence[Sequence[str]], weights: Sequence[float], see
     streams = [resampled_shards(urls, np.random.default_rng([*seed, i]), skipped, guard)
                for i, urls in enumerate(sources)]
     cumulative = np.cumsum(np.asarray(weights, dtype=np.float64) / float(sum(weights)))
-    buffer: list[dict] = []
-    position = 0
-    while True:
-        index = min(int(np.searchsorted(cumulative, rng.random(), side="right")), len(streams) - 1)
-        sample = next(streams[index])
-        sample["__source__"] = index
-        if shuffle_buffer > 1:
-            buffer.append(sample)
-            if len(buffer) < shuffle_buffer:
-                continue
-            pick = int(rng.integers(len(buffer)))
-            buffer[pick], buffer[-1] = buffer[-1], buffer[pick]
-            sample = buffer.pop()
-        yield position, sample
-        position += 1
+
+    def draws() -> Iterator[dict[str, Any]]:
+        while True:
+            index = min(int(np.searchsorted(cumulative, rng.random(), side="right")), len(streams) - 1)
+            sample = next(streams[index])
+            sample["__source__"] = index
+            yield sample
+
+    yield from enumerate(shuffle_buffered(draws(), shuffle_buffer, rng))
+
+
+def shuffle_buffered(items: Iterable[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
+    """`items` shuffled through a buffer of `size` (no shuffling when `size` <= 1), drained at the end."""
+    if size <= 1:
+        yield from items
+        return
+    buffer: list[Any] = []
+    for item in items:
+        buffer.append(item)
+        if len(buffer) < size:
+            continue
+        yield _pop_random(buffer, rng)
+    while buffer:
+        yield _pop_random(buffer, rng)
+
+
+def _pop_random(buffer: list[Any], rng: np.random.Generator) -> Any:
+    pick = int(rng.integers(len(buffer)))
+    buffer[pick], buffer[-1] = buffer[-1], buffer[pick]
+    return buffer.pop()

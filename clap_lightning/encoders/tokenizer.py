@@ -105,15 +105,23 @@ def train_bpe_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: i
 
 
 def iter_shard_captions(spec: str):
-    """Yield every caption stored in the shards of `spec` (any form `resolve_shards` accepts)."""
+    """Yield every caption stored in the shards of `spec` (any form `resolve_shards` accepts).
+
+    Read with the loader's shard reader and caption rule; damaged shards and unreadable jsons
+    are left out, as the loader would leave them out.
+    """
     import json
+    from collections import Counter
 
-    import webdataset as wds
-
+    from clap_lightning.data.schema import read_captions
     from clap_lightning.data.sources import resolve_shards
+    from clap_lightning.data.stream import single_pass
 
-    for sample in wds.DataPipeline(wds.SimpleShardList(resolve_shards(spec).urls), wds.tarfile_to_samples()):
-        yield from json.loads(sample["json"])["text"]
+    for sample in single_pass(resolve_shards(spec).urls, Counter()):
+        try:
+            yield from read_captions(json.loads(sample["json"]))
+        except (KeyError, ValueError, RecursionError):
+            continue
 
 
 def main(argv=None) -> None:

@@ -11,16 +11,16 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
-import webdataset as wds
 from torch import nn
 
-from clap_lightning.data.pipeline import ClipDecoder
+from clap_lightning.data.pipeline import ClapLoader, ClapStream, ClipDecoder, stack_for_transfer
 from clap_lightning.data.sources import resolve_shards
 from clap_lightning.errors import DataError
 
@@ -45,6 +45,7 @@ class EmbeddedSplit:
     audio_emb: torch.Tensor  # [N, D], L2-normalised, float32 on the CPU
     keys: list[str]
     metas: list[dict[str, Any]]  # the sample jsons, in row order
+    skipped: dict[str, int] = field(default_factory=dict)  # bad samples and shards left out, by reason
 
 
 class EvalCollate:
@@ -52,31 +53,27 @@ class EvalCollate:
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         return {
-            "audio": torch.stack([s["audio"] for s in samples]),  # [B, T]
+            "audio": stack_for_transfer([s["audio"] for s in samples]),  # [B, T]
             "audio_length": torch.tensor([s["length"] for s in samples]),  # [B] samples that are not padding
             "key": [s["key"] for s in samples],
             "meta": [s["meta"] for s in samples],
         }
 
 
-def is_decoded(sample: Optional[dict[str, Any]]) -> bool:
-    """False for the samples `ClipDecoder` rejected (it returns None and counts why)."""
-    return sample is not None
-
-
-def build_eval_loader(urls: list[str], clip: ClipSettings, batch_size: int, num_workers: int) -> wds.WebLoader:
+def build_eval_loader(urls: list[str], clip: ClipSettings, batch_size: int, num_workers: int,
+                      name: str = "the evaluation shards") -> ClapLoader:
     """Read every clip of `urls` once, deterministically cropped from the start.
 
-    Unlike the DataModule's evaluation pipeline there is no `split_by_node`: every rank sees the
-    whole split, so the validation callback gives identical metrics on every rank and, under
-    ZeRO-3, every rank runs the same number of forward passes.
+    The project's one shard reader (`ClapStream`'s single pass), so damaged shards and bad
+    samples are skipped and counted by the same reasons as in training; each batch carries its
+    `skipped` increments. Every rank reads the whole split (rank 0 of 1 in `pass_share`'s
+    rule), so the validation callback gives identical metrics on every rank and, under ZeRO-3,
+    every rank runs the same number of forward passes.
     """
     decoder = ClipDecoder(clip.sample_rate, clip.clip_samples, clip.pad_mode, is_train=False)
     workers = max(0, min(num_workers, len(urls)))
-    stages = [wds.SimpleShardList(urls)] + ([wds.split_by_worker] if workers else [])
-    stages += [wds.tarfile_to_samples(handler=wds.warn_and_continue), wds.map(decoder), wds.select(is_decoded),
-               wds.batched(batch_size, collation_fn=EvalCollate(), partial=True)]
-    return wds.WebLoader(wds.DataPipeline(*stages), batch_size=None, num_workers=workers)
+    stream = ClapStream([urls], decoder, EvalCollate(), batch_size, is_train=False, name=name)
+    return ClapLoader(stream, batch_size=None, num_workers=workers)
 
 
 @contextlib.contextmanager
@@ -99,16 +96,17 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 def embed_batches(model, batches: Iterator[dict[str, Any]]) -> EmbeddedSplit:
     """Run `model.encode_audio` over evaluation batches in eval mode (each submodule's mode is restored)."""
     device = next(model.parameters()).device
-    embs, keys, metas = [], [], []
+    embs, keys, metas, skipped = [], [], [], Counter()
     with eval_mode(model):
         for batch in batches:
             emb = model.encode_audio(batch["audio"].to(device), batch["audio_length"].to(device))
             embs.append(F.normalize(emb.float(), dim=-1).cpu())
             keys += batch["key"]
             metas += batch["meta"]
+            skipped.update(batch.get("skipped", {}))
     if not embs:
         raise DataError("the evaluation shards yielded no clips")
-    return EmbeddedSplit(torch.cat(embs), keys, metas)
+    return EmbeddedSplit(torch.cat(embs), keys, metas, dict(skipped))
 
 
 def split_urls(split_dir: Path) -> list[str]:
@@ -156,7 +154,8 @@ class EmbeddingCache:
             return None
         if stored.get("format") != CACHE_FORMAT:
             return None
-        return EmbeddedSplit(stored["audio_emb"], stored["keys"], [json.loads(m) for m in stored["metas"]])
+        return EmbeddedSplit(stored["audio_emb"], stored["keys"], [json.loads(m) for m in stored["metas"]],
+                             dict(stored.get("skipped", {})))
 
     def save(self, source: str, split: str, embedded: EmbeddedSplit) -> None:
         path = self.path(source, split)
@@ -165,7 +164,7 @@ class EmbeddingCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         # jsons as strings: weights_only loading accepts them whatever the corpus put in its metadata.
         stored = {"format": CACHE_FORMAT, "audio_emb": embedded.audio_emb, "keys": embedded.keys,
-                  "metas": [json.dumps(m) for m in embedded.metas]}
+                  "metas": [json.dumps(m) for m in embedded.metas], "skipped": dict(embedded.skipped)}
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         torch.save(stored, tmp)
         tmp.replace(path)  # readers see the old file or the whole new one, never half

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
+from clap_lightning.data.stream import format_skipped
 from clap_lightning.errors import DataError
 from clap_lightning.eval.embed import (ClipSettings, EmbeddedSplit, EmbeddingCache, build_eval_loader, embed_batches,
                                        split_urls)
@@ -34,6 +35,7 @@ class TaskResult:
     metrics: dict[str, float] = field(default_factory=dict)
     num_clips: int = 0
     status: str = ""  # "" when scored, else "skipped: <reason>"
+    left_out: dict[str, int] = field(default_factory=dict)  # bad samples and shards not scored, by reason
 
 
 @dataclass
@@ -87,9 +89,12 @@ class TaskEvaluator:
             self.num_from_cache += 1
         else:
             urls = split_urls(self.data_root / source / split)
-            loader = build_eval_loader(urls, self.clip, self.options.batch_size, self.options.num_workers)
+            loader = build_eval_loader(urls, self.clip, self.options.batch_size, self.options.num_workers,
+                                       name=f"{source}/{split}")
             embedded = embed_batches(self.model, loader)
             self.num_embedded += 1
+            if embedded.skipped:
+                log.warning("%s/%s: left out %s", source, split, format_skipped(embedded.skipped))
             if self.cache:
                 self.cache.save(source, split, embedded)
         self._memory[key] = embedded
@@ -106,7 +111,7 @@ class TaskEvaluator:
         except DataError:
             return TaskResult(spec, status=f"skipped: no shards at {split_dir}")
         embedded = self.embed(spec.source, spec.split)
-        return TaskResult(spec, scorer(spec, embedded), num_clips=len(embedded.keys))
+        return TaskResult(spec, scorer(spec, embedded), num_clips=len(embedded.keys), left_out=embedded.skipped)
 
     def evaluate_all(self, specs: list[TaskSpec]) -> list[TaskResult]:
         results = []

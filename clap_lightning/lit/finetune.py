@@ -16,12 +16,12 @@ from typing import Any, Optional, Sequence
 import lightning as L
 import torch
 import torch.nn.functional as F
-import webdataset as wds
 from torch import nn
 
-from clap_lightning.data.pipeline import ClipDecoder
+from clap_lightning.data.multitask import scan_field, sort_class_names
+from clap_lightning.data.pipeline import ClapLoader, ClapStream, ClipDecoder, stack_for_transfer
 from clap_lightning.errors import DataError
-from clap_lightning.eval.embed import ClipSettings, is_decoded, split_urls
+from clap_lightning.eval.embed import ClipSettings, split_urls
 from clap_lightning.eval.tasks import TaskSpec
 from clap_lightning.data.schema import read_labels
 
@@ -87,7 +87,10 @@ class AudioFineTuning(L.LightningModule):
 
 
 class FoldFilter:
-    """Keep samples whose json `field` is (or, with `keep=False`, is not) in `folds`; None keeps all."""
+    """Keep samples whose json `field` is (or, with `keep=False`, is not) in `folds`; None keeps all.
+
+    A sample whose json cannot be read is kept, so that the decoder skips and counts it.
+    """
 
     def __init__(self, field: Optional[str], folds: Optional[Sequence[Any]], keep: bool) -> None:
         self.field, self.folds, self.keep = field, None if folds is None else {str(f) for f in folds}, keep
@@ -95,7 +98,11 @@ class FoldFilter:
     def __call__(self, sample: dict[str, Any]) -> bool:
         if self.field is None or self.folds is None:
             return True
-        return (str(json.loads(sample["json"]).get(self.field)) in self.folds) == self.keep
+        try:
+            fold = json.loads(sample["json"]).get(self.field)
+        except (KeyError, ValueError, AttributeError, RecursionError):
+            return True
+        return (str(fold) in self.folds) == self.keep
 
 
 class LabelledCollate:
@@ -105,25 +112,33 @@ class LabelledCollate:
         self.label_field, self.index = label_field, {c: i for i, c in enumerate(classes)}
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        labels = [read_labels(s["meta"], self.label_field) for s in samples]
-        return {"audio": torch.stack([s["audio"] for s in samples]),  # [B, T]
-                "target": torch.tensor([self.index[labs[0]] for labs in labels])}  # [B]
+        targets = []
+        for sample in samples:
+            labels = read_labels(sample["meta"], self.label_field)
+            if not labels or labels[0] not in self.index:
+                raise DataError(f"clip {sample['key']}: label {labels[:1]} in '{self.label_field}' is not one of "
+                                f"the task's {len(self.index)} classes")
+            targets.append(self.index[labels[0]])
+        return {"audio": stack_for_transfer([s["audio"] for s in samples]),  # [B, T]
+                "target": torch.tensor(targets)}  # [B]
 
 
 def build_labelled_loader(urls: list[str], clip: ClipSettings, spec: TaskSpec, keep: FoldFilter,
-                          config: FineTuneConfig, is_train: bool) -> wds.WebLoader:
-    """Labelled clips of the shards that pass `keep`: random crops and shuffled in training."""
+                          config: FineTuneConfig, is_train: bool) -> ClapLoader:
+    """Labelled clips of the shards that pass `keep`; in training random crops, shuffled, full batches.
+
+    Read by the project's shard reader: one `ClapStream` pass per epoch (shuffled when
+    training), so damaged shards and bad samples are skipped and counted as in pretraining,
+    and every random crop comes from a generator seeded by (seed, epoch, worker, position).
+    """
     workers = max(0, min(config.num_workers, len(urls)))
-    stages: list = [wds.SimpleShardList(urls)]
-    stages += [wds.shuffle(len(urls))] if is_train else []
-    stages += [wds.split_by_worker] if workers else []
-    stages += [wds.tarfile_to_samples(handler=wds.warn_and_continue), wds.select(keep),
-               wds.map(ClipDecoder(clip.sample_rate, clip.clip_samples, clip.pad_mode, is_train)),
-               wds.select(is_decoded)]
-    stages += [wds.shuffle(config.shuffle_buffer)] if is_train else []
-    stages += [wds.batched(config.batch_size, collation_fn=LabelledCollate(spec.label_field, spec.classes),
-                           partial=not is_train)]
-    return wds.WebLoader(wds.DataPipeline(*stages), batch_size=None, num_workers=workers)
+    decoder = ClipDecoder(clip.sample_rate, clip.clip_samples, clip.pad_mode, is_train)
+    collate = LabelledCollate(spec.label_field, spec.classes)
+    stream = ClapStream([urls], decoder, collate, config.batch_size, is_train=False, seed=config.seed,
+                        shuffle_buffer=config.shuffle_buffer if is_train else 0, select=keep, drop_last=is_train,
+                        name=f"the {spec.name} {'training' if is_train else 'test'} clips")
+    # Persistent workers keep the stream's epoch counter, so each epoch is shuffled differently.
+    return ClapLoader(stream, batch_size=None, num_workers=workers, persistent_workers=is_train and workers > 0)
 
 
 def finetune_once(audio_encoder: nn.Module, spec: TaskSpec, clip: ClipSettings, train_urls: list[str],
@@ -165,6 +180,5 @@ def finetune_task(audio_encoder: nn.Module, spec: TaskSpec, clip: ClipSettings, 
         train_urls = split_urls(Path(data_root) / spec.source / "train")
         return {"test": finetune_once(audio_encoder, spec, clip, train_urls, test_urls, None, config)}
     if folds is None:
-        folds = sorted({str(json.loads(s["json"]).get(spec.fold_field))
-                        for s in wds.DataPipeline(wds.SimpleShardList(test_urls), wds.tarfile_to_samples())})
+        folds = sort_class_names(scan_field(test_urls, spec.fold_field)[0])
     return {fold: finetune_once(audio_encoder, spec, clip, test_urls, test_urls, [fold], config) for fold in folds}
