@@ -62,15 +62,16 @@ class ClipDecoder:
 
     def __call__(self, sample: dict[str, Any], rng: Optional[np.random.Generator] = None,
                  out: Optional[torch.Tensor] = None) -> Optional[dict[str, Any]]:
-        """Decode one sample; `rng` draws the training crop and caption (a fresh one per worker if None).
+        """Decode one sample; `rng` (required in training) draws the crop and caption.
 
         With `out` ([clip_samples], e.g. a row of the batch being built), the clip is written
         into it and is `out`: a full-length clip is resampled straight into it, with no copy.
         """
         if self._resampler is None:  # built lazily, once per worker process
             self._resampler = Resampler(self.sample_rate)
-        if self.is_train and rng is None:
-            rng = np.random.default_rng(torch.initial_seed() % 2**63 + int(self.skipped.total()))
+        if self.is_train and rng is None:  # a fixed fallback would give every clip the same crop
+            raise ValueError("a training ClipDecoder needs a generator for its crops and captions "
+                             "(one per worker, seeded from the run's seed)")
         key = sample.get("__key__", "?")
         if "json" not in sample:
             return self._skip("missing_json", key)

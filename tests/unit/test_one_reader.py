@@ -139,6 +139,16 @@ def test_finetuning_crops_differ_between_same_length_clips():
     assert batch["audio"].shape == (8, 2000)
 
 
+def test_a_training_decoder_without_a_generator_is_an_error():
+    from clap_lightning.data.pipeline import ClipDecoder
+
+    decoder = ClipDecoder(sample_rate=16000, clip_samples=2000, pad_mode="zero", is_train=True)
+    sample = {"__key__": "k", "flac": encode(tone(rate=16000), rate=16000), "json": meta_json("k")}
+    with pytest.raises(ValueError, match="needs a generator"):
+        decoder(sample)
+    assert decoder(sample, np.random.default_rng(0))["audio"].shape == (2000,)
+
+
 def test_finetuning_epochs_are_shuffled_differently_and_partition_the_clips(tmp_path):
     urls = write_good_shards(tmp_path, "f", n_shards=4, per_shard=5)
     clip = ClipSettings(sample_rate=16000, clip_samples=CLIP, pad_mode="zero")
