@@ -20,10 +20,10 @@ from torch import nn
 
 from clap_lightning.data.multitask import scan_field, sort_class_names
 from clap_lightning.data.pipeline import ClapLoader, ClapStream, ClipDecoder, stack_for_transfer
+from clap_lightning.data.schema import read_labels
 from clap_lightning.errors import DataError
 from clap_lightning.eval.embed import ClipSettings, split_urls
 from clap_lightning.eval.tasks import TaskSpec
-from clap_lightning.data.schema import read_labels
 
 
 @dataclass

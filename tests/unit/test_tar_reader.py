@@ -102,9 +102,9 @@ def test_a_corrupt_gzip_stream_is_a_damaged_shard_in_process_and_in_a_worker(tmp
     """zlib's own errors ("invalid code lengths set") used to escape the reader and kill the worker."""
     import zlib
 
+    from clap_lightning.data.pipeline import ClapLoader
     from tests.shard_factory import corrupt_gzip, good_members, write_tar
     from tests.unit.test_loader import keys_of, make_stream
-    from clap_lightning.data.pipeline import ClapLoader
 
     plain = write_tar(tmp_path / "ok.tar", [m for i in range(3) for m in good_members(f"ok-{i}")])
     bad = tmp_path / "bad.tar.gz"
