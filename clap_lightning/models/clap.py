@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from clap_lightning.encoders.registry import build_audio_encoder, build_caption_
 from clap_lightning.errors import CheckpointError
 
 AudioInput = Union[str, Path, np.ndarray, torch.Tensor]
+MAX_CHANNELS = 8  # a 2-D waveform whose last axis is this small (and the first longer) is [T, channels]
 
 
 def split_name(section: dict) -> tuple[str, dict]:
@@ -107,15 +109,26 @@ class CLAP(nn.Module):
                     return_windows: bool = False) -> torch.Tensor | WindowedEmbeddings:
         """L2-normalised audio embeddings [N, d_proj], deterministic (eval mode, crop from the start).
 
+        Channels are averaged, the rate is converted to the model's, and clips are cut from
+        their start or tiled to `config.clip_seconds` (as msclap and the evaluation loader).
+        With the audio encoder's `mask_padding` on, short clips are zero-padded instead and the
+        padding, trailing digital silence included, is masked: appending silence to a clip
+        does not change its embedding.
+
+        Shapes. A file path or a 1-D waveform [T] is one clip. A 2-D array or tensor with at
+        most `MAX_CHANNELS` (8) columns and more rows than columns is one clip in soundfile's
+        layout [T, channels]; any other 2-D array passed on its own is a batch [N, T] of mono
+        clips. In a list, each item is one clip: a path, [T], [channels, T] or [T, channels]
+        (the same rule). An empty list gives an empty [0, d_proj] result.
+
+        Samples. Floating-point samples are taken as they are (full scale is [-1, 1]); PCM
+        integers are scaled to it: int8, int16 and int32 divided by 2^(bits - 1), uint8 (8-bit
+        WAV) as (x - 128) / 128. Other dtypes (int64, bool, ...) are refused as ambiguous.
+
         Args:
-            audio: a file path, a waveform, or a list of them. A waveform is [T] or [channels, T]
-                (a list item) or a batch [N, T] (one tensor/array). Channels are averaged, the
-                rate is converted to the model's, clips are cut from their start or tiled to
-                `config.clip_seconds` (as msclap and the evaluation loader). With the audio
-                encoder's `mask_padding` on, short clips are zero-padded instead and the
-                padding, trailing digital silence included, is masked: appending silence to a
-                clip does not change its embedding.
-            sample_rate: rate of the waveforms (None = the model's rate); files carry their own.
+            audio: a file path, a waveform, a batch, or a list of paths and waveforms.
+            sample_rate: rate of the waveforms in Hz, a positive integer (None = the model's
+                rate); files carry their own.
             batch_size: clips (windows) per forward pass; the result does not depend on it.
             long_audio: "first" embeds the first `clip_seconds`; "windows" embeds overlapping
                 windows over the whole recording (`prepare_windows`) and pools them (the
@@ -123,6 +136,10 @@ class CLAP(nn.Module):
                 a whole-clip view and crops, for audio encoders that have it.
             hop_seconds: window hop for "windows" (default half a window).
             return_windows: with "windows", also return every window's embedding and times.
+
+        Raises:
+            ValueError: a shape or dtype outside these rules, a sample rate that is not a
+                positive integer, or NaN/Inf among the samples a clip contributes.
         """
         if long_audio == "first":
             clips, lengths = prepare_audio(audio, sample_rate, self.config.sample_rate, self.config.clip_samples,
@@ -135,6 +152,9 @@ class CLAP(nn.Module):
         prepared = [prepare_windows(wave, rate or self.config.sample_rate, self.config.sample_rate,
                                     self.config.clip_samples, hop, self.pad_mode)
                     for wave, rate in iter_recordings(audio, sample_rate)]
+        if not prepared:
+            empty = torch.empty(0, self.config.d_proj)
+            return WindowedEmbeddings(empty, [], []) if return_windows else empty
         embs = self.embed_clips(torch.cat([p[0] for p in prepared]), torch.cat([p[1] for p in prepared]), batch_size)
         windows = list(torch.split(embs, [len(p[0]) for p in prepared]))
         pooled = torch.stack([F.normalize(w.mean(dim=0), dim=-1) for w in windows])
@@ -150,7 +170,7 @@ class CLAP(nn.Module):
         with eval_mode(self):
             embs = [self.encode_audio(clips[i:i + batch_size].to(device), lengths[i:i + batch_size].to(device))
                     for i in range(0, len(clips), batch_size)]
-        return F.normalize(torch.cat(embs).float(), dim=-1)
+        return F.normalize(torch.cat(embs).float(), dim=-1) if embs else torch.empty(0, self.config.d_proj)
 
     @property
     def pad_mode(self) -> str:
@@ -159,8 +179,19 @@ class CLAP(nn.Module):
 
     @torch.no_grad()
     def embed_text(self, captions: str | Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        """L2-normalised text embeddings [N, d_proj] of captions (tokenized with the model's tokenizer)."""
+        """L2-normalised text embeddings [N, d_proj] of captions (tokenized with the model's tokenizer).
+
+        An empty list gives an empty [0, d_proj] result.
+
+        Raises:
+            ValueError: a caption is not a string.
+        """
         captions = [captions] if isinstance(captions, str) else list(captions)
+        wrong = next((i for i, c in enumerate(captions) if not isinstance(c, str)), None)
+        if wrong is not None:
+            raise ValueError(f"embed_text takes strings; caption {wrong} is a {type(captions[wrong]).__name__}")
+        if not captions:
+            return torch.empty(0, self.config.d_proj)
         if getattr(self, "_tokenizer", None) is None:
             self._tokenizer = self.build_tokenizer()  # a plain attribute: not a module, not saved
         device = self.logit_scale.device
@@ -195,35 +226,63 @@ def prepare_audio(audio: AudioInput | Sequence[AudioInput], sample_rate: Optiona
                   num_samples: int, pad_mode: str = "repeat") -> tuple[torch.Tensor, torch.Tensor]:
     """Decode, down-mix, resample and crop/pad inputs into a batch [N, num_samples] at `target_rate`.
 
+    Shapes, dtypes and errors as `CLAP.embed_audio` documents them.
+
     Returns:
         (clips [N, num_samples], samples that are not padding [N]). With `pad_mode` "zero",
         trailing digital silence (exact zeros) counts as padding too.
     """
     from clap_lightning.audio.io import Resampler, fit_length
 
-    if isinstance(audio, (str, Path)) or (isinstance(audio, (np.ndarray, torch.Tensor)) and audio.ndim == 1):
-        items = [audio]
-    elif isinstance(audio, (np.ndarray, torch.Tensor)):
-        items = list(torch.as_tensor(audio))  # a batch [N, T]
-    else:
-        items = list(audio)
-    if not items:
-        raise ValueError("embed_audio got no audio")
+    wave_rate = check_sample_rate(sample_rate) or target_rate
+    items = split_clips(audio)
     resample = Resampler(target_rate)
     clips, lengths = [], []
-    for item in items:
+    for index, item in enumerate(items):
         if isinstance(item, (str, Path)):
             wave, rate = read_audio_file(item, num_samples, target_rate)
         else:  # cut what the clip needs before resampling, as a file is read: same result either way
-            rate = sample_rate or target_rate
+            rate = wave_rate
             wave = to_mono(item)[:frames_needed(num_samples, rate, target_rate)]
+        if not torch.isfinite(wave).all():
+            where = str(item) if isinstance(item, (str, Path)) else f"clip {index}"
+            raise ValueError(f"audio {where} holds NaN or Inf samples")
         wave = resample(wave, rate)
         if pad_mode == "zero":
             wave = trim_trailing_silence(wave)
         clip, length = fit_length(wave, num_samples, pad_mode)
         clips.append(clip)
         lengths.append(length)
+    if not clips:
+        return torch.empty(0, num_samples), torch.empty(0, dtype=torch.long)
     return torch.stack(clips), torch.tensor(lengths)
+
+
+def check_sample_rate(sample_rate: Optional[int]) -> Optional[int]:
+    """Return `sample_rate` as an int (None stays None); ValueError unless it is a positive integer."""
+    if sample_rate is None:
+        return None
+    number = isinstance(sample_rate, (int, float, np.integer, np.floating)) and not isinstance(sample_rate, bool)
+    if not (number and math.isfinite(sample_rate) and sample_rate > 0 and sample_rate == int(sample_rate)):
+        raise ValueError(f"sample_rate must be a positive whole number of Hz (or None: the model's rate), "
+                         f"got {sample_rate!r}")
+    return int(sample_rate)
+
+
+def split_clips(audio: AudioInput | Sequence[AudioInput]) -> list[AudioInput]:
+    """The clips of an `embed_audio` input: one path or waveform, the rows of a batch, or a list's items."""
+    if isinstance(audio, (str, Path)):
+        return [audio]
+    if isinstance(audio, (np.ndarray, torch.Tensor)):
+        if audio.ndim == 2 and not is_frames_by_channels(audio.shape):
+            return list(audio)  # a batch [N, T]
+        return [audio]
+    return list(audio)
+
+
+def is_frames_by_channels(shape: Sequence[int]) -> bool:
+    """Whether a 2-D waveform shape is [T, channels] (soundfile's layout) rather than [channels, T] or [N, T]."""
+    return shape[1] <= MAX_CHANNELS and shape[0] > shape[1]
 
 
 @dataclass
@@ -239,16 +298,15 @@ def iter_recordings(audio: AudioInput | Sequence[AudioInput], sample_rate: Optio
     """(mono waveform, its rate) of each recording in an `embed_audio` input, files decoded whole."""
     from clap_lightning.audio.io import read_clip
 
-    if isinstance(audio, (str, Path)) or (isinstance(audio, (np.ndarray, torch.Tensor)) and audio.ndim == 1):
-        audio = [audio]
-    for item in audio:
+    rate = check_sample_rate(sample_rate)
+    for item in split_clips(audio):
         if isinstance(item, (str, Path)):
             if not Path(item).is_file():
                 raise FileNotFoundError(f"audio file not found: {item}")
             wave, rate, _ = read_clip(Path(item).read_bytes(), None, None)
             yield wave, rate
         else:
-            yield item, sample_rate
+            yield item, rate
 
 
 def prepare_windows(wave: np.ndarray | torch.Tensor, sample_rate: int, target_rate: int, num_samples: int,
@@ -290,13 +348,27 @@ def frames_needed(num_samples: int, rate: int, target_rate: int) -> int:
 
 
 def to_mono(wave: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """A float32 waveform [T] from [T] or [channels, T]."""
-    wave = torch.as_tensor(wave, dtype=torch.float32)
+    """A float32 waveform [T] in [-1, 1] from [T], [channels, T] or [T, channels] (`is_frames_by_channels`)."""
+    wave = to_float(wave)
     if wave.ndim == 2:
-        wave = wave.mean(dim=0)
+        wave = wave.mean(dim=1 if is_frames_by_channels(wave.shape) else 0)
     if wave.ndim != 1 or wave.numel() == 0:
-        raise ValueError(f"expected a waveform [T] or [channels, T], got shape {list(wave.shape)}")
+        raise ValueError(f"expected a waveform [T], [channels, T] or [T, channels], got shape {list(wave.shape)}")
     return wave
+
+
+def to_float(wave: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """float32 samples: floats as they are, PCM integers scaled to [-1, 1] (int8/16/32, uint8 as 8-bit WAV)."""
+    wave = torch.as_tensor(wave)
+    if wave.is_floating_point():
+        return wave.float()
+    if wave.dtype == torch.uint8:  # 8-bit WAV: unsigned, silence at 128
+        return (wave.float() - 128.0) / 128.0
+    bits = {torch.int8: 8, torch.int16: 16, torch.int32: 32}.get(wave.dtype)
+    if bits is None:
+        raise ValueError(f"audio samples of dtype {str(wave.dtype).replace('torch.', '')} are ambiguous: pass floats in "
+                         f"[-1, 1] or PCM int8, int16, int32 or uint8")
+    return (wave.double() / 2.0 ** (bits - 1)).float()
 
 
 def read_audio_file(path: str | Path, num_samples: int, target_rate: int) -> tuple[torch.Tensor, int]:

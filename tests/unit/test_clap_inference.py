@@ -66,8 +66,62 @@ def test_fixed_crop_from_the_start_is_deterministic(model):
     torch.testing.assert_close(emb_long, model.embed_audio(torch.from_numpy(long)))
     batch = torch.from_numpy(np.stack([head, head[::-1].copy()]))  # a batch tensor [N, T]
     assert model.embed_audio(batch).shape == (2, model.config.d_proj)
-    with pytest.raises(ValueError, match=r"expected a waveform \[T\] or \[channels, T\]"):
+    with pytest.raises(ValueError, match=r"expected a waveform \[T\], \[channels, T\] or \[T, channels\]"):
         model.embed_audio([np.zeros((2, 2, 10), dtype=np.float32)])
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a, b))
+
+
+@pytest.mark.parametrize("dtype, scale, offset", [(np.int16, 2**15, 0), (np.int32, 2**31, 0), (np.int8, 2**7, 0),
+                                                  (np.uint8, 2**7, 128)])
+def test_integer_pcm_is_scaled_to_full_scale(model, dtype, scale, offset):
+    """The same tone as float and as PCM integers gives the same embedding (int16 unscaled: cosine -0.86)."""
+    tone = _tone(16000, 2.0)[:, 0]
+    pcm = np.clip(np.round(tone * scale) + offset, np.iinfo(dtype).min, np.iinfo(dtype).max).astype(dtype)
+    as_float = model.embed_audio(tone)
+    assert _cosine(model.embed_audio(pcm), as_float) > (0.999 if scale > 2**7 else 0.99)
+    torch.testing.assert_close(model.embed_audio(torch.from_numpy(pcm)), model.embed_audio(pcm))
+    with pytest.raises(ValueError, match="dtype int64 are ambiguous"):
+        model.embed_audio(pcm.astype(np.int64))
+
+
+def test_stereo_in_soundfiles_layout_is_one_clip(model):
+    """[T, 2] as soundfile returns it is one clip, down-mixed (it was T clips of 2 samples)."""
+    stereo = _tone(16000, 2.5, channels=2)  # [T, 2]
+    emb = model.embed_audio(stereo, sample_rate=16000)
+    assert emb.shape == (1, model.config.d_proj)
+    torch.testing.assert_close(emb, model.embed_audio(stereo.mean(axis=1)), atol=1e-6, rtol=0)
+    torch.testing.assert_close(model.embed_audio([stereo.T]), emb, atol=1e-6, rtol=0)  # [channels, T] in a list
+    torch.testing.assert_close(model.embed_audio([stereo]), emb, atol=1e-6, rtol=0)  # [T, channels] in a list
+    batch = np.stack([stereo[:, 0], stereo[:, 1]])  # [2, T] on its own: a batch of two mono clips
+    assert model.embed_audio(batch).shape == (2, model.config.d_proj)
+
+
+def test_bad_samples_and_rates_are_refused(model, tmp_path):
+    wave = _tone(16000, 2.0)[:, 0]
+    for bad in (np.nan, np.inf, -np.inf):
+        damaged = wave.copy()
+        damaged[100] = bad
+        with pytest.raises(ValueError, match="audio clip 1 holds NaN or Inf samples"):
+            model.embed_audio([wave, damaged])
+    path = tmp_path / "nan.wav"
+    sf.write(path, np.where(np.arange(wave.size) == 5, np.nan, wave).astype(np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(ValueError, match="nan.wav holds NaN or Inf"):
+        model.embed_audio(path)
+    for rate in (0, -16000, 16000.5, float("nan"), True, "16000"):
+        with pytest.raises(ValueError, match="sample_rate must be a positive whole number"):
+            model.embed_audio(wave, sample_rate=rate)
+    torch.testing.assert_close(model.embed_audio(wave, sample_rate=16000.0), model.embed_audio(wave))
+
+
+def test_empty_lists_give_empty_results(model):
+    assert model.embed_text([]).shape == (0, model.config.d_proj)
+    assert model.embed_audio([]).shape == (0, model.config.d_proj)
+    assert model.embed_audio([], long_audio="windows").shape == (0, model.config.d_proj)
+    with pytest.raises(ValueError, match="caption 1 is a NoneType"):
+        model.embed_text(["a dog", None])
 
 
 def test_embed_text_normalised_and_batch_independent(model):
