@@ -27,6 +27,7 @@ _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 # concludes that its sources hold nothing usable.
 MAX_CONSECUTIVE_FAILURES = 1000
 MAX_REPORTED_SHARDS = 5  # unreadable or damaged shards named in a warning, per reason and worker
+MAX_MEMBER_BYTES = 1 << 31  # a larger tar member is damage (a clip of hours of 48-kHz float audio is less)
 
 
 class FailureGuard:
@@ -104,9 +105,13 @@ def iter_tar_files(stream) -> Iterator[tuple[str, bytes]]:
     same with several Python-level reads and objects per member, which cost about a tenth
     of a loader worker's time per clip; here a member is one header read and one data read.
 
+    An empty stream is an archive with no member. A gzipped stream is read to its end, so
+    that gzip checks its CRC: a flipped bit that still inflates is reported, not silent.
+
     Raises:
         NotATarError: the first block is not a valid tar header.
-        TarFormatError: a later bad header or a truncated member.
+        TarFormatError: a later bad header, a truncated member or header, a member larger
+            than MAX_MEMBER_BYTES, or an archive that stops before its end-of-archive block.
     """
     long_name, pax, first = None, {}, True
     while True:
@@ -114,7 +119,12 @@ def iter_tar_files(stream) -> Iterator[tuple[str, bytes]]:
         if first and header[:2] == b"\x1f\x8b":  # a gzipped tar (.tar.gz shards)
             stream = gzip.GzipFile(fileobj=_Prefixed(header, stream), mode="rb")
             header = stream.read(_BLOCK)
+        if not header and not first:  # tar writers end every archive with zero blocks
+            raise TarFormatError("the archive stops before its end-of-archive block (truncated)")
         if not header or header == _ZERO_BLOCK:  # end of archive
+            if isinstance(stream, gzip.GzipFile):
+                while stream.read(1 << 16):  # to the gzip trailer: its CRC and length are checked there
+                    pass
             return
         error = NotATarError if first else TarFormatError
         if len(header) < _BLOCK:
@@ -128,6 +138,8 @@ def iter_tar_files(stream) -> Iterator[tuple[str, bytes]]:
         first = False
         kind = header[156:157]
         size = int(pax["size"]) if "size" in pax else _tar_number(header[124:136])
+        if size > MAX_MEMBER_BYTES:  # a crafted or corrupt size must not allocate it
+            raise TarFormatError(f"tar member of {size} bytes, over the {MAX_MEMBER_BYTES} accepted")
         if "path" in pax:
             name = pax["path"]
         elif long_name is not None:
@@ -176,7 +188,8 @@ def read_tar_samples(url: str, skipped: Counter) -> Iterator[dict[str, Any]]:
     A shard that cannot be opened or is not a tar is skipped with a warning
     (`unreadable_shard`); one with no member (a 0-byte file, an empty tar) is `empty_shard`;
     a damaged member, a truncated tar or a corrupt gzip stream ends the shard there
-    (`bad_tar`), dropping the sample being read.
+    (`bad_tar`), dropping the sample being read unless all its members were read before
+    the damage (a bad header after them).
     """
     try:
         stream = wds.gopen(url, "rb", bufsize=1 << 20)  # large reads: members are ~1 MB of FLAC
@@ -192,8 +205,8 @@ def read_tar_samples(url: str, skipped: Counter) -> Iterator[dict[str, Any]]:
             if not match:
                 continue
             key, ext = match.group(1), match.group(2).lower()
-            if current is not None and current["__key__"] != key:  # complete before reading on
-                yield current
+            if current is not None and (current["__key__"] != key or ext in current):  # complete before reading on
+                yield current  # (a repeated key.ext starts another sample: nothing is overwritten)
                 current = None
             if current is None:
                 current = {"__key__": key, "__url__": url}
@@ -203,12 +216,14 @@ def read_tar_samples(url: str, skipped: Counter) -> Iterator[dict[str, Any]]:
         return
     except (TarFormatError, OSError, EOFError, zlib.error) as err:  # gzip: BadGzipFile is an OSError
         match = _KEY_EXT.match(getattr(err, "member", None) or "")
-        damaged = match.group(1) if match else current and current["__key__"]
-        if current is not None and damaged != current["__key__"]:
-            yield current  # complete: the damage is in the next sample's first member
+        where = f"at key {match.group(1)}" if match else f"after key {current['__key__']}" if current else "at start"
+        # The pending sample's members were read whole unless the damage is in one of them, or
+        # the stream itself (gzip, I/O) failed; a missing member is then counted by the decoder.
+        if current is not None and isinstance(err, TarFormatError) and (not match or match.group(1) != current["__key__"]):
+            yield current
         skipped["bad_tar"] += 1
         if skipped["bad_tar"] <= MAX_REPORTED_SHARDS:
-            log.warning("shard %s is damaged at key %s: %s", url, damaged, _first_line(err))
+            log.warning("shard %s is damaged %s: %s", url, where, _first_line(err))
         current = None
     else:
         if not members:

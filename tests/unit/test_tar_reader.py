@@ -94,8 +94,8 @@ def test_a_malformed_pax_header_is_damage_not_a_crash(tmp_path, record):
     with pytest.raises(TarFormatError, match="pax"):
         list(iter_tar_files(io.BytesIO(path.read_bytes())))
     skipped = Counter()
-    # Counted and the shard ends there; k0, pending when the damage came, is dropped with it.
-    assert list(read_tar_samples(str(path), skipped)) == [] and skipped == {"bad_tar": 1}
+    # Counted and the shard ends there; k0, read whole before the bad header, is kept.
+    assert [s["__key__"] for s in read_tar_samples(str(path), skipped)] == ["k0"] and skipped == {"bad_tar": 1}
 
 
 def test_a_corrupt_gzip_stream_is_a_damaged_shard_in_process_and_in_a_worker(tmp_path):
@@ -138,3 +138,63 @@ def test_empty_shards_are_skipped_and_counted(tmp_path):
     assert sum((Counter(b["skipped"]) for b in batches), Counter()) == {"empty_shard": 3}
     train = make_stream([urls], batch_size=2, is_train=True, batches_per_worker=5)
     assert len(list(train)) == 5 and set(train.decoder.skipped) == {"empty_shard"}
+
+
+def _layout(data: bytes) -> tuple[list[tarfile.TarInfo], int]:
+    """The members of a tar and the offset of its end-of-archive block."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = tar.getmembers()
+    last = members[-1]
+    return members, last.offset_data + -(-last.size // 512) * 512
+
+
+@pytest.mark.parametrize("where", ["end_block", "mid_header", "between_members"])
+def test_a_cut_between_or_in_headers_keeps_whole_samples_and_counts_the_cut(tmp_path, where):
+    """A tar cut at a block boundary used to read as a shorter, valid archive: samples lost, nothing counted."""
+    data = make_tar(tarfile.GNU_FORMAT, [("k0.flac", b"a" * 600), ("k0.json", b"{}"), ("k1.flac", b"b" * 700),
+                                         ("k1.json", b"{}")])
+    members, end = _layout(data)
+    cut = {"end_block": end, "mid_header": members[2].offset + 100, "between_members": members[3].offset}[where]
+    path = tmp_path / "cut.tar"
+    path.write_bytes(data[:cut])
+    skipped = Counter()
+    samples = {s["__key__"]: sorted(k for k in s if not k.startswith("__")) for s in read_tar_samples(str(path), skipped)}
+    expected = {"end_block": {"k0": ["flac", "json"], "k1": ["flac", "json"]}, "mid_header": {"k0": ["flac", "json"]},
+                "between_members": {"k0": ["flac", "json"], "k1": ["flac"]}}[where]
+    assert samples == expected and skipped == {"bad_tar": 1}
+
+
+def test_a_gzip_flip_that_still_inflates_is_caught_by_the_crc(tmp_path):
+    """Bit flips in stored (uncompressed) deflate blocks inflate to wrong bytes with no zlib error."""
+    import zlib
+
+    data = make_tar(tarfile.GNU_FORMAT, [("k0.flac", bytes(range(256)) * 4), ("k0.json", b'{"text": ["x"]}')])
+    packed = bytearray(gzip.compress(data, compresslevel=0, mtime=0))  # level 0: stored blocks, bytes as they are
+    at = packed.index(b"\x00\x01\x02\x03")  # inside k0.flac's data
+    packed[at + 40] ^= 0x01
+    path = tmp_path / "flip.tar.gz"
+    path.write_bytes(bytes(packed))
+    assert zlib.decompress(bytes(packed[10:-8]), -zlib.MAX_WBITS) != data  # inflates, differently
+    skipped = Counter()
+    list(read_tar_samples(str(path), skipped))
+    assert skipped == {"bad_tar": 1}
+
+
+def test_a_repeated_member_starts_another_sample(tmp_path):
+    path = tmp_path / "dup.tar"
+    path.write_bytes(make_tar(tarfile.GNU_FORMAT, [("k.flac", b"1"), ("k.json", b"{}"), ("k.flac", b"2"),
+                                                   ("k.json", b"{}")]))
+    skipped = Counter()
+    assert [s["flac"] for s in read_tar_samples(str(path), skipped)] == [b"1", b"2"] and not skipped
+
+
+def test_a_member_size_over_the_limit_is_damage_without_allocating_it(tmp_path):
+    info = tarfile.TarInfo("k.flac")
+    info.size = 1 << 40  # base-256 in a GNU header; a checksum-valid header can claim a terabyte
+    path = tmp_path / "huge.tar"
+    path.write_bytes(make_tar(tarfile.GNU_FORMAT, [("a.json", b"{}")])[:1024] + info.tobuf(tarfile.GNU_FORMAT)
+                     + b"x" * 512)
+    with pytest.raises(TarFormatError, match="over the"):
+        list(iter_tar_files(io.BytesIO(path.read_bytes())))
+    skipped = Counter()
+    assert [s["__key__"] for s in read_tar_samples(str(path), skipped)] == ["a"] and skipped == {"bad_tar": 1}
