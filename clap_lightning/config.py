@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from clap_lightning.errors import ConfigError
 
+PAD_MODES = ("repeat", "zero", "none")  # data.pad_mode: tile, zero-pad, or cut each batch to its longest clip
 CONFIG_GROUPS = ("model", "data", "trainer", "optim")
 
 
@@ -139,7 +140,7 @@ class DataConfig:
     num_workers: int = bounded(2, ge=0)  # loader worker processes per device
     shuffle_buffer: int = bounded(1000, ge=0)  # samples held for shuffling in training
     epoch_samples: int = bounded(0, ge=0)  # training samples per epoch; 0 = one pass over the train manifest
-    pad_mode: str = "repeat"  # short clips: "repeat" (msclap) or "zero"
+    pad_mode: str = "repeat"  # short clips: "repeat" (msclap), "zero", or "none" (batch cut to its longest clip)
     eval_batch_size: int = bounded(64, ge=1)  # per-device batch for validation, test and zero-shot
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # waveform augmentations in training
 
@@ -342,8 +343,11 @@ def validate_components(config: ExperimentConfig) -> None:
                           f"model.audio_encoder.sample_rate ({audio_rate}); they must agree")
     if config.data.train and config.data.train_sources:
         raise ConfigError("set either data.train or data.train_sources, not both")
-    if config.data.pad_mode not in ("repeat", "zero"):
-        raise ConfigError(f"data.pad_mode must be 'repeat' or 'zero', got '{config.data.pad_mode}'")
+    if config.data.pad_mode not in PAD_MODES:
+        raise ConfigError(f"data.pad_mode must be one of {', '.join(PAD_MODES)}; got '{config.data.pad_mode}'")
+    if config.data.pad_mode == "none" and not config.model.audio_encoder.get("mask_padding"):
+        raise ConfigError("data.pad_mode 'none' needs model.audio_encoder.mask_padding: true "
+                          "(without the mask, HTSAT stretches a shorter batch in time)")
     augment = config.data.augment
     if augment.noise_prob > 0 and not augment.noise_shards:
         raise ConfigError("data.augment.noise_prob is set but data.augment.noise_shards is empty; name noise shards")

@@ -43,7 +43,7 @@ class ClipDecoder:
     Args:
         sample_rate: model rate; clips at another rate are resampled (after the crop).
         clip_samples: samples per clip at `sample_rate`.
-        pad_mode: "repeat" or "zero" for short clips.
+        pad_mode: "repeat" or "zero" for short clips ("none" pads with zeros too; `Collate` then cuts the batch).
         is_train: random crop and caption (train) or the start and the first caption (evaluation).
     """
 
@@ -159,19 +159,26 @@ def compute_group_ids(caption: str, labels: Sequence[str]) -> tuple[int, int]:
 
 
 class Collate:
-    """Stack clips and tokenize the caption ClipDecoder picked for each, padded per batch."""
+    """Stack clips and tokenize the caption ClipDecoder picked for each, padded per batch.
 
-    def __init__(self, tokenizer, label_field: str = "labels") -> None:
+    With `cut_to_longest` (`data.pad_mode: none`) the audio is cut to the batch's longest clip:
+    a view of the stacked rows, no copy.
+    """
+
+    def __init__(self, tokenizer, label_field: str = "labels", cut_to_longest: bool = False) -> None:
         self.tokenizer = tokenizer
         self.label_field = label_field
+        self.cut_to_longest = cut_to_longest
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         captions = [s.get("caption") or s["texts"][0] for s in samples]
         labels = [read_labels(s["meta"], self.label_field) for s in samples]
         tokens = self.tokenizer(captions)
+        audio = stack_for_transfer([s["audio"] for s in samples])  # [B, T]
+        lengths = torch.tensor([s["length"] for s in samples])  # [B] samples that are not padding
         return {
-            "audio": stack_for_transfer([s["audio"] for s in samples]),  # [B, T]
-            "audio_length": torch.tensor([s["length"] for s in samples]),  # [B]
+            "audio": audio[:, :int(lengths.max())] if self.cut_to_longest else audio,
+            "audio_length": lengths,
             "input_ids": tokens["input_ids"],  # [B, L]
             "attention_mask": tokens["attention_mask"],  # [B, L]
             "key": [s["key"] for s in samples],

@@ -65,7 +65,8 @@ class ClapDataModule(L.LightningDataModule):
     def _decoder_collate(self, is_train: bool) -> tuple[ClipDecoder, Collate]:
         model = self.config.model
         decoder = ClipDecoder(model.sample_rate, model.clip_samples, self.config.data.pad_mode, is_train)
-        return decoder, Collate(self.tokenizer, self.config.zeroshot.label_field)
+        return decoder, Collate(self.tokenizer, self.config.zeroshot.label_field,
+                                cut_to_longest=self.config.data.pad_mode == "none")
 
     def _make_loader(self, stream: ClapStream, workers: int, persistent: bool) -> ClapLoader:
         return ClapLoader(stream, batch_size=None, num_workers=workers, persistent_workers=persistent and workers > 0,

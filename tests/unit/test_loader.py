@@ -214,3 +214,15 @@ def test_collate_gives_each_pair_a_caption_key_and_a_label_set_key():
     assert batch["labels"][4] == ["weather"]
     # stable across processes and runs (Python's hash() is salted per process; this key is not)
     assert groups[2].tolist() == [-7147811132704703568, -7147811132704703568]
+
+
+def test_collate_cuts_a_batch_to_its_longest_clip_without_a_copy():
+    """data.pad_mode none: the batch is as long as its longest clip, a view of the stacked rows."""
+    samples = [dict(collate_sample(f"clip {n}", {}), audio=torch.arange(CLIP, dtype=torch.float32) * (n < CLIP),
+                    length=n) for n in (700, 1200, 300)]
+    full = Collate(FakeTokenizer())(samples)
+    cut = Collate(FakeTokenizer(), cut_to_longest=True)(samples)
+    assert full["audio"].shape == (3, CLIP) and cut["audio"].shape == (3, 1200)
+    assert cut["audio_length"].tolist() == [700, 1200, 300]
+    assert torch.equal(cut["audio"], full["audio"][:, :1200])
+    assert cut["audio"].untyped_storage().nbytes() == 3 * CLIP * 4  # the stacked rows themselves

@@ -149,3 +149,34 @@ def test_cnn14_pools_only_the_real_columns():
         unmasked = [encoder(_padded(sound, s)[None]) for s in (2.0, 7.0)]
     assert F.cosine_similarity(short, long).item() >= 0.99
     assert F.cosine_similarity(*unmasked).item() < F.cosine_similarity(short, long).item()
+
+
+def test_a_batch_cut_to_its_longest_clip_encodes_as_the_zero_padded_one():
+    """data.pad_mode none: HTSAT pads the shorter spectrogram through the mask instead of stretching it."""
+    torch.manual_seed(0)
+    encoder = _tiny_encoder(True)
+    lengths = torch.tensor([9000, 4000, 12000])
+    full = 0.1 * torch.randn(3, 32640) * (torch.arange(32640)[None, :] < lengths[:, None])
+    cut = full[:, :12000]
+    for is_train in (False, True):
+        zero, none = _tiny_encoder(True).train(is_train), _tiny_encoder(True).train(is_train)
+        zero.load_state_dict(encoder.state_dict()), none.load_state_dict(encoder.state_dict())
+        cut_emb, full_emb = none(cut, lengths), zero(full, lengths)
+        # The longest clip's last frame differs (the STFT reflects its end when it ends the batch), and in
+        # training that frame enters bn0's statistics for every row; the shorter clips are otherwise exact.
+        assert F.cosine_similarity(cut_emb, full_emb).min() >= 0.998
+        if not is_train:
+            torch.testing.assert_close(cut_emb[:2], full_emb[:2], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(none.bn0.running_mean, zero.bn0.running_mean, atol=0.02, rtol=1e-3)
+
+
+def test_pad_mode_none_needs_the_mask():
+    from clap_lightning.config import load_config
+    from clap_lightning.errors import ConfigError
+
+    demo = TINY.parents[1] / "experiment" / "demo.yaml"
+    assert load_config(demo, ["data.pad_mode=none"]).data.pad_mode == "none"
+    with pytest.raises(ConfigError, match="mask_padding"):
+        load_config(demo, ["data.pad_mode=none", "model.audio_encoder.mask_padding=false"])
+    with pytest.raises(ConfigError, match="data.pad_mode must be one of repeat, zero, none"):
+        load_config(demo, ["data.pad_mode=tile"])
