@@ -72,8 +72,12 @@ class WaveAugment:
             self._noise_bank = torch.stack(clips)
         return self._noise_bank
 
-    def augment_clip(self, audio: torch.Tensor, rng: np.random.Generator) -> None:
-        """Gain, shift and add noise to one clip [T], in place, as `rng` draws."""
+    def augment_clip(self, audio: torch.Tensor, rng: np.random.Generator, length: Optional[int] = None) -> None:
+        """Gain, shift and add noise to one clip [T], in place, as `rng` draws.
+
+        Only its first `length` samples (a zero-padded clip's real audio) are shifted and get noise,
+        at a signal-to-noise ratio measured on them: the padding stays silent and where the mask says.
+        """
         cfg = self.cfg
         fires = rng.random(3) < (cfg.gain_prob, cfg.shift_prob, cfg.noise_prob)
         gain_db = rng.uniform(-cfg.gain_db, cfg.gain_db)
@@ -82,14 +86,15 @@ class WaveAugment:
         snr_db = rng.uniform(*cfg.noise_snr_db)
         if fires[0]:
             audio.mul_(10.0 ** (gain_db / 20.0))
+        real = audio if length is None else audio[:length]
         if fires[1] and shift:
-            audio.copy_(torch.roll(audio, shift))
+            real.copy_(torch.roll(real, shift))
         if fires[2]:
             bank = self.noise_bank()
-            noise = torch.roll(bank[int(noise_index) % len(bank)], int(noise_offset))
-            signal_power, noise_power = audio.square().mean(), noise.square().mean()
+            noise = torch.roll(bank[int(noise_index) % len(bank)], int(noise_offset))[:len(real)]
+            signal_power, noise_power = real.square().mean(), noise.square().mean()
             if signal_power > 0 and noise_power > 0:
-                audio.add_(noise, alpha=float(torch.sqrt(signal_power / (noise_power * 10.0 ** (snr_db / 10.0)))))
+                real.add_(noise, alpha=float(torch.sqrt(signal_power / (noise_power * 10.0 ** (snr_db / 10.0)))))
 
     def mix_batch(self, samples: list[dict[str, Any]], rng: np.random.Generator) -> None:
         """Mix some clips of a batch with another clip of it, in place; their captions are joined, labels merged."""

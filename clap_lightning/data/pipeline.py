@@ -262,7 +262,8 @@ class ClapStream(IterableDataset):
                 continue
             guard.ok()
             if self.augment is not None:  # seeded by the position, as the crop: a resumed run repeats it
-                self.augment.augment_clip(sample["audio"], np.random.default_rng([*seed, position, AUGMENT_STREAM]))
+                self.augment.augment_clip(sample["audio"], np.random.default_rng([*seed, position, AUGMENT_STREAM]),
+                                          sample["length"])
             samples.append(sample)
             if len(samples) == self.batch_size:
                 done += 1

@@ -142,3 +142,20 @@ def test_augmented_stream_is_deterministic_and_survives_a_mid_epoch_resume(tmp_p
 def test_bad_augment_settings_fail_at_load_in_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_a_zero_padded_clip_is_shifted_and_noised_within_its_real_samples(tmp_path):
+    """The padding stays silent and after the sound, where the encoder's mask puts it; the SNR is the sound's."""
+    length = CLIP // 4
+    padded = torch.cat([clip()[:length], torch.zeros(CLIP - length)])
+    shifted = padded.clone()
+    build_augment(shift_prob=1.0, shift_max=0.25).augment_clip(shifted, np.random.default_rng(3), length)
+    shifts = [k for k in range(1, length) if torch.equal(shifted[:length], torch.roll(padded[:length], k))]
+    assert len(shifts) == 1 and torch.equal(shifted[length:], padded[length:])  # rolled within the sound
+    noised = padded.clone()
+    augment = build_augment(write_noise(tmp_path), noise_prob=1.0, noise_snr_db=[10.0, 10.0])
+    augment.augment_clip(noised, np.random.default_rng(0), length)
+    assert torch.equal(noised[length:], padded[length:])
+    noise = noised[:length] - padded[:length]
+    snr = 10 * torch.log10(padded[:length].square().mean() / noise.square().mean()).item()
+    assert snr == pytest.approx(10.0, abs=1e-3)
