@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from clap_lightning.errors import ConfigError
+from clap_lightning.errors import ConfigError, first_line
 
 PAD_MODES = ("repeat", "zero", "none")  # data.pad_mode: tile, zero-pad, or cut each batch to its longest clip
 CONFIG_GROUPS = ("model", "data", "trainer", "optim")
@@ -239,11 +239,6 @@ class ExperimentConfig:
         check_ranges(self)
 
 
-def first_line(err: OmegaConfBaseException) -> str:
-    """The first line of an OmegaConf error's message, for one-line ConfigErrors."""
-    return str(getattr(err, "msg", err)).splitlines()[0]
-
-
 def _merge(base: DictConfig, other: Any, origin: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, other)
@@ -258,7 +253,7 @@ def _read_yaml(path: Path) -> DictConfig:
     try:
         loaded = OmegaConf.load(path)
     except Exception as err:  # yaml.YAMLError and friends: report, do not dump a traceback
-        raise ConfigError(f"cannot parse {path}: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"cannot parse {path}: {first_line(err)}") from None
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"{path}: expected a mapping at top level")
     return loaded

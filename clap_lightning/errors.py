@@ -15,3 +15,9 @@ class DataError(ClapError):
 
 class CheckpointError(ClapError):
     """A checkpoint is missing or belongs to another architecture."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-empty line of an error's message (OmegaConf's `msg` without its key lines), or its type."""
+    lines = str(getattr(err, "msg", None) or err).strip().splitlines()
+    return lines[0].strip() if lines else type(err).__name__

@@ -8,6 +8,8 @@ from typing import Any, Callable, Generic, Mapping, TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from clap_lightning.errors import first_line
+
 T = TypeVar("T")
 
 
@@ -56,7 +58,7 @@ class Registry(Generic[T]):
         except OmegaConfBaseException as err:
             key = getattr(err, "full_key", None) or "?"
             prefix = f"{where}." if where else ""
-            reason = err.msg.splitlines()[0]  # OmegaConf appends "full_key: ..." lines
+            reason = first_line(err)  # OmegaConf appends "full_key: ..." lines
             raise ValueError(f"bad config key '{prefix}{key}' for {self.kind} '{name}': {reason}") from None
         return OmegaConf.to_object(merged)
 

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from clap_lightning.errors import CheckpointError, ConfigError, DataError
+from clap_lightning.errors import CheckpointError, ConfigError, DataError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +39,7 @@ def load_audio_files(paths: Sequence[str], sample_rate: int, clip_samples: int, 
         try:
             audio, rate, _ = read_clip(Path(path).read_bytes(), None, None)
         except Exception as err:  # missing file, unknown format
-            raise DataError(f"cannot read audio file {path}: {str(err).splitlines()[0]}") from None
+            raise DataError(f"cannot read audio file {path}: {first_line(err)}") from None
         if audio.size == 0:
             raise DataError(f"audio file {path} is empty")
         clip, _ = fit_length(resample(torch.from_numpy(audio), rate), clip_samples, pad_mode)

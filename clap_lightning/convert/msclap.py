@@ -32,6 +32,7 @@ from typing import Mapping, Optional
 import torch
 from omegaconf import OmegaConf
 
+from clap_lightning.checkpoint import safe_load
 from clap_lightning.config import from_container, to_container, validate_components
 from clap_lightning.errors import CheckpointError, ConfigError
 from clap_lightning.models.clap import CLAP
@@ -62,32 +63,17 @@ _SHOWN = 4  # key names listed per group in an error line
 
 
 def read_msclap_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read an msclap checkpoint's state dict with `torch.load(weights_only=True)` only.
+    """Read an msclap checkpoint's state dict with `safe_load` (tensors and plain containers only).
 
     Raises:
         CheckpointError: missing file, a file that needs full unpickling, or no state dict.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle.UnpicklingError for arbitrary objects, RuntimeError for non-torch files
-        raise CheckpointError(
-            f"cannot load {path} with torch.load(weights_only=True): {_load_error_reason(err)} "
-            "(refusing to unpickle arbitrary objects; re-save its 'model' state dict with torch.save "
-            "in an environment you trust)") from None
+    checkpoint = safe_load(path, hint="refusing to unpickle arbitrary objects; re-save its 'model' state dict "
+                                      "with torch.save in an environment you trust")
     state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointError(f"{path} is not an msclap checkpoint: expected a dict of tensors under 'model'")
     return state
-
-
-def _load_error_reason(err: Exception) -> str:
-    """The informative line of a torch.load error (for weights_only, the offending global)."""
-    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(err).splitlines() if line.strip()]
-    reason = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else type(err).__name__)
-    return reason.removeprefix("WeightsUnpickler error: ")
 
 
 def detect_variant(state: Mapping[str, torch.Tensor]) -> Optional[str]:

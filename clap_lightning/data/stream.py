@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import numpy as np
 import webdataset as wds
 
-from clap_lightning.errors import DataError
+from clap_lightning.errors import DataError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def read_tar_samples(url: str, skipped: Counter) -> Iterator[dict[str, Any]]:
             yield current
         skipped["bad_tar"] += 1
         if skipped["bad_tar"] <= MAX_REPORTED_SHARDS:
-            log.warning("shard %s is damaged %s: %s", url, where, _first_line(err))
+            log.warning("shard %s is damaged %s: %s", url, where, first_line(err))
         current = None
     else:
         if not members:
@@ -239,11 +239,7 @@ def read_tar_samples(url: str, skipped: Counter) -> Iterator[dict[str, Any]]:
 def _count_unreadable(url: str, err: BaseException, skipped: Counter) -> None:
     skipped["unreadable_shard"] += 1
     if skipped["unreadable_shard"] <= MAX_REPORTED_SHARDS:
-        log.warning("skipping shard %s: cannot open it (%s)", url, _first_line(err))
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        log.warning("skipping shard %s: cannot open it (%s)", url, first_line(err))
 
 
 def pass_share(urls: Sequence[str], rank: int, world_size: int, worker: int,

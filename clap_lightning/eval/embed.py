@@ -22,7 +22,8 @@ from torch import nn
 
 from clap_lightning.data.pipeline import ClapLoader, ClapStream, ClipDecoder, stack_for_transfer
 from clap_lightning.data.sources import resolve_shards
-from clap_lightning.errors import DataError
+from clap_lightning.checkpoint import safe_load
+from clap_lightning.errors import CheckpointError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +149,11 @@ class EmbeddingCache:
         if path is None or not path.is_file():
             return None
         try:
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # a truncated or foreign file: recompute rather than fail
-            log.warning("ignoring unreadable embedding cache %s: %s", path, str(err).splitlines()[0])
+            stored = safe_load(path, what="embedding cache")
+        except CheckpointError as err:  # a truncated or foreign file: recompute rather than fail
+            log.warning("ignoring unreadable embedding cache: %s", err)
             return None
-        if stored.get("format") != CACHE_FORMAT:
+        if not isinstance(stored, dict) or stored.get("format") != CACHE_FORMAT:
             return None
         return EmbeddedSplit(stored["audio_emb"], stored["keys"], [json.loads(m) for m in stored["metas"]],
                              dict(stored.get("skipped", {})))

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from clap_lightning.checkpoint import safe_load
 from clap_lightning.config import bounded
 from clap_lightning.errors import DataError
 
@@ -85,13 +86,7 @@ def write_embedding_cache(clap: torch.nn.Module, clips: Iterable[dict[str, Any]]
 
 def read_embedding_cache(path: str | Path) -> dict[str, Any]:
     """Load a cache written by `write_embedding_cache`, with one-line errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"embedding cache not found: {path}")
-    try:
-        cache = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated or foreign file
-        raise DataError(f"cannot read embedding cache {path}: {str(err).splitlines()[0]}") from None
+    cache = safe_load(path, error=DataError, what="embedding cache")
     if not isinstance(cache, dict) or cache.get("format") != CACHE_FORMAT:
         raise DataError(f"{path} is not a caption embedding cache (expected format '{CACHE_FORMAT}')")
     return cache

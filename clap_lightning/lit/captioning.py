@@ -16,9 +16,9 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from clap_lightning.checkpoint import read_lightning_checkpoint
+from clap_lightning.checkpoint import load_state_or_refuse, read_lightning_checkpoint
 from clap_lightning.config import OptimConfig, TrainerConfig, check_ranges
-from clap_lightning.errors import CheckpointError, ConfigError
+from clap_lightning.errors import CheckpointError, ConfigError, first_line
 from clap_lightning.eval.caption_metrics import compute_caption_metrics
 from clap_lightning.lit.caption_data import CaptionDataConfig, CaptionDataModule, read_embedding_cache
 from clap_lightning.lit.optim import build_optimizer
@@ -56,7 +56,7 @@ def captioning_config_from(data: dict | CaptioningConfig | None = None, override
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(f"bad captioning config key '{getattr(err, 'full_key', '?')}': "
-                          f"{str(getattr(err, 'msg', err)).splitlines()[0]}") from None
+                          f"{first_line(err)}") from None
 
 
 def captioning_container(config: CaptioningConfig) -> dict:
@@ -111,10 +111,7 @@ def load_captioner(path: str | Path, map_location: str = "cpu") -> tuple[Caption
     config = captioning_config_from(stored)
     captioner = Captioner(config.captioner)
     state = {k[len("captioner."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("captioner.")}
-    try:
-        captioner.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path} does not match its stored architecture: {str(err).splitlines()[0]}") from None
+    load_state_or_refuse(captioner, state, path)
     return captioner.eval(), config
 
 

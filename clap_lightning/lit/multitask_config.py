@@ -27,11 +27,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from clap_lightning.config import (DataConfig, ExperimentConfig, ModelConfig, OptimConfig, SourceConfig,
-                                   TrainerConfig, bounded, check_override, check_ranges, compose_layers, first_line,
-                                   validate_components, write_yaml)
+                                   TrainerConfig, bounded, check_override, check_ranges, compose_layers, validate_components,
+                                   write_yaml)
 from clap_lightning.data.multitask import TaskLabelSpec, scan_field, sort_class_names, temperature_weights
 from clap_lightning.data.sources import resolve_shards
-from clap_lightning.errors import ConfigError, DataError
+from clap_lightning.errors import ConfigError, DataError, first_line
 from clap_lightning.models.multitask import TASK_KINDS, HeadSpec
 
 _TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # a log key part and a ModuleDict key (no dots)

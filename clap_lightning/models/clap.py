@@ -16,7 +16,7 @@ from torch import nn
 from clap_lightning.config import ModelConfig
 from clap_lightning.encoders.projection import Projection
 from clap_lightning.encoders.registry import build_audio_encoder, build_caption_tokenizer, build_text_encoder
-from clap_lightning.errors import CheckpointError
+from clap_lightning.checkpoint import load_state_or_refuse
 
 AudioInput = Union[str, Path, np.ndarray, torch.Tensor]
 MAX_CHANNELS = 8  # a 2-D waveform whose last axis is this small (and the first longer) is [T, channels]
@@ -79,7 +79,7 @@ class CLAP(nn.Module):
                         tokenizer: Optional[str] = None) -> "CLAP":
         """Load a clap-lightning checkpoint (trained, or converted from msclap) for inference.
 
-        Reads with `torch.load(weights_only=True)`; the model config comes from the checkpoint.
+        Reads with `safe_load` (never arbitrary pickles); the model config comes from the checkpoint.
 
         Args:
             path: a `.ckpt` written by training or by `clap-lightning convert`.
@@ -96,11 +96,7 @@ class CLAP(nn.Module):
         if tokenizer:
             config.text_encoder["tokenizer"] = tokenizer
         model = cls(config)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as err:
-            reason = str(err).splitlines()[0]
-            raise CheckpointError(f"{path} does not match its stored architecture: {reason}") from None
+        load_state_or_refuse(model, state, path)
         return model.to(map_location).eval()
 
     @torch.no_grad()

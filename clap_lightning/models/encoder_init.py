@@ -27,7 +27,7 @@ FRONT_END_KEYS = ("sample_rate", "mel_sample_rate", "n_fft", "hop_length", "n_me
 
 
 def _read_checkpoint(path: Path) -> dict:
-    return read_lightning_checkpoint(path)[0]  # safe: torch.load(weights_only=True)
+    return read_lightning_checkpoint(path)[0]  # safe_load: tensors and containers only
 
 
 def load_audio_encoder_state(path: str | Path) -> dict[str, torch.Tensor]:
