@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
 from clap_lightning.errors import CheckpointError, first_line
 
 MAX_DETAIL = 300  # characters of a state-dict mismatch shown (a missing-keys list can name every tensor)
+# Kinds of run a checkpoint can hold, told apart by their stored config's top-level keys.
+PRETRAINING, MULTITASK, CAPTIONING = "pretraining", "multi-task", "captioning"
+# What `Trainer.fit(ckpt_path=...)` reads besides the weights to resume a run.
+TRAINING_STATE_KEYS = ("epoch", "global_step", "loops", "optimizer_states", "lr_schedulers")
 
 
 def safe_load(path: str | Path, map_location: Any = "cpu", error: type[Exception] = CheckpointError,
@@ -41,13 +45,21 @@ def _load_error_reason(err: Exception) -> str:
     return reason.removeprefix("WeightsUnpickler error: ")
 
 
-def read_lightning_checkpoint(path: str | Path, map_location="cpu") -> tuple[dict, dict]:
+def checkpoint_kind(stored: dict) -> str:
+    """The kind of run a stored config describes: pretraining, multi-task or captioning."""
+    return MULTITASK if "tasks" in stored else CAPTIONING if "captioner" in stored else PRETRAINING
+
+
+def read_lightning_checkpoint(path: str | Path, map_location="cpu", kind: Optional[str] = None) -> tuple[dict, dict]:
     """Return (checkpoint dict, resolved config stored in it) of a clap-lightning checkpoint.
 
     Loads with `safe_load`: a file holding arbitrary pickled objects is refused rather than executed.
 
+    Args:
+        kind: refuse a checkpoint of another kind of run (`PRETRAINING`, `MULTITASK`, `CAPTIONING`).
+
     Raises:
-        CheckpointError: missing, unreadable, or not written by clap-lightning.
+        CheckpointError: missing, unreadable, not written by clap-lightning, or of another kind.
     """
     checkpoint = safe_load(path, map_location)
     stored = checkpoint.get("hyper_parameters", {}).get("config") if isinstance(checkpoint, dict) else None
@@ -55,6 +67,8 @@ def read_lightning_checkpoint(path: str | Path, map_location="cpu") -> tuple[dic
         hint = (" (an msclap file? convert it with `clap-lightning convert msclap`)"
                 if isinstance(checkpoint, dict) and "model" in checkpoint else "")
         raise CheckpointError(f"{path} is not a clap-lightning checkpoint (no stored config){hint}")
+    if kind is not None and checkpoint_kind(stored) != kind:
+        raise CheckpointError(f"{path} is not a {kind} checkpoint: it holds a {checkpoint_kind(stored)} run")
     return checkpoint, stored
 
 
@@ -79,3 +93,27 @@ def load_stored_state(module: torch.nn.Module, checkpoint: dict, path: str | Pat
         CheckpointError: the weights do not fit the architecture the stored config describes.
     """
     return load_state_or_refuse(module, checkpoint["state_dict"], path)
+
+
+def check_resumable(path: str | Path, module: torch.nn.Module, kind: str) -> None:
+    """Refuse, in one line, a file `Trainer.fit(ckpt_path=path)` could not resume `module` from.
+
+    The check `validate`/`test`/`zeroshot` make (readable safely, written by clap-lightning, of
+    this kind of run), plus the training state Lightning restores and weights that fit the
+    configured model. `module` receives those weights (Lightning loads them again). A
+    DeepSpeed checkpoint (a directory) must be complete; its shards are DeepSpeed's to check.
+
+    Raises:
+        CheckpointError: naming the file and what is wrong with it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "latest").is_file():
+            raise CheckpointError(f"{path} is not a complete DeepSpeed checkpoint (no 'latest' tag file)")
+        return
+    checkpoint, _ = read_lightning_checkpoint(path, kind=kind)
+    missing = [key for key in TRAINING_STATE_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path} cannot resume training: it lacks {', '.join(missing)} "
+                              "(a weights-only file? start a fresh run from it instead)")
+    load_state_or_refuse(module, checkpoint["state_dict"], path, "the configured model")

@@ -16,9 +16,9 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from clap_lightning.checkpoint import load_state_or_refuse, read_lightning_checkpoint
+from clap_lightning.checkpoint import CAPTIONING, check_resumable, load_state_or_refuse, read_lightning_checkpoint
 from clap_lightning.config import OptimConfig, TrainerConfig, check_ranges
-from clap_lightning.errors import CheckpointError, ConfigError, first_line
+from clap_lightning.errors import ConfigError, first_line
 from clap_lightning.eval.caption_metrics import compute_caption_metrics
 from clap_lightning.lit.caption_data import CaptionDataConfig, CaptionDataModule, read_embedding_cache
 from clap_lightning.lit.optim import build_optimizer
@@ -99,15 +99,15 @@ def fit_captioning(config: CaptioningConfig, ckpt_path: Optional[str] = None) ->
     L.seed_everything(config.seed, workers=True, verbose=False)
     module = CaptioningModule(config)
     datamodule = CaptionDataModule(config.data, module.captioner.tokenizer)
+    if ckpt_path:
+        check_resumable(ckpt_path, module, CAPTIONING)
     build_trainer(config).fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return module
 
 
 def load_captioner(path: str | Path, map_location: str = "cpu") -> tuple[Captioner, CaptioningConfig]:
     """Rebuild a `Captioner` from a `CaptioningModule` checkpoint, with one-line errors."""
-    checkpoint, stored = read_lightning_checkpoint(path, map_location)
-    if "captioner" not in stored:
-        raise CheckpointError(f"{path} is not a captioning checkpoint (no stored captioner config)")
+    checkpoint, stored = read_lightning_checkpoint(path, map_location, kind=CAPTIONING)
     config = captioning_config_from(stored)
     captioner = Captioner(config.captioner)
     state = {k[len("captioner."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("captioner.")}

@@ -15,12 +15,11 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from clap_lightning.checkpoint import load_stored_state, read_lightning_checkpoint
+from clap_lightning.checkpoint import MULTITASK, check_resumable, load_stored_state, read_lightning_checkpoint
 from clap_lightning.config import local_batch_size
 from clap_lightning.data.multitask import MultiTaskCollate
 from clap_lightning.data.pipeline import ClapLoader, ClapStream, ClipDecoder
 from clap_lightning.data.sources import resolve_shards
-from clap_lightning.errors import CheckpointError
 from clap_lightning.eval.metrics import accuracy, mean_average_precision
 from clap_lightning.lit.checkpointing import resolve_ckpt_path
 from clap_lightning.lit.datamodule import ClapDataModule
@@ -174,6 +173,8 @@ def fit_multitask(config: MultiTaskConfig, ckpt_path: Optional[str] = None) -> M
     module = MultiTaskPretraining(config)
     if config.model.audio_encoder_init and not ckpt_path:
         init_audio_encoder(module.model.audio_encoder, config.model.audio_encoder_init)
+    if ckpt_path:
+        check_resumable(ckpt_path, module, MULTITASK)
     trainer = build_trainer(view)
     _write_run_config(config)
     trainer.fit(module, datamodule=MultiTaskDataModule(config, plan), ckpt_path=ckpt_path)
@@ -182,8 +183,6 @@ def fit_multitask(config: MultiTaskConfig, ckpt_path: Optional[str] = None) -> M
 
 def load_multitask(path: str | Path, map_location: str = "cpu") -> MultiTaskPretraining:
     """Rebuild a `MultiTaskPretraining` from its checkpoint, with one-line errors."""
-    checkpoint, stored = read_lightning_checkpoint(path, map_location)
-    if "tasks" not in stored:
-        raise CheckpointError(f"{path} is not a multi-task checkpoint (no stored tasks)")
+    checkpoint, stored = read_lightning_checkpoint(path, map_location, kind=MULTITASK)
     module = MultiTaskPretraining(stored)
     return load_stored_state(module, checkpoint, path)

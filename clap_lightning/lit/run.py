@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from clap_lightning.checkpoint import load_stored_state, read_lightning_checkpoint
+from clap_lightning.checkpoint import PRETRAINING, check_resumable, load_stored_state, read_lightning_checkpoint
 from clap_lightning.config import ExperimentConfig, local_batch_size, save_config
 from clap_lightning.data.sources import check_built_with_exclusion, resolve_shards
 from clap_lightning.errors import CheckpointError
@@ -70,16 +70,20 @@ def run_stage(stage: str, config: ExperimentConfig, ckpt_path: Optional[str] = N
     if stage == "fit" and config.data.exclude_list:
         check_built_with_exclusion([s.shards for s in config.data.training_sources()], config.data.exclude_list)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    trainer = build_trainer(config)
-    datamodule = ClapDataModule(config)
     if stage == "fit":
         module = ClapPretraining(config)
         if config.model.audio_encoder_init and not ckpt_path:  # a resumed run has its own weights
             init_audio_encoder(module.model.audio_encoder, config.model.audio_encoder_init)
+        if ckpt_path:  # the checks validate/test make, plus what resuming needs: one line, not a traceback in fit
+            check_resumable(ckpt_path, module, PRETRAINING)
+    else:
+        module = load_pretraining(ckpt_path) if ckpt_path else ClapPretraining(config)
+    trainer = build_trainer(config)
+    datamodule = ClapDataModule(config)
+    if stage == "fit":
         write_run_config(config)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         return []
-    module = load_pretraining(ckpt_path) if ckpt_path else ClapPretraining(config)
     return getattr(trainer, stage)(module, datamodule=datamodule)
 
 
@@ -92,6 +96,6 @@ def stage_shards(stage: str, config: ExperimentConfig) -> list[str]:
 
 def load_pretraining(path: str | Path, map_location: str = "cpu") -> ClapPretraining:
     """Load a `ClapPretraining` checkpoint, with one-line errors for missing or foreign files."""
-    checkpoint, config = read_lightning_checkpoint(path, map_location)
+    checkpoint, config = read_lightning_checkpoint(path, map_location, kind=PRETRAINING)
     module = ClapPretraining(config)
     return load_stored_state(module, checkpoint, path)

@@ -71,3 +71,51 @@ def test_console_script_exit_codes():
     missing = run("fit", "--config", DEMO, "data.train=/no/such/dir")
     assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
         "error: shard directory not found: /no/such/dir"]
+
+
+@pytest.fixture(scope="module")
+def fit_args(tmp_path_factory):
+    """A fit that resolves its shards, and a valid (hand-built) checkpoint beside it."""
+    from tests.checkpoint_factory import pretraining_checkpoint, save
+    from tests.shard_factory import write_good_shards
+
+    root = tmp_path_factory.mktemp("fit")
+    write_good_shards(root / "shards", "t", 1, 4)
+    args = ["fit", "--config", DEMO, f"data.train={root / 'shards'}", 'data.val=""', "data.epoch_samples=4",
+            "data.global_batch_size=4", "data.num_workers=0", "trainer.max_steps=1", f"run_dir={root / 'run'}"]
+    return args, save(pretraining_checkpoint(), root / "good.ckpt")
+
+
+def _damaged(good: Path, tmp_path: Path, kind: str) -> Path:
+    import torch
+
+    path = tmp_path / f"{kind}.ckpt"
+    data = good.read_bytes()
+    if kind == "random":
+        path.write_bytes(bytes((i * 131 + 7) % 256 for i in range(5000)))
+    elif kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        checkpoint = torch.load(good, weights_only=True)
+        if kind == "multitask":
+            checkpoint["hyper_parameters"]["config"]["tasks"] = [{"name": "a", "shards": "x"}]
+        elif kind == "weights_only":
+            del checkpoint["optimizer_states"], checkpoint["loops"]
+        elif kind == "other_model":
+            checkpoint["state_dict"] = {k: v[..., :1] if v.ndim else v for k, v in checkpoint["state_dict"].items()}
+        torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("random", "with torch.load(weights_only=True)"),
+    ("truncated", "with torch.load(weights_only=True)"),
+    ("multitask", "is not a pretraining checkpoint: it holds a multi-task run"),
+    ("weights_only", "cannot resume training: it lacks loops, optimizer_states"),
+    ("other_model", "does not match the configured model: size mismatch"),
+])
+def test_fit_refuses_a_checkpoint_it_cannot_resume_from(capsys, tmp_path, fit_args, kind, message):
+    args, good = fit_args
+    assert main([*args, "--ckpt_path", str(_damaged(good, tmp_path, kind))]) == 2
+    assert_one_line_error(capsys, message)
+
