@@ -11,8 +11,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """`--config`, `--ckpt_path` and `key=value` overrides (shared with `multitask fit`)."""
     parser.add_argument("--config", required=True, help="experiment YAML (configs/experiment/*.yaml)")
     parser.add_argument("--ckpt_path", "--ckpt-path", default=None,
-                        help="checkpoint to resume from (fit) or to evaluate; 'last' = ModelCheckpoint's newest; "
-                             "'auto' = newest complete checkpoint in run_dir incl. SLURM hpc_ckpt_N (fit: none = fresh)")
+                        help="checkpoint to resume from (fit) or to evaluate; 'last' = ModelCheckpoint's newest last "
+                             "checkpoint (none: refused); 'auto' = newest complete checkpoint in run_dir incl. SLURM "
+                             "hpc_ckpt_N (fit: none = fresh)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=100")
 
 

@@ -10,7 +10,8 @@ fsyncs and renames it, which is atomic on a local disk and on NFS/Lustre alike.
 
 A requeued SLURM job leaves `<run_dir>/hpc_ckpt_N.ckpt` (see `clap_lightning.lit.slurm`).
 Lightning restores those by itself only when `fit` gets no `ckpt_path`, and its
-`ckpt_path="last"` looks only at ModelCheckpoint files; `--ckpt_path auto` takes the newest
+`ckpt_path="last"` looks only at ModelCheckpoint files (and `--ckpt_path last` with none is refused,
+where Lightning would start afresh); `--ckpt_path auto` takes the newest
 complete file of both kinds (`find_resume_checkpoint`), so a requeue after a node failure
 does not fall back to an older hpc checkpoint, nor a periodic save to an older hpc one.
 """
@@ -110,12 +111,29 @@ def find_resume_checkpoint(run_dir: str | Path) -> Optional[Path]:
     return None
 
 
+def find_last_checkpoint(run_dir: str | Path) -> Optional[Path]:
+    """ModelCheckpoint's newest complete `*last*.ckpt` in `<run_dir>/checkpoints` (what Lightning's "last" reads), or None."""
+    found = [p for p in (Path(run_dir) / CHECKPOINT_DIR).glob("*last*.ckpt") if not p.name.startswith(TMP_PREFIX)]
+    found = [p for p in sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True) if is_complete_checkpoint(p)]
+    return found[0] if found else None
+
+
 def resolve_ckpt_path(ckpt_path: Optional[str], run_dir: str | Path, stage: str) -> Optional[str]:
-    """Turn `--ckpt_path auto` into a path: the newest complete checkpoint, or None for a fresh `fit`.
+    """Turn `--ckpt_path auto|last` into a path.
+
+    `auto`: the newest complete checkpoint of either kind, or None for a fresh `fit`.
+    `last`: ModelCheckpoint's newest `last` file, or a refusal. Lightning's own "last" would
+    warn and start a fresh run when there is none, which silently discards the intent to resume.
 
     Raises:
-        CheckpointError: `auto` for validate/test and the run directory holds no checkpoint.
+        CheckpointError: `last` and no such file; `auto` for validate/test and no checkpoint.
     """
+    if ckpt_path == "last":
+        last = find_last_checkpoint(run_dir)
+        if last is None:
+            raise CheckpointError(f"--ckpt_path last: no complete last checkpoint in {Path(run_dir) / CHECKPOINT_DIR} "
+                                  "(--ckpt_path auto resumes when there is a checkpoint and starts fresh otherwise)")
+        return str(last)
     if ckpt_path != "auto":
         return ckpt_path
     found = find_resume_checkpoint(run_dir)

@@ -63,7 +63,7 @@ def run_stage(stage: str, config: ExperimentConfig, ckpt_path: Optional[str] = N
     """Run `fit`, `validate` or `test`; the same checks happen before any data is read."""
     local_batch_size(config)  # refuse a global batch that does not divide, before anything starts
     ckpt_path = resolve_ckpt_path(ckpt_path, config.run_dir, stage)  # "auto": newest complete checkpoint
-    if ckpt_path and ckpt_path != "last" and not Path(ckpt_path).exists():  # DeepSpeed's is a directory
+    if ckpt_path and not Path(ckpt_path).exists():  # DeepSpeed's is a directory
         raise CheckpointError(f"checkpoint not found: {ckpt_path}")
     for spec in stage_shards(stage, config):
         resolve_shards(spec)  # a missing or empty shard directory fails now, not inside the loop

@@ -74,8 +74,23 @@ def test_deepspeed_directory_counts_once_its_latest_tag_is_written(tmp_path):
 
 def test_auto_is_fresh_for_fit_and_an_error_for_evaluation(tmp_path):
     assert resolve_ckpt_path("auto", tmp_path, "fit") is None
-    assert resolve_ckpt_path("last", tmp_path, "fit") == "last"  # other values pass through
+    assert resolve_ckpt_path("x.ckpt", tmp_path, "fit") == "x.ckpt"  # other values pass through
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
         resolve_ckpt_path("auto", tmp_path, "test")
     hpc = write(tmp_path / "hpc_ckpt_3.ckpt", 9, 1000)
     assert resolve_ckpt_path("auto", tmp_path, "test") == str(hpc)
+
+
+def test_last_is_modelcheckpoints_newest_last_file_or_a_refusal(tmp_path):
+    with pytest.raises(CheckpointError, match=r"--ckpt_path last: no complete last checkpoint in .*checkpoints "
+                                              r"\(--ckpt_path auto resumes"):
+        resolve_ckpt_path("last", tmp_path, "fit")
+    write(tmp_path / "hpc_ckpt_1.ckpt", 5, 3000)  # not ModelCheckpoint's: "last" ignores it, as Lightning does
+    write(tmp_path / "checkpoints" / "epoch=0-step=4.ckpt", 4, 2500)
+    with pytest.raises(CheckpointError, match="no complete last checkpoint"):
+        resolve_ckpt_path("last", tmp_path, "validate")
+    last = write(tmp_path / "checkpoints" / "last.ckpt", 4, 2000)
+    newer = write(tmp_path / "checkpoints" / "last-v1.ckpt", 6, 2600)
+    assert resolve_ckpt_path("last", tmp_path, "fit") == str(newer)
+    newer.write_bytes(newer.read_bytes()[:100])  # a half-copied file is passed over
+    assert resolve_ckpt_path("last", tmp_path, "test") == str(last)

@@ -119,3 +119,8 @@ def test_fit_refuses_a_checkpoint_it_cannot_resume_from(capsys, tmp_path, fit_ar
     assert main([*args, "--ckpt_path", str(_damaged(good, tmp_path, kind))]) == 2
     assert_one_line_error(capsys, message)
 
+
+def test_fit_ckpt_path_last_without_a_checkpoint_is_refused(capsys, fit_args):
+    args, _ = fit_args
+    assert main([*args, "--ckpt_path", "last"]) == 2
+    assert_one_line_error(capsys, "--ckpt_path last: no complete last checkpoint in")
