@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from clap_lightning.data.sources import is_shard_name, resolve_shards
-from clap_lightning.errors import ClapError, DataError
+from clap_lightning.errors import ClapError, DataError, first_line
 from clap_lightning.models.clap import CLAP, frames_needed, prepare_audio, prepare_windows
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ class EmbeddingInputs(IterableDataset):
                 clips, lengths = prepare_audio([wave], rate, self.sample_rate, self.clip_samples, self.pad_mode)
                 starts = torch.zeros(1)
         except Exception as err:  # noqa: BLE001 - any undecodable file is listed and skipped
-            return {**record, "error": f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"}
+            return {**record, "error": f"{type(err).__name__}: {first_line(err)}"}
         return {**record, "duration": total / rate, "clips": clips, "lengths": lengths, "starts": starts}
 
 
