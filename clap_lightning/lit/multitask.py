@@ -50,6 +50,7 @@ class MultiTaskPretraining(L.LightningModule):
         self.specs = {spec.name: spec for spec in head_specs(config)}
         self.model = MultiTaskClassifier(config.model.audio_encoder, list(self.specs.values()), config.head_dropout)
         self._val_rows: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        self._val_loss = [0.0, 0]  # (sum of batch loss x clips, clips) over every validation loader
 
     def forward(self, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.model(audio)
@@ -68,6 +69,7 @@ class MultiTaskPretraining(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_rows = {name: ([], []) for name in self.specs}
+        self._val_loss = [0.0, 0]
         if is_distributed() and world_size() > 1:
             # DDP runs without per-forward buffer broadcast (lit/strategies.py), so each rank's
             # BatchNorm statistics drifted apart; validate every rank with rank 0's, the checkpointed ones.
@@ -77,7 +79,10 @@ class MultiTaskPretraining(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         outputs = self(batch["audio"])
         loss, _ = compute_multitask_loss(outputs, batch["targets"], batch["masks"], self.specs)
-        self.log("val/loss", loss, sync_dist=True, batch_size=batch["audio"].shape[0], add_dataloader_idx=False)
+        # One `val/loss` over all loaders: logging it per step from several loaders (each task's own
+        # validation shards, with their own batch sizes) is refused by Lightning.
+        self._val_loss[0] += float(loss) * batch["audio"].shape[0]
+        self._val_loss[1] += batch["audio"].shape[0]
         for name in self.specs:
             mask = batch["masks"][name].bool()
             if mask.any():
@@ -85,6 +90,8 @@ class MultiTaskPretraining(L.LightningModule):
                 self._val_rows[name][1].append(batch["targets"][name][mask].detach().cpu())
 
     def on_validation_epoch_end(self) -> None:
+        # Every rank logs (sync_dist is a collective); each rank reads some of every split.
+        self.log("val/loss", self._val_loss[0] / max(1, self._val_loss[1]), sync_dist=True)
         for name, spec in self.specs.items():
             outputs, targets = (_gather_rows(rows) for rows in self._val_rows.get(name, ([], [])))
             if outputs is None:

@@ -251,3 +251,27 @@ def test_export_with_another_front_end_is_refused(tmp_path: Path) -> None:
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
     with pytest.raises(CheckpointError, match="another front end .*fmax 7000.0 vs 8000.0"):
         init_audio_encoder(CLAP(ModelConfig(**TINY_MODEL)).audio_encoder, path)
+
+
+def test_validation_over_several_tasks_own_splits_logs_one_loss(tmp_path: Path) -> None:
+    """htsat22.yaml gives tasks their own validation shards: one fit validates them all (it used to be refused:
+    'You called self.log(val/loss, ...) twice ... with different arguments')."""
+    from clap_lightning.lit.multitask import fit_multitask
+
+    for name, count in (("a", 6), ("b", 3), ("va", 3), ("vb", 5)):
+        shard = Path(write_good_shards(tmp_path / name, name, 1, count)[0])
+        (tmp_path / name / "manifest.json").write_text(json.dumps({"shards": [{"name": shard.name, "count": count}],
+                                                                   "num_samples": count}))
+    tasks = [{"name": task, "shards": str(tmp_path / task), "val": str(tmp_path / f"v{task}"), "label_field": "labels",
+              "kind": "single", "classes": ["tone", "hum"]} for task in ("a", "b")]
+    config = multitask_config_from({
+        "model": TINY_MODEL, "tasks": tasks, "run_dir": str(tmp_path / "run"),
+        "data": {"global_batch_size": 4, "num_workers": 0, "shuffle_buffer": 4, "epoch_samples": 8, "eval_batch_size": 2},
+        "trainer": {"accelerator": "cpu", "max_steps": 2, "enable_progress_bar": False, "log_every_n_steps": 1}})
+    fit_multitask(config)
+    rows = (tmp_path / "run" / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert {"val/loss", "val/a/acc", "val/b/acc"} <= set(header)
+    validated = [dict(zip(header, row.split(","))) for row in rows[1:]]
+    assert sum(1 for row in validated if row["val/loss"]) == 1 and float(next(r["val/loss"] for r in validated
+                                                                               if r["val/loss"])) > 0
