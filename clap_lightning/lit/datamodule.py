@@ -51,6 +51,7 @@ class ClapDataModule(L.LightningDataModule):
         self.batch_size = local_batch_size(config)
         self.tokenizer = None
         self.skipped: Counter = Counter()  # bad samples dropped by training workers, this rank
+        self.samples_by_source: Counter = Counter()  # training samples per json `source`, this rank
         self._progress: dict[str, Any] = {"epoch": None, "workers": {}}  # of batches consumed by training
         self._fingerprint: Optional[str] = None
         self._restored: Optional[dict] = None
@@ -126,6 +127,8 @@ class ClapDataModule(L.LightningDataModule):
             self._progress["workers"][where["worker"]] = (where["batches"], where["position"])
             self.skipped.update(batch.get("skipped", {}))
             batch["skipped"] = dict(self.skipped)  # running totals, logged as data/skipped_<reason>
+            self.samples_by_source.update(batch.get("source", []))
+            batch["samples_by_source"] = dict(self.samples_by_source)  # logged as data/samples_<source>
         return batch
 
     def state_dict(self) -> dict[str, Any]:
@@ -139,7 +142,8 @@ class ClapDataModule(L.LightningDataModule):
             ranks = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(ranks, self._progress["workers"])
         return {"version": STATE_VERSION, "epoch": self._progress["epoch"], "ranks": ranks,
-                "fingerprint": self._fingerprint, "skipped": dict(self.skipped)}
+                "fingerprint": self._fingerprint, "skipped": dict(self.skipped),
+                "samples_by_source": dict(self.samples_by_source)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("version") != STATE_VERSION:
@@ -151,6 +155,7 @@ class ClapDataModule(L.LightningDataModule):
         ranks = state_dict["ranks"]
         self._progress = {"epoch": state_dict["epoch"], "workers": dict(ranks[rank] if rank < len(ranks) else {})}
         self.skipped = Counter(state_dict.get("skipped", {}))
+        self.samples_by_source = Counter(state_dict.get("samples_by_source", {}))
 
     def _eval_loader(self, spec: str) -> ClapLoader:
         data = self.config.data

@@ -99,6 +99,8 @@ class ClapPretraining(L.LightningModule):
         self.log("train/global_batch", float(out.global_batch_size), batch_size=out.global_batch_size)
         for reason, count in batch.get("skipped", {}).items():  # this rank's running totals of bad samples
             self.log(f"data/skipped_{reason}", float(count), batch_size=out.global_batch_size)
+        for source, count in batch.get("samples_by_source", {}).items():  # this rank's running totals per source
+            self.log(f"data/samples_{source}", float(count), batch_size=out.global_batch_size)
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         # Evaluation batches may be partial and differ across ranks, so the loss is per rank.

@@ -25,11 +25,13 @@ class KeyRecorder(L.LightningModule):
         self.weight = torch.nn.Linear(1, 1)
         self.batches: list[tuple[str, ...]] = []
         self.skipped: dict = {}
+        self.samples_by_source: dict = {}
 
     def training_step(self, batch, batch_idx):
         assert "stream" not in batch  # the DataModule consumes the position tag
         self.batches.append((tuple(batch["key"]), tuple(batch["captions"]), batch["audio"].double().sum().item()))
         self.skipped = batch["skipped"]
+        self.samples_by_source = batch["samples_by_source"]
         return self.weight(batch["audio"].mean(dim=1, keepdim=True)).pow(2).mean()
 
     def configure_optimizers(self):
@@ -77,3 +79,6 @@ def test_mid_epoch_resume_neither_replays_nor_loses_batches(tmp_path, is_augment
     assert resumed.batches[epoch0:] == full.batches[BATCHES_PER_EPOCH:]
     # Bad samples are totalled across the resume (the count is restored from the checkpoint).
     assert full.skipped.get("bad_json", 0) >= 1 and resumed.skipped == full.skipped
+    # Samples per json `source` (logged as data/samples_<source>) are totalled across the resume too.
+    sources = Counter({"z": "test"}.get(key[0], key[0]) for keys, _, _ in full.batches for key in keys)  # z-0: "test"
+    assert full.samples_by_source == resumed.samples_by_source == dict(sources)
