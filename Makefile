@@ -7,7 +7,7 @@ DEMO_DATA ?= data/shards
 DEMO_RUN ?= runs/demo
 SEED ?= 0
 
-.PHONY: venv demo demo-data test test-fast clean
+.PHONY: venv demo demo-data test test-fast rehearsal clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: demo-data
 		data.train=$(DEMO_DATA)/demo/train data.val=$(DEMO_DATA)/demo/valid data.test=$(DEMO_DATA)/demo/test
 	$(BIN)/clap-lightning zeroshot --checkpoint $(DEMO_RUN)/checkpoints/last.ckpt \
 		--data $(DEMO_DATA)/demo/test --out $(DEMO_RUN)/zeroshot
+
+# The paper's pipeline on miniature corpora: 20 corpora -> shards -> HTSAT-22 -> CLAP (killed, resumed) -> 26 tasks.
+rehearsal: $(STAMP)
+	$(BIN)/python -m tests.rehearsal --out runs/rehearsal
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest

@@ -158,3 +158,35 @@ def test_training_shards_must_be_built_with_the_configured_leakage_list(tmp_path
         check_built_with_exclusion([str(tmp_path / "x-{000000..000001}.tar")], str(ids))
     with pytest.raises(DataError, match="data.exclude_list: exclusion list .* not found"):
         check_built_with_exclusion([str(good)], str(tmp_path / "absent.txt"))
+
+
+@pytest.mark.slow
+def test_the_20_source_mix_draws_each_source_in_proportion_to_its_weight(tmp_path):
+    """Count json `source` over the first 700 batches (192 a batch, the paper's per-GPU batch on 1 x 8) of the training
+    stream the loader decodes from, with clap2023.yaml's weights and shuffle buffer: each within +-30% of its share."""
+    import json as json_module
+    from collections import Counter
+
+    from clap_lightning.data.stream import FailureGuard, mixed_stream
+    from tests.shard_factory import write_tar
+
+    data = load_config(CLAP2023).data
+    batch, n_batches = local_batch_size(load_config(CLAP2023)), 700
+    urls, weights = [], []
+    for source in data.train_sources:
+        name = shard_corpus(source.shards)
+        members = [(f"{name}-{i}.json", json_module.dumps({"source": name, "id": str(i)}).encode()) for i in range(8)]
+        urls.append([str(write_tar(tmp_path / f"{name}.tar", members))])
+        weights.append(source.weight)
+    counts: Counter = Counter()
+    stream = mixed_stream(urls, weights, [data.seed, 0, 0, 0], data.shuffle_buffer, Counter(), FailureGuard("mix"))
+    for position, raw in stream:
+        counts[json_module.loads(raw["json"])["source"]] += 1
+        if position + 1 == batch * n_batches:
+            break
+    total = batch * n_batches
+    for source, weight in zip(data.train_sources, weights):
+        expected = total * weight / sum(weights)
+        name = shard_corpus(source.shards)
+        assert abs(counts[name] - expected) <= 0.3 * expected, (name, counts[name], round(expected, 1))
+    assert min(total * w / sum(weights) for w in weights) > 50  # even CMU-MOSI (0.06%) is counted, not guessed
