@@ -91,6 +91,8 @@ class ModelConfig:
     d_proj: int = bounded(1024, ge=1)  # joint embedding size
     proj_dropout: float = bounded(0.5, ge=0, lt=1)  # dropout inside the projection heads (msclap: 0.5)
     logit_scale_init: float = math.log(1 / 0.07)  # initial log temperature, as CLIP
+    projection: str = "msclap"  # projection heads: msclap (linear-GELU-linear, residual, LayerNorm) or mlp (LAION)
+    text_logit_scale: bool = False  # also keep LAION's `logit_scale_t` (saved and exported; the loss uses logit_scale)
     audio_encoder: dict = field(default_factory=lambda: {"name": "htsat"})  # `name` + that encoder's config
     text_encoder: dict = field(default_factory=lambda: {"name": "gpt2"})  # `name` + that encoder's config
     audio_encoder_init: str = ""  # checkpoint (e.g. multi-task) whose audio encoder a fresh `fit` starts from

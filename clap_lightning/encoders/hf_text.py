@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from clap_lightning.encoders.registry import register_text_encoder
+from clap_lightning.errors import ConfigError
 from clap_lightning.encoders.text import enable_activation_checkpointing, gather_last_token
 from clap_lightning.encoders.tokenizer import CaptionTokenizer
 
@@ -35,6 +36,7 @@ class BertTextConfig:
     max_positions: int = 512  # position embeddings
     dropout: float = 0.1  # hidden and attention dropout
     use_checkpointing: bool = False  # activation checkpointing per block
+    pooling: str = "cls"  # cls: first token's last hidden state (msclap); pooler: the model's dense+tanh pooler (LAION)
 
 
 @dataclass
@@ -98,10 +100,12 @@ class _ClsEncoder(_TransformersTextEncoder):
     def __init__(self, config: BertTextConfig) -> None:
         super().__init__()
         self.config = config
+        if config.pooling not in ("cls", "pooler"):
+            raise ConfigError(f"text_encoder.pooling must be 'cls' or 'pooler', got {config.pooling!r}")
         self.base = self._build_base(config)
         # msclap keeps the pooler (its checkpoints hold `pooler.*`) but never uses it; frozen so
-        # DDP sees no parameter without a gradient.
-        if getattr(self.base, "pooler", None) is not None:
+        # DDP sees no parameter without a gradient. LAION-CLAP and ClapModel pool through it.
+        if getattr(self.base, "pooler", None) is not None and config.pooling == "cls":
             self.base.pooler.requires_grad_(False)
         self._finish(config, self.base)
         self.out_dim = self.base.config.hidden_size
@@ -123,8 +127,10 @@ class _ClsEncoder(_TransformersTextEncoder):
         return model_cls(hf_config)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return hidden[:, 0]  # [B, H]: [CLS] / <s>
+        out = self.base(input_ids=input_ids, attention_mask=attention_mask)
+        if self.config.pooling == "pooler":
+            return out.pooler_output  # [B, H]: tanh(dense(<s>))
+        return out.last_hidden_state[:, 0]  # [B, H]: [CLS] / <s>
 
 
 @register_text_encoder("bert", BertTextConfig)

@@ -246,7 +246,10 @@ class HTSATEncoder(nn.Module):
         With `valid` [B, frames] (mask_padding), the spectrogram is padded to the image's width
         (`pad_to_image`) rather than stretched.
         """
-        feats = self.compute_logmel(wave, valid)
+        return self.tokens_from_logmel(self.compute_logmel(wave, valid), valid)
+
+    def tokens_from_logmel(self, feats: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`encode_tokens` from a log-mel [B, frames, n_mels] that has been through bn0."""
         if valid is not None:
             feats, _ = self.pad_to_image(feats, valid)
         x = self.pos_drop(self.patch_embed(self.reshape_wav2img(feats)))
@@ -278,6 +281,18 @@ class HTSATEncoder(nn.Module):
         weight = columns.to(tokens.dtype)[:, None, :]  # [B, 1, time]
         pooled = (tokens.mean(dim=2) * weight).sum(dim=2) / weight.sum(dim=2)
         return tokens, pooled, columns
+
+    def embed_logmel(self, logmel: torch.Tensor) -> torch.Tensor:
+        """The embedding [B, out_dim] of log-mel features [B, frames, n_mels] computed elsewhere.
+
+        For features made outside this model (Hugging Face's `ClapFeatureExtractor`, LAION's
+        torchlibrosa front end): they go through bn0 and on, skipping `frontend`.
+        """
+        if logmel.dim() != 3 or logmel.shape[2] != self.cfg.n_mels or logmel.shape[1] > self.cfg.max_frames:
+            raise ValueError(f"expected log-mel [B, frames <= {self.cfg.max_frames}, {self.cfg.n_mels}]; "
+                             f"got {list(logmel.shape)}")
+        feats = normalise_and_augment(logmel, self.bn0, self.spec_augmenter, self.cfg.use_spec_augment, None)
+        return self.tokens_from_logmel(feats).flatten(2).mean(dim=2)
 
     def forward(self, wave: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Return msclap's `latent_output`: the mean of the final normed tokens, [B, out_dim].

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clap_lightning.config import ModelConfig
-from clap_lightning.encoders.projection import Projection
+from clap_lightning.encoders.projection import build_projection
 from clap_lightning.encoders.registry import build_audio_encoder, build_caption_tokenizer, build_text_encoder
 from clap_lightning.checkpoint import load_state_or_refuse
 
@@ -42,9 +42,15 @@ class CLAP(nn.Module):
         self.config = config
         self.audio_encoder = build_audio_encoder(*split_name(config.audio_encoder))
         self.text_encoder = build_text_encoder(*split_name(config.text_encoder))
-        self.audio_projection = Projection(self.audio_encoder.out_dim, config.d_proj, config.proj_dropout)
-        self.text_projection = Projection(self.text_encoder.out_dim, config.d_proj, config.proj_dropout)
+        self.audio_projection = build_projection(config.projection, self.audio_encoder.out_dim, config.d_proj,
+                                                 config.proj_dropout)
+        self.text_projection = build_projection(config.projection, self.text_encoder.out_dim, config.d_proj,
+                                                config.proj_dropout)
         self.logit_scale = nn.Parameter(torch.full((1,), float(config.logit_scale_init)))
+        if config.text_logit_scale:
+            # LAION-CLAP learns logit_scale_a and logit_scale_t; its loss (without the MLP loss) and its
+            # zero-shot use only _a, which is `logit_scale` here. _t is kept so its weights round-trip.
+            self.logit_scale_t = nn.Parameter(torch.full((1,), float(config.logit_scale_init)), requires_grad=False)
 
     def encode_audio(self, audio: torch.Tensor, audio_length: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Embed waveforms [B, T] at `config.sample_rate` into [B, d_proj].
@@ -58,6 +64,16 @@ class CLAP(nn.Module):
     def masks_padding(self) -> bool:
         """Whether the audio encoder keeps padded frames out of its statistics and pooling."""
         return bool(getattr(self.audio_encoder.cfg, "mask_padding", False))
+
+    def encode_audio_features(self, logmel: torch.Tensor) -> torch.Tensor:
+        """Embed log-mel features [B, frames, n_mels] made outside the model into [B, d_proj].
+
+        For inputs prepared by another front end (Hugging Face's `ClapFeatureExtractor`, LAION's);
+        the audio encoder must take features (HTSAT does: `embed_logmel`).
+        """
+        if not hasattr(self.audio_encoder, "embed_logmel"):
+            raise ValueError(f"{type(self.audio_encoder).__name__} does not take log-mel features")
+        return self.audio_projection(self.audio_encoder.embed_logmel(logmel))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Embed token ids and attention mask [B, L] into [B, d_proj]."""
@@ -97,6 +113,39 @@ class CLAP(nn.Module):
             config.text_encoder["tokenizer"] = tokenizer
         model = cls(config)
         load_state_or_refuse(model, state, path)
+        return model.to(map_location).eval()
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu",
+                        tokenizer: Optional[str] = None) -> "CLAP":
+        """Load an exported model folder: clap-lightning's own (`export safetensors`: model.safetensors +
+        config.yaml) or a Hugging Face `ClapModel` one (config.json + model.safetensors / pytorch_model.bin).
+
+        Raises:
+            CheckpointError: the folder is neither, or its weights do not fit its config.
+        """
+        directory = Path(directory)
+        if (directory / "config.json").is_file():
+            from clap_lightning.convert.hf import build_from_hf  # convert imports this module
+
+            return build_from_hf(directory, tokenizer)[0].to(map_location)
+        if not ((directory / "config.yaml").is_file() and (directory / "model.safetensors").is_file()):
+            raise CheckpointError(f"{directory} holds neither config.yaml + model.safetensors (clap-lightning) "
+                                  "nor config.json (Hugging Face ClapModel)")
+        from omegaconf import OmegaConf
+        from safetensors.torch import load_file
+
+        from clap_lightning.config import from_container
+
+        config = from_container(OmegaConf.to_container(OmegaConf.load(directory / "config.yaml"))).model
+        if tokenizer:
+            config.text_encoder["tokenizer"] = tokenizer
+        model = cls(config)
+        try:
+            model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(f"{directory} does not match its stored architecture: "
+                                  f"{str(err).splitlines()[0]}") from None
         return model.to(map_location).eval()
 
     @torch.no_grad()
