@@ -22,10 +22,21 @@ def add_msclap_arguments(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     formats = parser.add_subparsers(dest="format", required=True)
     add_msclap_arguments(formats.add_parser("msclap", help="Microsoft CLAP 2022 / 2023 / clapcap checkpoints"))
+    hf = formats.add_parser("hf", help="a Hugging Face ClapModel folder (laion/clap-htsat-unfused, ...)")
+    hf.add_argument("folder", help="folder with config.json and model.safetensors (or pytorch_model.bin)")
+    hf.add_argument("--out", required=True, help="output file (.ckpt)")
+    hf.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the folder's own files)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Convert `args.file` to `args.out`; prints what was written."""
+    if args.format == "hf":
+        from clap_lightning.convert.hf import convert_hf_folder
+
+        kept = convert_hf_folder(args.folder, args.out, args.tokenizer)
+        print(f"wrote {args.out} (Hugging Face ClapModel); kept at initial values, not in ClapModel and not "
+              f"used by the embedding: {', '.join(kept) or 'nothing'}")
+        return 0
     from clap_lightning.convert import convert_msclap_file
 
     variant = convert_msclap_file(args.file, args.out, args.variant, args.model_config, args.tokenizer)

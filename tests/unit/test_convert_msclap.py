@@ -50,6 +50,7 @@ def small_config(reference, tmp_path) -> str:
 def _convert_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     convert.add_msclap_arguments(parser)
+    parser.set_defaults(format="msclap")  # as `clap-lightning convert msclap` sets it
     return parser.parse_args(list(argv))
 
 

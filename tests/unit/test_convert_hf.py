@@ -1,0 +1,134 @@
+"""Hugging Face ClapModel in and out: a random small ClapModel converts to ours with the same embeddings, and back."""
+
+import json
+
+import pytest
+import torch
+from transformers import ClapAudioConfig, ClapConfig, ClapModel, ClapTextConfig
+
+from clap_lightning.cli import main
+from clap_lightning.convert.hf import build_from_hf, hf_to_ours_key, ours_to_hf_key
+from clap_lightning.export.hf import export_hf, save_pretrained
+from clap_lightning.errors import CheckpointError
+from clap_lightning.models.clap import CLAP
+
+FRAMES = 251  # shorter than the 256-frame image: the time stretch is exercised
+
+
+def small_clap_config(fusion: bool = False) -> ClapConfig:
+    audio = ClapAudioConfig(window_size=4, num_mel_bins=16, spec_size=64, patch_size=4, patch_stride=[4, 4],
+                            depths=[2, 2], num_attention_heads=[2, 4], patch_embeds_hidden_size=16, hidden_size=32,
+                            projection_dim=24, enable_fusion=fusion, num_classes=10, drop_path_rate=0.0,
+                            hidden_dropout_prob=0.0)
+    text = ClapTextConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=48, max_position_embeddings=40, projection_dim=24)
+    return ClapConfig(text_config=text.to_dict(), audio_config=audio.to_dict(), projection_dim=24)
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory, tokenizer_dir):
+    torch.manual_seed(0)
+    model = ClapModel(small_clap_config()).eval()
+    with torch.no_grad():  # trained-looking statistics, so bn0 is not the identity
+        model.audio_model.audio_encoder.batch_norm.running_mean.normal_(-30, 5)
+        model.audio_model.audio_encoder.batch_norm.running_var.uniform_(50, 150)
+        model.logit_scale_t.fill_(2.0)
+    folder = tmp_path_factory.mktemp("hf") / "clap-small"
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def hf_inputs(seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    mel = -40 + 15 * torch.randn(3, 1, FRAMES, 16, generator=generator)  # ClapFeatureExtractor's [B, 1, T, mels]
+    ids = torch.randint(3, 120, (3, 9), generator=generator)
+    ids[:, 0] = 0  # <s>
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    ids[1, 6:] = 1  # RoBERTa's pad id
+    return mel, ids, mask
+
+
+def our_outputs(model: CLAP, mel, ids, mask):
+    with torch.no_grad():
+        audio = torch.nn.functional.normalize(model.encode_audio_features(mel[:, 0]), dim=-1)
+        text = torch.nn.functional.normalize(model.encode_text(ids, mask), dim=-1)
+    return audio, text
+
+
+def hf_outputs(model: ClapModel, mel, ids, mask):
+    with torch.no_grad():
+        return (model.get_audio_features(input_features=mel).pooler_output,
+                model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output)
+
+
+def test_converted_model_matches_transformers(hf_folder, tokenizer_dir):
+    folder, hf_model = hf_folder
+    ours, config, kept = build_from_hf(folder, tokenizer=tokenizer_dir)
+    assert kept == ["head", "tscam_conv"]
+    inputs = hf_inputs()
+    for got, want in zip(our_outputs(ours, *inputs), hf_outputs(hf_model, *inputs)):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    assert ours.logit_scale.item() == pytest.approx(hf_model.logit_scale_a.item())
+    assert ours.logit_scale_t.item() == pytest.approx(2.0)
+    assert config.model.projection == "mlp" and config.model.text_encoder["pooling"] == "pooler"
+
+
+def test_export_loads_back_into_clapmodel_with_the_same_outputs(hf_folder, tokenizer_dir, tmp_path):
+    folder, hf_model = hf_folder
+    ours, _, _ = build_from_hf(folder, tokenizer=tokenizer_dir)
+    out = export_hf(ours, tmp_path / "export")
+    reloaded = ClapModel.from_pretrained(out).eval()
+    inputs = hf_inputs(seed=2)
+    for got, want in zip(hf_outputs(reloaded, *inputs), hf_outputs(hf_model, *inputs)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert json.loads((out / "preprocessor_config.json").read_text())["sampling_rate"] == 48000
+    assert (out / "tokenizer.json").is_file() or (out / "vocab.json").is_file()
+
+
+def test_key_maps_are_inverse_and_refusals_name_the_difference(hf_folder, tokenizer_dir, tmp_path):
+    folder, hf_model = hf_folder
+    for key in hf_model.state_dict():
+        ours = hf_to_ours_key(key)
+        if ours is not None:
+            assert ours_to_hf_key(ours) == key
+    fused = tmp_path / "fused"
+    ClapModel(small_clap_config(fusion=True)).save_pretrained(fused)
+    with pytest.raises(CheckpointError, match="fused"):
+        build_from_hf(fused, tokenizer=tokenizer_dir)
+    assert main(["convert", "hf", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.ckpt")]) == 2
+
+
+def test_cli_convert_then_export_roundtrip(hf_folder, tokenizer_dir, tmp_path, capsys):
+    folder, hf_model = hf_folder
+    ckpt = tmp_path / "small.ckpt"
+    assert main(["convert", "hf", str(folder), "--out", str(ckpt), "--tokenizer", tokenizer_dir]) == 0
+    assert "tscam_conv" in capsys.readouterr().out  # reported as kept at initial values
+    assert main(["export", "hf", str(ckpt), "--out", str(tmp_path / "again")]) == 0
+    reloaded = ClapModel.from_pretrained(tmp_path / "again").eval()
+    inputs = hf_inputs(seed=3)
+    for got, want in zip(hf_outputs(reloaded, *inputs), hf_outputs(hf_model, *inputs)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    loaded = CLAP.from_pretrained(tmp_path / "again", tokenizer=tokenizer_dir)
+    for got, want in zip(our_outputs(loaded, *inputs), hf_outputs(hf_model, *inputs)):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+def test_gpt2_model_is_refused_by_name_and_saved_in_our_layout(tmp_path):
+    from omegaconf import OmegaConf
+
+    from clap_lightning.config import from_container
+    from tests.unit.test_export_onnx import MODELS
+
+    torch.manual_seed(0)
+    model = CLAP(from_container({"model": OmegaConf.to_container(OmegaConf.load(MODELS / "tiny.yaml"))}).model).eval()
+    with pytest.raises(CheckpointError, match="text encoder is 'gpt2'.*export safetensors"):
+        export_hf(model, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    out = save_pretrained(model, tmp_path / "own")
+    loaded = CLAP.from_pretrained(out)
+    wave = 0.1 * torch.randn(2, model.config.clip_samples, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loaded.embed_audio(wave), model.embed_audio(wave))
+    torch.testing.assert_close(loaded.embed_text(["a low hum"]), model.embed_text(["a low hum"]))
+    with pytest.raises(CheckpointError, match="neither"):
+        CLAP.from_pretrained(tmp_path)
