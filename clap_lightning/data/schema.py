@@ -151,8 +151,13 @@ def read_labels(meta: dict, label_field: str) -> list[str]:
     return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
 
 
-def read_manifest(split_dir_path: str | Path, name: str = MANIFEST_NAME) -> dict[str, Any]:
+def read_manifest(split_dir_path: str | Path, name: str = MANIFEST_NAME,
+                  required: tuple[str, ...] = REQUIRED_MANIFEST_FIELDS) -> dict[str, Any]:
     """Read and check the manifest of a split directory.
+
+    Args:
+        required: keys that must be present (the loader asks only for `shards`, so a
+            hand-written manifest listing shards and counts serves too).
 
     Raises:
         FileNotFoundError: the directory or its manifest is missing (one line, with the path).
@@ -165,10 +170,12 @@ def read_manifest(split_dir_path: str | Path, name: str = MANIFEST_NAME) -> dict
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"manifest {path} is not valid json: {err}") from None
-    missing = [k for k in REQUIRED_MANIFEST_FIELDS if k not in manifest]
+    if not isinstance(manifest, dict):
+        raise ValueError(f"manifest {path} is not a json object (found {type(manifest).__name__})")
+    missing = [k for k in required if k not in manifest]
     if missing:
         raise ValueError(f"manifest {path} lacks required keys: {', '.join(missing)}")
-    if manifest["format"] != MANIFEST_FORMAT:
+    if "format" in manifest and manifest["format"] != MANIFEST_FORMAT:
         raise ValueError(f"manifest {path} has format {manifest['format']!r}, expected {MANIFEST_FORMAT!r}")
     return manifest
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import braceexpand
 
-from clap_lightning.data.schema import exclude_digest, read_exclude_file
-from clap_lightning.errors import DataError
-
-MANIFEST_NAME = "manifest.json"
+from clap_lightning.data.schema import MANIFEST_NAME, exclude_digest, read_exclude_file, read_manifest
+from clap_lightning.errors import DataError, first_line
 
 
 @dataclass
@@ -23,10 +20,38 @@ class ShardSource:
     num_samples: Optional[int] = None
 
 
+def load_manifest(split_dir: Path) -> dict:
+    """A split's manifest through the checked reader (`schema.read_manifest`), needing only `shards`.
+
+    Raises:
+        DataError: not json, not an object, no `shards` list, or entries of the wrong type (one line).
+    """
+    try:
+        manifest = read_manifest(split_dir, required=("shards",))
+    except (OSError, ValueError) as err:
+        raise DataError(first_line(err)) from None
+    where = split_dir / MANIFEST_NAME
+    if not isinstance(manifest["shards"], list):
+        raise DataError(f"manifest {where}: 'shards' must be a list, found {type(manifest['shards']).__name__}")
+    for i, shard in enumerate(manifest["shards"]):
+        name = shard.get("name") or shard.get("path") if isinstance(shard, dict) else shard
+        count = shard.get("count", shard.get("samples")) if isinstance(shard, dict) else None
+        if not isinstance(name, str) or not name or not _is_count(count, allow_none=True):
+            raise DataError(f"manifest {where}: shards[{i}] must be a file name or {{name, count}}, found {shard!r:.80}")
+    total = manifest.get("num_samples", manifest.get("samples"))
+    if not _is_count(total, allow_none=True):
+        raise DataError(f"manifest {where}: num_samples must be a count, found {total!r:.80}")
+    return manifest
+
+
+def _is_count(value, allow_none: bool) -> bool:
+    return (value is None and allow_none) or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+
+
 def _from_manifest(split_dir: Path) -> ShardSource:
-    manifest = json.loads((split_dir / MANIFEST_NAME).read_text())
+    manifest = load_manifest(split_dir)
     urls, counts = [], []
-    for shard in manifest.get("shards", []):
+    for shard in manifest["shards"]:
         name = shard if isinstance(shard, str) else shard.get("name") or shard.get("path")
         urls.append(str(split_dir / Path(name).name))
         counts.append(None if isinstance(shard, str) else shard.get("count", shard.get("samples")))
@@ -110,7 +135,9 @@ def check_built_with_exclusion(specs: list[str], exclude_list: str) -> None:
             if not manifest_path.is_file():
                 raise DataError(f"data.exclude_list is set but {part} has no {MANIFEST_NAME} recording how it was built; "
                                 f"give split directories built with --exclude {exclude_list}")
-            recorded = (json.loads(manifest_path.read_text()).get("build") or {}).get("exclude") or {}
+            build = load_manifest(Path(part)).get("build")
+            recorded = (build.get("exclude") if isinstance(build, dict) else None) or {}
+            recorded = recorded if isinstance(recorded, dict) else {}
             if recorded.get("sha1") != expected:
                 found = f"another list (sha1 {recorded['sha1'][:12]})" if recorded.get("sha1") else "no list"
                 raise DataError(f"{part} was built with {found}, not data.exclude_list {exclude_list}; rebuild it with "

@@ -124,3 +124,9 @@ def test_fit_ckpt_path_last_without_a_checkpoint_is_refused(capsys, fit_args):
     args, _ = fit_args
     assert main([*args, "--ckpt_path", "last"]) == 2
     assert_one_line_error(capsys, "--ckpt_path last: no complete last checkpoint in")
+
+
+def test_corrupt_manifest_is_one_line(capsys, tmp_path):
+    (tmp_path / "manifest.json").write_text('{"shards": [{"name": "a.tar", "count": 3}')
+    assert main(["fit", "--config", DEMO, f"data.train={tmp_path}"]) == 2
+    assert_one_line_error(capsys, f"manifest {tmp_path / 'manifest.json'} is not valid json")

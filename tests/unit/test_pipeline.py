@@ -146,6 +146,24 @@ def test_resolve_shards_errors(tmp_path):
         resolve_shards(str(tmp_path / "a-{0..1}.tar"))
 
 
+@pytest.mark.parametrize("text, message", [
+    ('{"shards": [', "is not valid json"),
+    (b"\xff\xfe{}", "is not valid json"),
+    ("[1, 2]", "is not a json object (found list)"),
+    ('{"num_samples": 3}', "lacks required keys: shards"),
+    ('{"shards": "a.tar"}', "'shards' must be a list, found str"),
+    ('{"shards": [{"name": 7}]}', "shards[0] must be a file name or {name, count}"),
+    ('{"shards": [{"name": "a.tar", "count": "many"}]}', "shards[0] must be a file name"),
+    ('{"shards": ["a.tar"], "num_samples": -1}', "num_samples must be a count"),
+    ('{"shards": ["a.tar"], "format": "other/9"}', "has format 'other/9'"),
+])
+def test_a_damaged_manifest_is_one_data_error(tmp_path, text, message):
+    (tmp_path / "manifest.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(DataError) as err:
+        resolve_shards(str(tmp_path))
+    assert message in str(err.value) and "manifest.json" in str(err.value) and "\n" not in str(err.value)
+
+
 class _StackInWorker(torch.utils.data.IterableDataset):
     def __iter__(self):
         clips = [torch.arange(6, dtype=torch.float32) + 10 * i for i in range(3)]
