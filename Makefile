@@ -12,7 +12,7 @@ SEED ?= 0
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,deepspeed]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,deepspeed,tracking]"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -152,6 +152,31 @@ class DataConfig:
 
 
 @dataclass
+class TensorBoardOptions:
+    """`trainer.tensorboard`: event files under `<run_dir>/<name>/version_N/`."""
+
+    name: str = "tensorboard"  # folder under run_dir
+
+
+@dataclass
+class WandbOptions:
+    """`trainer.wandb`: Weights & Biases; offline by default (files under `<run_dir>/wandb/`, `wandb sync` uploads)."""
+
+    project: str = "clap-lightning"  # W&B project
+    entity: str = ""  # W&B team or user ("" = the account's default)
+    mode: str = "offline"  # offline (no network) or online
+    tags: list = field(default_factory=list)  # run tags
+
+
+@dataclass
+class MLflowOptions:
+    """`trainer.mlflow`: MLflow tracking; a local file store under the run folder by default."""
+
+    tracking_uri: str = ""  # "" = file:<run_dir>/mlruns; or http://host:5000, sqlite:///path.db
+    experiment: str = "clap-lightning"  # MLflow experiment name
+
+
+@dataclass
 class TrainerConfig:
     """Arguments passed to `lightning.Trainer`."""
 
@@ -170,6 +195,10 @@ class TrainerConfig:
     limit_val_batches: Optional[float] = bounded(None, ge=0)  # cap validation batches
     enable_progress_bar: bool = True  # Lightning's progress bar
     checkpoint_every_n_steps: int = bounded(0, ge=0)  # save a checkpoint every N steps (0 = at epoch end only)
+    loggers: list = field(default_factory=lambda: ["csv"])  # any of csv, tensorboard, wandb, mlflow
+    tensorboard: TensorBoardOptions = field(default_factory=TensorBoardOptions)  # when loggers has tensorboard
+    wandb: WandbOptions = field(default_factory=WandbOptions)  # when loggers has wandb
+    mlflow: MLflowOptions = field(default_factory=MLflowOptions)  # when loggers has mlflow
 
 
 @dataclass

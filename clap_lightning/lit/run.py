@@ -7,7 +7,6 @@ from typing import Optional
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from clap_lightning.checkpoint import PRETRAINING, check_resumable, load_stored_state, read_lightning_checkpoint
@@ -17,6 +16,7 @@ from clap_lightning.errors import CheckpointError
 from clap_lightning.lit.eval_callback import build_eval_callbacks
 from clap_lightning.lit.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
 from clap_lightning.lit.datamodule import ClapDataModule
+from clap_lightning.lit.loggers import build_loggers
 from clap_lightning.lit.pretraining import ClapPretraining
 from clap_lightning.lit.slurm import cluster_callbacks, cluster_plugins
 from clap_lightning.lit.strategies import build_strategy
@@ -24,7 +24,7 @@ from clap_lightning.models.encoder_init import init_audio_encoder
 
 
 def build_trainer(config: ExperimentConfig) -> L.Trainer:
-    """A Trainer writing checkpoints, CSV logs and the resolved config under `config.run_dir`."""
+    """A Trainer writing checkpoints and the logs of `trainer.loggers` under `config.run_dir`."""
     t = config.trainer
     run_dir = Path(config.run_dir)
     # Saved at every epoch end (which max_steps also triggers) and every N steps when configured.
@@ -44,7 +44,7 @@ def build_trainer(config: ExperimentConfig) -> L.Trainer:
         limit_val_batches=t.limit_val_batches, enable_progress_bar=t.enable_progress_bar,
         default_root_dir=str(run_dir), callbacks=[checkpoint, *build_eval_callbacks(config), *cluster_callbacks()],
         plugins=[AtomicCheckpointIO(), *cluster_plugins()],  # atomic checkpoint writes; SLURM ranks (+ requeue)
-        logger=CSVLogger(str(run_dir), name="logs"),  # logs/version_N: a resumed run never overwrites
+        logger=build_loggers(config),
         num_sanity_val_steps=0,
     )
 
