@@ -199,6 +199,7 @@ class TrainerConfig:
     tensorboard: TensorBoardOptions = field(default_factory=TensorBoardOptions)  # when loggers has tensorboard
     wandb: WandbOptions = field(default_factory=WandbOptions)  # when loggers has wandb
     mlflow: MLflowOptions = field(default_factory=MLflowOptions)  # when loggers has mlflow
+    peak_tflops: float = bounded(0.0, ge=0)  # a device's peak TFLOP/s for MFU; 0 = the GPU's by name (CPU: none)
 
 
 @dataclass

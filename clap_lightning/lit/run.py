@@ -17,6 +17,7 @@ from clap_lightning.lit.eval_callback import build_eval_callbacks
 from clap_lightning.lit.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
 from clap_lightning.lit.datamodule import ClapDataModule
 from clap_lightning.lit.loggers import build_loggers
+from clap_lightning.lit.monitor import TrainingMonitor
 from clap_lightning.lit.pretraining import ClapPretraining
 from clap_lightning.lit.slurm import cluster_callbacks, cluster_plugins
 from clap_lightning.lit.strategies import build_strategy
@@ -24,7 +25,7 @@ from clap_lightning.models.encoder_init import init_audio_encoder
 
 
 def build_trainer(config: ExperimentConfig) -> L.Trainer:
-    """A Trainer writing checkpoints and the logs of `trainer.loggers` under `config.run_dir`."""
+    """A Trainer writing checkpoints and the `trainer.loggers` logs under `config.run_dir`, with a live monitor."""
     t = config.trainer
     run_dir = Path(config.run_dir)
     # Saved at every epoch end (which max_steps also triggers) and every N steps when configured.
@@ -35,6 +36,7 @@ def build_trainer(config: ExperimentConfig) -> L.Trainer:
     # Other runs (captioning) have no `objective` section and use Lightning's accumulation.
     objective = getattr(config, "objective", None)
     is_gradcache = objective is not None and objective.accumulation == "gradcache"
+    monitor = TrainingMonitor(t.peak_tflops)  # throughput, loader wait, MFU, gradient norm (lit/monitor.py)
     return L.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(config),
         precision=t.precision, max_steps=t.max_steps, max_epochs=t.max_epochs if t.max_steps < 0 else None,
@@ -42,9 +44,10 @@ def build_trainer(config: ExperimentConfig) -> L.Trainer:
         gradient_clip_val=None if is_gradcache else t.gradient_clip_val,
         log_every_n_steps=t.log_every_n_steps, val_check_interval=val_check_interval(t.val_check_interval),
         limit_val_batches=t.limit_val_batches, enable_progress_bar=t.enable_progress_bar,
-        default_root_dir=str(run_dir), callbacks=[checkpoint, *build_eval_callbacks(config), *cluster_callbacks()],
+        default_root_dir=str(run_dir),
+        callbacks=[checkpoint, monitor, *build_eval_callbacks(config), *cluster_callbacks()],
         plugins=[AtomicCheckpointIO(), *cluster_plugins()],  # atomic checkpoint writes; SLURM ranks (+ requeue)
-        logger=build_loggers(config),
+        logger=build_loggers(config), profiler=monitor.loader_wait,
         num_sanity_val_steps=0,
     )
 
