@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from clap_lightning.commands import caption, convert, embed, export, multitask, search, stages, zeroshot
+from clap_lightning.commands import caption, convert, embed, export, multitask, report, search, stages, zeroshot
 from clap_lightning.commands import eval as eval_command
 from clap_lightning.errors import ClapError
 
@@ -23,6 +23,7 @@ VERBS = {
     "embed": (embed, "embed a sound library (folder, list, csv, shards) into a resumable index"),
     "search": (search, "the clips of an index nearest to a text query"),
     "export": (export, "export a model for use outside clap-lightning (ONNX)"),
+    "report": (report, "write RUN_DIR/report.html: config, training curves, eval vs the paper"),
     "multitask": (multitask, "supervised multi-task pretraining of the audio encoder"),
 }
 

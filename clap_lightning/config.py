@@ -266,6 +266,7 @@ class ExperimentConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    report: bool = False  # write <run_dir>/report.html when fit ends (as `clap-lightning report RUN_DIR`)
 
     def __post_init__(self) -> None:
         check_ranges(self)
@@ -400,6 +401,8 @@ def validate_training(config: ExperimentConfig) -> None:
     if trainer.deepspeed_config and trainer.strategy != "deepspeed":
         raise ConfigError(f"trainer.deepspeed_config is set but trainer.strategy is '{trainer.strategy}', "
                           "expected deepspeed")
+    if config.report and "csv" not in trainer.loggers:
+        raise ConfigError("report is true but trainer.loggers has no csv: the report draws its curves from the CSV logs")
     if objective.accumulation == "gradcache" and trainer.strategy.startswith("deepspeed"):
         raise ConfigError("objective.accumulation=gradcache runs under DDP only; "
                           f"found trainer.strategy={trainer.strategy}")

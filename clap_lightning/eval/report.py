@@ -41,7 +41,7 @@ def write_table(rows: Sequence[dict], stem: Path, title: str) -> list[Path]:
     return [md, csv_path]
 
 
-def _pyplot():
+def pyplot():
     """Import pyplot on the file-only Agg backend (no display on cluster nodes)."""
     import matplotlib
 
@@ -51,19 +51,24 @@ def _pyplot():
     return plt
 
 
-def _save_png(fig, path: Path) -> Path:
-    """Lay out `fig`, write it to `path` as a 100-dpi PNG atomically, close it and return `path`."""
+def png_bytes(fig) -> bytes:
+    """Lay out `fig`, render it as a 100-dpi PNG, close it and return the bytes."""
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    _pyplot().close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def _save_png(fig, path: Path) -> Path:
+    """Write `fig` to `path` as a 100-dpi PNG atomically, close it and return `path`."""
+    atomic_write_bytes(path, png_bytes(fig))
     return path
 
 
 def plot_confusion(confusion: torch.Tensor, classes: Sequence[str], path: Path, title: str) -> Path:
     """Row-normalised confusion matrix as a PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     rates = (confusion.float() / confusion.sum(1, keepdim=True).clamp(min=1)).numpy()
     size = max(5.0, 0.45 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
@@ -85,8 +90,17 @@ def plot_confusion(confusion: torch.Tensor, classes: Sequence[str], path: Path, 
 PROBE_METRIC = "probe_acc"  # linear-probe accuracy (eval/linear_probe.py); the paper reports none
 
 
+RESULT_COLUMNS = ("task", "metric", "ours", "paper", "delta", "clips")  # of results.csv, as `comparison_row` fills
+
+
 def _fmt(value) -> str:
     return "" if value is None else f"{value:.4f}"
+
+
+def comparison_row(task: str, metric: str, ours: float, paper: float | None, clips: int | str) -> dict:
+    """One results-table row: our value beside the paper's and the difference, to 4 decimals."""
+    return {"task": task, "metric": metric, "ours": _fmt(ours), "paper": _fmt(paper),
+            "delta": "" if paper is None else f"{ours - paper:+.4f}", "clips": clips}
 
 
 def result_rows(results: Sequence) -> list[dict]:
@@ -109,15 +123,13 @@ def result_rows(results: Sequence) -> list[dict]:
             shown.append(PROBE_METRIC)
         for metric in shown:
             ours = result.metrics[spec.result_key(metric) if metric != PROBE_METRIC else metric]
-            paper = spec.paper.get(metric)
-            rows.append({"task": spec.name, "metric": metric, "ours": _fmt(ours), "paper": _fmt(paper),
-                         "delta": "" if paper is None else f"{ours - paper:+.4f}", "clips": result.num_clips})
+            rows.append(comparison_row(spec.name, metric, ours, spec.paper.get(metric), result.num_clips))
     return rows
 
 
 def plot_comparison(rows: Sequence[dict], path: Path, title: str) -> Path:
     """Horizontal bars, ours vs the paper, for every scored row (a row without a paper number has one bar)."""
-    plt = _pyplot()
+    plt = pyplot()
     scored = [row for row in rows if row["ours"] and not row["ours"].startswith("skipped")]
     fig, ax = plt.subplots(figsize=(8, max(2.5, 0.45 * len(scored) + 1.5)))
     if scored:

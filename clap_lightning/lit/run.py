@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -13,6 +14,7 @@ from clap_lightning.checkpoint import PRETRAINING, check_resumable, load_stored_
 from clap_lightning.config import ExperimentConfig, local_batch_size, save_config
 from clap_lightning.data.sources import check_built_with_exclusion, resolve_shards
 from clap_lightning.errors import CheckpointError
+from clap_lightning.eval.run_report import write_run_report
 from clap_lightning.lit.eval_callback import build_eval_callbacks
 from clap_lightning.lit.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
 from clap_lightning.lit.datamodule import ClapDataModule
@@ -22,6 +24,8 @@ from clap_lightning.lit.pretraining import ClapPretraining
 from clap_lightning.lit.slurm import cluster_callbacks, cluster_plugins
 from clap_lightning.lit.strategies import build_strategy
 from clap_lightning.models.encoder_init import init_audio_encoder
+
+log = logging.getLogger(__name__)
 
 
 def build_trainer(config: ExperimentConfig) -> L.Trainer:
@@ -86,6 +90,8 @@ def run_stage(stage: str, config: ExperimentConfig, ckpt_path: Optional[str] = N
     if stage == "fit":
         write_run_config(config)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        if config.report and trainer.is_global_zero:
+            log.info("report: %s", write_run_report(config.run_dir))
         return []
     return getattr(trainer, stage)(module, datamodule=datamodule)
 
