@@ -8,11 +8,17 @@ against the fp32 baseline on the same inputs:
 - bf16: `torch.autocast(bfloat16)`, as `trainer.precision=bf16-mixed`;
 - bf16 + ckpt: also activation checkpointing in both encoders (`use_checkpointing`).
 
+Each variant's FLOPs are counted once on its real step with `FlopCounterMode`, and TFLOP/s and
+MFU are printed against the device's dense peak for the variant's dtype, looked up from the
+device name (H100/H200/A100) or given with `--peak-tflops`: the same accounting as the live
+monitor of `clap-lightning fit` (`clap_lightning/flops.py`).
+
 Also printed, as checks of the switches on this device: the bf16 loss against the fp32
 loss on the same weights, and the largest gradient difference that checkpointing makes
 (it recomputes the same kernels, so it should be at float rounding).
 
-Usage: `python benchmarks/bench_gpu_step.py [--batch 96] [--steps 10]` (`--device cpu` for a smoke run).
+Usage: `python benchmarks/bench_gpu_step.py [--batch 96] [--steps 10] [--peak-tflops T]` (`--device cpu` for a
+smoke run; MFU needs `--peak-tflops` there).
 Nothing is asserted about speed.
 """
 
@@ -25,6 +31,7 @@ import time
 import torch
 
 from clap_lightning.convert.msclap import load_model_config
+from clap_lightning.flops import achieved_tflops, count_flops, device_peak_tflops
 from clap_lightning.models.clap import CLAP
 from clap_lightning.objectives.contrastive import compute_logits, symmetric_infonce
 
@@ -44,8 +51,11 @@ def loss_of(model: CLAP, batch: dict, bf16: bool) -> torch.Tensor:
         return symmetric_infonce(logits, torch.arange(len(logits), device=logits.device))
 
 
-def time_steps(model: CLAP, batch: dict, bf16: bool, steps: int) -> tuple[float, float]:
-    """(pairs per second, peak GiB) over `steps` optimizer steps after two warm-up steps."""
+def time_steps(model: CLAP, batch: dict, bf16: bool, steps: int) -> tuple[float, float, int, float]:
+    """(pairs/s, peak GiB, FLOPs of one step, seconds) over `steps` optimizer steps after two warm-up steps.
+
+    The second warm-up step runs under the FLOP counter: the first may build state (AdamW's moments).
+    """
     optim = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
     model.train()
 
@@ -55,7 +65,8 @@ def time_steps(model: CLAP, batch: dict, bf16: bool, steps: int) -> tuple[float,
         optim.step()
 
     cuda = batch["audio"].is_cuda
-    for _ in range(2):
+    step()
+    with count_flops() as flops:
         step()
     if cuda:
         torch.cuda.synchronize()
@@ -66,7 +77,8 @@ def time_steps(model: CLAP, batch: dict, bf16: bool, steps: int) -> tuple[float,
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return steps * len(batch["audio"]) / seconds, torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    return steps * len(batch["audio"]) / seconds, peak_gib, flops.total, seconds / steps
 
 
 def gradients(model: CLAP, batch: dict, bf16: bool) -> tuple[float, dict[str, torch.Tensor]]:
@@ -83,6 +95,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--tokens", type=int, default=24, help="caption length in tokens")
     parser.add_argument("--device", default="cuda", help="cuda (the point), or cpu for a smoke run")
+    parser.add_argument("--peak-tflops", type=float, default=0.0,
+                        help="one device's peak TFLOP/s for MFU (default: looked up from the GPU's name)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -113,15 +127,21 @@ def main() -> None:
                             ("bf16 + ckpt", checkpointed, True)):
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        rows.append((name, *time_steps(net, batch, bf16, args.steps)))
+        peak = device_peak_tflops(device, "bf16-mixed" if bf16 else "32-true", args.peak_tflops)
+        rows.append((name, peak, *time_steps(net, batch, bf16, args.steps)))
     where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"CLAP 2023 (HTSAT + GPT2) train step on {where}, batch {args.batch} x "
           f"{model.config.clip_seconds:g} s @ {model.config.sample_rate} Hz, {args.tokens}-token captions, "
-          f"AdamW, torch {torch.__version__}; {args.steps} steps after 2 warm-up")
-    print(f"{'variant':<12} {'pairs/s':>9} {'vs fp32':>8} {'peak GiB':>9} {'vs fp32':>8}")
-    base_rate, base_mem = rows[0][1], rows[0][2]
-    for name, rate, mem in rows:
-        print(f"{name:<12} {rate:9.1f} {rate / base_rate:7.2f}x {mem:9.2f} {mem / base_mem:7.2f}x")
+          f"AdamW, torch {torch.__version__}; {args.steps} steps after 2 warm-up; "
+          f"FLOPs counted by FlopCounterMode, MFU against the dense peak of the variant's dtype")
+    print(f"{'variant':<12} {'pairs/s':>9} {'vs fp32':>8} {'peak GiB':>9} {'vs fp32':>8} {'GFLOP/pair':>11} "
+          f"{'TFLOP/s':>8} {'MFU':>7}")
+    base_rate, base_mem = rows[0][2], rows[0][3]
+    for name, peak, rate, mem, flops, step_seconds in rows:
+        tflops = achieved_tflops(flops, step_seconds)
+        mfu = f"{tflops / peak:7.1%}" if peak else f"{'n/a':>7}"
+        print(f"{name:<12} {rate:9.1f} {rate / base_rate:7.2f}x {mem:9.2f} {mem / base_mem:7.2f}x "
+              f"{flops / args.batch / 1e9:11.2f} {tflops:8.3g} {mfu}")
     print(f"checks: loss fp32 {fp32_loss:.5f} vs bf16 {bf16_loss:.5f} (|diff| {abs(fp32_loss - bf16_loss):.2e}); "
           f"checkpointing changes bf16 gradients by at most {ckpt_diff:.2e} (largest gradient {grad_scale:.2e})")
 
