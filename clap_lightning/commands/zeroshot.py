@@ -1,17 +1,20 @@
 """`clap-lightning zeroshot --checkpoint C --data SHARDS`: zero-shot classification of labelled shards.
 
-The loader is built from the checkpoint's stored config, with `--data` as its test split.
+A thin front of the evaluation suite: the shards are one single-label task (classes given or
+found in the shards, the prompt given or the checkpoint's `zeroshot.prompt`), embedded and
+scored by `TaskEvaluator` as `clap-lightning eval` scores a registry task, so both give the same
+numbers. The report adds what a single task can show: per-class accuracy and the confusion matrix.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
 if TYPE_CHECKING:
-    from clap_lightning.eval.zeroshot import ZeroShotResult
+    from clap_lightning.eval.suite import TaskResult
+    from clap_lightning.eval.tasks import TaskSpec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +38,16 @@ def read_classes(value: Optional[str]) -> Optional[list[str]]:
     return [c.strip() for c in value.split(",") if c.strip()]
 
 
+def zeroshot_task(classes: Optional[Sequence[str]], prompt: str, label_field: str) -> TaskSpec:
+    """The single-label task `zeroshot` scores: `classes` (None: those found in the shards) with one prompt."""
+    from clap_lightning.eval.tasks import TaskSpec
+
+    return TaskSpec(name="zeroshot", display_name="Zero-shot classification", kind="single_label", metric="acc",
+                    source="zeroshot", split="data", protocol="the shards given to `clap-lightning zeroshot --data`",
+                    classes=list(classes or []), classes_from="spec" if classes else "shards", prompts=[prompt],
+                    label_field=label_field)
+
+
 def run_zeroshot(
     checkpoint: str,
     data: str,
@@ -43,29 +56,28 @@ def run_zeroshot(
     out_dir: Optional[str] = None,
     batch_size: int = 64,
     num_workers: int = 2,
-) -> tuple[ZeroShotResult, Path]:
-    """Zero-shot classify the labelled shards `data` with the model in `checkpoint`."""
+) -> tuple[TaskResult, Path]:
+    """Zero-shot classify the labelled shards `data` with the model in `checkpoint`; write the report."""
     import torch
 
-    from clap_lightning.eval.zeroshot import (classify, collect_classes, embed_audio_batches, embed_class_prompts,
-                                              write_zeroshot_report)
-    from clap_lightning.lit.datamodule import ClapDataModule
+    from clap_lightning.data.sources import resolve_shards
+    from clap_lightning.eval.embed import ClipSettings
+    from clap_lightning.eval.suite import EvalOptions, TaskEvaluator
+    from clap_lightning.eval.zeroshot import write_zeroshot_report
     from clap_lightning.lit.run import load_pretraining
 
     module = load_pretraining(checkpoint)
     config = module.config
-    config = dataclasses.replace(config, data=dataclasses.replace(
-        config.data, test=data, eval_batch_size=batch_size, num_workers=num_workers))
-    datamodule = ClapDataModule(config)
-    datamodule.setup("test")
+    urls = resolve_shards(data).urls
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = module.model.to(device)
-    embedded = embed_audio_batches(model, datamodule.test_dataloader())
-    classes = collect_classes(embedded, classes)
-    prompt = prompt or config.zeroshot.prompt
-    result = classify(embedded, embed_class_prompts(model, datamodule.tokenizer, classes, prompt), classes)
+    model = module.model.to(device).eval()
+    spec = zeroshot_task(classes, prompt or config.zeroshot.prompt, config.zeroshot.label_field)
+    clip = ClipSettings(config.model.sample_rate, config.model.clip_samples, config.data.pad_mode)
+    evaluator = TaskEvaluator(model, model.build_tokenizer(), clip, Path(data),
+                              options=EvalOptions(batch_size=batch_size, num_workers=num_workers))
+    result = evaluator.evaluate(spec, urls)
     out = Path(out_dir) if out_dir else Path(config.run_dir) / "zeroshot"
-    write_zeroshot_report(result, out, f"Zero-shot classification ({prompt.format('<class>')})")
+    write_zeroshot_report(result, out, f"Zero-shot classification ({spec.prompts[0].format('<class>')})")
     return result, out
 
 
@@ -73,6 +85,6 @@ def run(args: argparse.Namespace) -> int:
     result, out_dir = run_zeroshot(args.checkpoint, args.data, read_classes(args.classes), args.prompt,
                                    args.out, args.batch_size, args.num_workers)
     print(f"report: {out_dir}/results.md, {out_dir}/confusion.png")
-    print(f"zero-shot accuracy: {result.accuracy:.3f} on {result.num_clips} held-out clips, "
+    print(f"zero-shot accuracy: {result.metrics['acc']:.3f} on {result.num_clips} held-out clips, "
           f"{len(result.classes)} classes (chance {1 / len(result.classes):.3f})")
     return 0

@@ -6,7 +6,6 @@ one set of embeddings: the cache is keyed by source, split and checkpoint, not b
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -17,13 +16,12 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from clap_lightning.data.pipeline import ClapLoader, ClapStream, ClipDecoder, stack_for_transfer
 from clap_lightning.data.sources import resolve_shards
 from clap_lightning.checkpoint import safe_load
 from clap_lightning.errors import CheckpointError, DataError
+from clap_lightning.models.clap import embed_clips
 
 log = logging.getLogger(__name__)
 
@@ -77,34 +75,15 @@ def build_eval_loader(urls: list[str], clip: ClipSettings, batch_size: int, num_
     return ClapLoader(stream, batch_size=None, num_workers=workers)
 
 
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put `model` in eval mode, then restore every submodule's own mode.
-
-    `model.train(was_training)` would not do: it would also switch frozen towers (kept in eval
-    mode by `ClapPretraining`) back to train mode.
-    """
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
-
-
-@torch.no_grad()
 def embed_batches(model, batches: Iterator[dict[str, Any]]) -> EmbeddedSplit:
-    """Run `model.encode_audio` over evaluation batches in eval mode (each submodule's mode is restored)."""
-    device = next(model.parameters()).device
+    """Embed every evaluation batch with `embed_clips` (eval mode, each submodule's mode restored)."""
     embs, keys, metas, skipped = [], [], [], Counter()
-    with eval_mode(model):
-        for batch in batches:
-            emb = model.encode_audio(batch["audio"].to(device), batch["audio_length"].to(device))
-            embs.append(F.normalize(emb.float(), dim=-1).cpu())
-            keys += batch["key"]
-            metas += batch["meta"]
-            skipped.update(batch.get("skipped", {}))
+    for batch in batches:
+        if len(batch["audio"]):
+            embs.append(embed_clips(model, batch["audio"], batch["audio_length"], len(batch["audio"])).cpu())
+        keys += batch["key"]
+        metas += batch["meta"]
+        skipped.update(batch.get("skipped", {}))
     if not embs:
         raise DataError("the evaluation shards yielded no clips")
     return EmbeddedSplit(torch.cat(embs), keys, metas, dict(skipped))

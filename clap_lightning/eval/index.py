@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from clap_lightning.data.sources import is_shard_name, resolve_shards
 from clap_lightning.errors import ClapError, DataError, first_line
-from clap_lightning.models.clap import CLAP, frames_needed, prepare_audio, prepare_windows
+from clap_lightning.models.clap import CLAP, embed_clips, frames_needed, prepare_audio, prepare_windows
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +343,7 @@ def pass_through(record: dict[str, Any]) -> dict[str, Any]:
 def embed_queue(model: CLAP, queue: list[tuple[int, int, torch.Tensor, torch.Tensor]],
                 batch_size: int) -> list[torch.Tensor]:
     """Window embeddings [W, D] of each queued clip, computed in batches of `batch_size` windows."""
-    embs = model.embed_clips(torch.cat([q[2] for q in queue]), torch.cat([q[3] for q in queue]), batch_size).cpu()
+    embs = embed_clips(model, torch.cat([q[2] for q in queue]), torch.cat([q[3] for q in queue]), batch_size).cpu()
     return list(torch.split(embs, [len(q[2]) for q in queue]))
 
 

@@ -22,7 +22,8 @@ from clap_lightning.data.schema import read_labels
 from clap_lightning.eval.linear_probe import cross_validate_probe, train_test_probe
 from clap_lightning.eval.retrieval import score_retrieval
 from clap_lightning.eval.tasks import TaskSpec, order_discovered_classes
-from clap_lightning.eval.zeroshot import build_targets, embed_class_prompt_sets, model_logit_scale, score_zero_shot
+from clap_lightning.eval.zeroshot import (build_targets, confusion_matrix, embed_class_prompt_sets, model_logit_scale,
+                                          score_zero_shot)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ class TaskResult:
     num_clips: int = 0
     status: str = ""  # "" when scored, else "skipped: <reason>"
     left_out: dict[str, int] = field(default_factory=dict)  # bad samples and shards not scored, by reason
+    classes: list[str] = field(default_factory=list)  # classification: the classes scored, in logit order
+    confusion: Optional[torch.Tensor] = None  # single-label: [C, C] counts, rows = true class
 
 
 @dataclass
@@ -70,7 +73,7 @@ class TaskEvaluator:
         self.num_embedded = 0  # splits run through the audio encoder
         self.num_from_cache = 0  # splits read from the disk cache
         self._memory: dict[tuple[str, str], EmbeddedSplit] = {}
-        self._scorers: dict[str, Callable[[TaskSpec, EmbeddedSplit], dict[str, float]]] = {
+        self._scorers: dict[str, Callable[[TaskSpec, EmbeddedSplit, TaskResult], None]] = {
             "single_label": self._score_classification,
             "multi_label": self._score_classification,
             "retrieval": self._score_retrieval,
@@ -79,8 +82,8 @@ class TaskEvaluator:
     def split_dir(self, spec: TaskSpec) -> Path:
         return self.data_root / spec.source / spec.split
 
-    def embed(self, source: str, split: str) -> EmbeddedSplit:
-        """Audio embeddings of `<data>/<source>/<split>`, computed at most once per evaluator and cache."""
+    def embed(self, source: str, split: str, urls: Optional[list[str]] = None) -> EmbeddedSplit:
+        """Audio embeddings of `<data>/<source>/<split>` (or of `urls`), computed at most once per evaluator and cache."""
         key = (source, split)
         if key in self._memory:
             return self._memory[key]
@@ -88,7 +91,7 @@ class TaskEvaluator:
         if embedded is not None:
             self.num_from_cache += 1
         else:
-            urls = split_urls(self.data_root / source / split)
+            urls = urls or split_urls(self.data_root / source / split)
             loader = build_eval_loader(urls, self.clip, self.options.batch_size, self.options.num_workers,
                                        name=f"{source}/{split}")
             embedded = embed_batches(self.model, loader)
@@ -100,18 +103,25 @@ class TaskEvaluator:
         self._memory[key] = embedded
         return embedded
 
-    def evaluate(self, spec: TaskSpec) -> TaskResult:
-        """Score one task; missing shards and kinds not implemented yet give a skipped result."""
+    def evaluate(self, spec: TaskSpec, urls: Optional[list[str]] = None) -> TaskResult:
+        """Score one task; missing shards and kinds not implemented yet give a skipped result.
+
+        Args:
+            urls: the task's shards, instead of `<data>/<source>/<split>` (`clap-lightning zeroshot`).
+        """
         scorer = self._scorers.get(spec.kind)
         if scorer is None:
             return TaskResult(spec, status=f"skipped: {spec.kind} is not implemented yet")
         split_dir = self.split_dir(spec)
-        try:
-            split_urls(split_dir)
-        except DataError:
-            return TaskResult(spec, status=f"skipped: no shards at {split_dir}")
-        embedded = self.embed(spec.source, spec.split)
-        return TaskResult(spec, scorer(spec, embedded), num_clips=len(embedded.keys), left_out=embedded.skipped)
+        if not urls:
+            try:
+                split_urls(split_dir)
+            except DataError:
+                return TaskResult(spec, status=f"skipped: no shards at {split_dir}")
+        embedded = self.embed(spec.source, spec.split, urls)
+        result = TaskResult(spec, num_clips=len(embedded.keys), left_out=embedded.skipped)
+        scorer(spec, embedded, result)
+        return result
 
     def evaluate_all(self, specs: list[TaskSpec]) -> list[TaskResult]:
         results = []
@@ -120,7 +130,7 @@ class TaskEvaluator:
             log.info("%s: %s", spec.name, results[-1].status or results[-1].metrics)
         return results
 
-    def _score_classification(self, spec: TaskSpec, embedded: EmbeddedSplit) -> dict[str, float]:
+    def _score_classification(self, spec: TaskSpec, embedded: EmbeddedSplit, result: TaskResult) -> None:
         labels = [read_labels(meta, spec.label_field) for meta in embedded.metas]
         classes = spec.classes
         if spec.classes_from == "shards":
@@ -129,13 +139,16 @@ class TaskEvaluator:
         class_emb = embed_class_prompt_sets(self.model, self.tokenizer, prompts, self.options.ensemble_prompts)
         targets = build_targets(labels, classes, spec.is_multi_label)
         logits = model_logit_scale(self.model) * embedded.audio_emb @ class_emb.T  # [N, C]
-        metrics = score_zero_shot(spec.kind, logits, targets, spec.threshold)
-        if self.options.linear_probe and spec.kind == "single_label":
-            metrics.update(self._linear_probe(spec, embedded, classes, targets))
-        return metrics
+        result.metrics = score_zero_shot(spec.kind, logits, targets, spec.threshold)
+        result.classes = list(classes)
+        if spec.kind == "single_label":
+            result.confusion = confusion_matrix(logits, targets)
+            if self.options.linear_probe:
+                result.metrics.update(self._linear_probe(spec, embedded, classes, targets))
 
-    def _score_retrieval(self, spec: TaskSpec, embedded: EmbeddedSplit) -> dict[str, float]:
-        return score_retrieval(self.model, self.tokenizer, embedded.audio_emb, embedded.metas, spec.label_field)
+    def _score_retrieval(self, spec: TaskSpec, embedded: EmbeddedSplit, result: TaskResult) -> None:
+        result.metrics = score_retrieval(self.model, self.tokenizer, embedded.audio_emb, embedded.metas,
+                                         spec.label_field)
 
     def _linear_probe(self, spec: TaskSpec, embedded: EmbeddedSplit, classes: list[str],
                       targets: torch.Tensor) -> dict[str, float]:

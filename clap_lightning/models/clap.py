@@ -6,7 +6,7 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -189,7 +189,7 @@ class CLAP(nn.Module):
         if long_audio == "first":
             clips, lengths = prepare_audio(audio, sample_rate, self.config.sample_rate, self.config.clip_samples,
                                            self.pad_mode)
-            return self.embed_clips(clips, lengths, batch_size)
+            return embed_clips(self, clips, lengths, batch_size) if len(clips) else torch.empty(0, self.config.d_proj)
         if long_audio != "windows":
             raise ValueError(f"long_audio must be 'first' or 'windows' (this audio encoder has no fusion), "
                              f"got {long_audio!r}")
@@ -200,22 +200,13 @@ class CLAP(nn.Module):
         if not prepared:
             empty = torch.empty(0, self.config.d_proj)
             return WindowedEmbeddings(empty, [], []) if return_windows else empty
-        embs = self.embed_clips(torch.cat([p[0] for p in prepared]), torch.cat([p[1] for p in prepared]), batch_size)
+        embs = embed_clips(self, torch.cat([p[0] for p in prepared]), torch.cat([p[1] for p in prepared]), batch_size)
         windows = list(torch.split(embs, [len(p[0]) for p in prepared]))
         pooled = torch.stack([F.normalize(w.mean(dim=0), dim=-1) for w in windows])
         if not return_windows:
             return pooled
         starts = [p[2] for p in prepared]
         return WindowedEmbeddings(pooled, windows, [torch.stack([s, s + self.config.clip_seconds], 1) for s in starts])
-
-    @torch.no_grad()
-    def embed_clips(self, clips: torch.Tensor, lengths: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-        """L2-normalised embeddings [N, d_proj] of prepared clips [N, clip_samples] (samples not padding [N])."""
-        device = self.logit_scale.device
-        with eval_mode(self):
-            embs = [self.encode_audio(clips[i:i + batch_size].to(device), lengths[i:i + batch_size].to(device))
-                    for i in range(0, len(clips), batch_size)]
-        return F.normalize(torch.cat(embs).float(), dim=-1) if embs else torch.empty(0, self.config.d_proj)
 
     @property
     def pad_mode(self) -> str:
@@ -249,13 +240,38 @@ class CLAP(nn.Module):
 
 
 @contextmanager
-def eval_mode(model: nn.Module):
-    """Eval mode inside the block, the previous mode restored after."""
-    was_training = model.training
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put `model` in eval mode, then restore every submodule's own mode.
+
+    `model.train(was_training)` would not do: it would also switch frozen towers (kept in eval
+    mode by `ClapPretraining`) back to train mode, so an embedding call during training (the
+    validation callback) would turn a frozen tower's dropout on.
+    """
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
     try:
-        yield model.eval()
+        yield model
     finally:
-        model.train(was_training)
+        for module, mode in modes.items():
+            module.training = mode
+
+
+@torch.no_grad()
+def embed_clips(model: nn.Module, clips: torch.Tensor, lengths: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """L2-normalised float32 embeddings [N, D] of prepared clips [N, T] (samples that are not padding [N]).
+
+    The one audio embedding path: `CLAP.embed_audio`, the evaluation suite (so `eval`, `zeroshot`
+    and the validation callback) and the embedding index end here. `model` is anything with
+    `encode_audio(audio [B, T], lengths [B])` (a `CLAP`); it runs in `eval_mode`, in batches of
+    `batch_size` clips on the device of its parameters, where the result stays.
+    """
+    if not len(clips):
+        raise ValueError("no clips to embed")
+    device = next(model.parameters()).device
+    with eval_mode(model):
+        embs = [model.encode_audio(clips[i:i + batch_size].to(device), lengths[i:i + batch_size].to(device))
+                for i in range(0, len(clips), batch_size)]
+    return F.normalize(torch.cat(embs).float(), dim=-1)
 
 
 def read_checkpoint(path: str | Path, map_location="cpu") -> tuple[dict[str, torch.Tensor], dict]:

@@ -170,3 +170,37 @@ def test_odd_sample_rates_take_bounded_time_and_memory(tmp_path):
     assert len(figures) == 10  # embed_audio (waveform, file), loader, shard writer, Resampler; two rates
     for name, (seconds, peak_bytes) in figures.items():
         assert seconds < 1.0 and peak_bytes < 200 * 2**20, (name, seconds, peak_bytes)
+
+
+def test_every_embedding_path_leaves_a_frozen_tower_frozen(model):
+    """One `eval_mode`: eval inside, each submodule's own mode after. `model.train(was_training)`
+    switched a frozen tower (kept in eval mode by ClapPretraining) back to train mode."""
+    from clap_lightning.eval.embed import embed_batches
+    from clap_lightning.eval.zeroshot import embed_texts
+    from clap_lightning.models.clap import embed_clips
+
+    seen = []
+    hooks = [tower.register_forward_pre_hook(lambda module, args: seen.append((model.training, module.training)))
+             for tower in (model.audio_encoder, model.text_encoder)]
+    wave = torch.from_numpy(_tone(16000, 2.04)[:, 0])
+    batch = {"audio": wave[None], "audio_length": torch.tensor([len(wave)]), "key": ["k"], "meta": [{}]}
+    paths = {
+        "embed_audio": lambda: model.embed_audio(wave),
+        "embed_text": lambda: model.embed_text(["a tone"]),
+        "embed_clips": lambda: embed_clips(model, wave[None], torch.tensor([len(wave)])),
+        "eval suite": lambda: embed_batches(model, [batch]),
+        "eval prompts": lambda: embed_texts(model, model.build_tokenizer(), ["a tone"]),
+    }
+    try:
+        model.text_encoder.eval()  # frozen, in a model that trains
+        for name, embed in paths.items():
+            seen.clear()
+            embed()
+            assert seen and not any(flag for pair in seen for flag in pair), name  # all in eval mode inside
+            assert model.training and model.audio_encoder.training, name
+            assert not model.text_encoder.training and not any(m.training for m in model.text_encoder.modules()), name
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train()
+
