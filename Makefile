@@ -27,6 +27,7 @@ demo: demo-data
 		data.train=$(DEMO_DATA)/demo/train data.val=$(DEMO_DATA)/demo/valid data.test=$(DEMO_DATA)/demo/test
 	$(BIN)/clap-lightning zeroshot --checkpoint $(DEMO_RUN)/checkpoints/last.ckpt \
 		--data $(DEMO_DATA)/demo/test --out $(DEMO_RUN)/zeroshot
+	$(BIN)/clap-lightning report $(DEMO_RUN)
 
 # The paper's pipeline on miniature corpora: 20 corpora -> shards -> HTSAT-22 -> CLAP (killed, resumed) -> 26 tasks.
 rehearsal: $(STAMP)
