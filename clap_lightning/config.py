@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -233,12 +234,40 @@ class ObjectiveConfig:
     freeze_text_encoder: bool = False  # text encoder in eval mode without gradients (msclap froze GPT2)
 
 
+def normalize_prompt(template: str, where: str = "zeroshot.prompt") -> str:
+    """A class-name template with exactly one placeholder, `{}` or `{class}`, returned in the `{}` form.
+
+    Literal braces are written `{{` and `}}`, as in `str.format`.
+
+    Raises:
+        ConfigError: no placeholder (every class would get the same text), several, another
+            name such as `{label}`, or unbalanced braces; naming `where` (a key or a flag).
+    """
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise ConfigError(f"{where} {template!r} is not a template: {err}") from None
+    names = [name for _, name, _, _ in parts if name is not None]
+    if names not in ([""], ["class"]):
+        found = ", ".join("{" + name + "}" for name in names) or "none"
+        raise ConfigError(f"{where} {template!r} must hold one class placeholder, {{}} or {{class}}; found {found}")
+    out = ""
+    for literal, name, spec, conversion in parts:
+        out += literal.replace("{", "{{").replace("}", "}}")
+        if name is not None:
+            out += "{" + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+    return out
+
+
 @dataclass
 class ZeroShotConfig:
     """Zero-shot classification settings."""
 
-    prompt: str = "this is a sound of {}"  # class-name template
+    prompt: str = "this is a sound of {}"  # class-name template: one `{}` or `{class}`
     label_field: str = "labels"  # json field holding the class labels
+
+    def __post_init__(self) -> None:
+        self.prompt = normalize_prompt(self.prompt)
 
 
 @dataclass

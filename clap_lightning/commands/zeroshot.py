@@ -12,6 +12,9 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
+from clap_lightning.config import normalize_prompt
+from clap_lightning.errors import ConfigError
+
 if TYPE_CHECKING:
     from clap_lightning.eval.suite import TaskResult
     from clap_lightning.eval.tasks import TaskSpec
@@ -22,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="labelled eval shards (split dir, brace pattern or list)")
     parser.add_argument("--classes", default=None,
                         help="comma-separated class names or a file with one per line (default: labels found)")
-    parser.add_argument("--prompt", default=None, help="prompt template, default from the checkpoint's config")
+    parser.add_argument("--prompt", default=None,
+                        help="prompt template with one {} or {class}, default from the checkpoint's config")
     parser.add_argument("--out", default=None, help="report directory (default: <run_dir>/zeroshot)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=2)
@@ -57,7 +61,12 @@ def run_zeroshot(
     batch_size: int = 64,
     num_workers: int = 2,
 ) -> tuple[TaskResult, Path]:
-    """Zero-shot classify the labelled shards `data` with the model in `checkpoint`; write the report."""
+    """Zero-shot classify the labelled shards `data` with the model in `checkpoint`; write the report.
+
+    Raises:
+        ConfigError: a prompt without one `{}`/`{class}` placeholder, a batch size below 1 or
+            negative workers, before the checkpoint is read.
+    """
     import torch
 
     from clap_lightning.data.sources import resolve_shards
@@ -66,12 +75,16 @@ def run_zeroshot(
     from clap_lightning.eval.zeroshot import write_zeroshot_report
     from clap_lightning.lit.run import load_pretraining
 
+    prompt = normalize_prompt(prompt, "--prompt") if prompt is not None else None
+    if batch_size < 1 or num_workers < 0:
+        flag, value, limit = ("--batch-size", batch_size, 1) if batch_size < 1 else ("--num-workers", num_workers, 0)
+        raise ConfigError(f"{flag} must be >= {limit}, got {value}")
     module = load_pretraining(checkpoint)
     config = module.config
     urls = resolve_shards(data).urls
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = module.model.to(device).eval()
-    spec = zeroshot_task(classes, prompt or config.zeroshot.prompt, config.zeroshot.label_field)
+    spec = zeroshot_task(classes, prompt if prompt is not None else config.zeroshot.prompt, config.zeroshot.label_field)
     clip = ClipSettings(config.model.sample_rate, config.model.clip_samples, config.data.pad_mode)
     evaluator = TaskEvaluator(model, model.build_tokenizer(), clip, Path(data),
                               options=EvalOptions(batch_size=batch_size, num_workers=num_workers))

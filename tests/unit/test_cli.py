@@ -130,3 +130,15 @@ def test_corrupt_manifest_is_one_line(capsys, tmp_path):
     (tmp_path / "manifest.json").write_text('{"shards": [{"name": "a.tar", "count": 3}')
     assert main(["fit", "--config", DEMO, f"data.train={tmp_path}"]) == 2
     assert_one_line_error(capsys, f"manifest {tmp_path / 'manifest.json'} is not valid json")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--prompt", "a recording"], "--prompt 'a recording' must hold one class placeholder, {} or {class}; found none"),
+    (["--prompt", "{label} or {}"], "found {label}, {}"),
+    (["--prompt", "a {class"], "is not a template"),
+    (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["--num-workers", "-1"], "--num-workers must be >= 0, got -1"),
+])
+def test_zeroshot_arguments_are_checked_before_the_checkpoint_is_read(capsys, extra, message):
+    assert main(["zeroshot", "--checkpoint", "/no/such.ckpt", "--data", "/tmp", *extra]) == 2
+    assert_one_line_error(capsys, message)

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from clap_lightning.config import (ExperimentConfig, from_container, load_config, local_batch_size, save_config,
-                                   to_container)
+from clap_lightning.config import (ExperimentConfig, from_container, load_config, local_batch_size, normalize_prompt,
+                                   save_config, to_container)
 from clap_lightning.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -114,3 +114,18 @@ def test_range_limits_admit_their_edges():
                                 "trainer.max_epochs=-1", "optim.min_lr_ratio=1", "optim.betas=[0,0.5]",
                                 "trainer.gradient_clip_val=0", "optim.warmup_steps=0"])
     assert config.data.num_workers == 0 and config.trainer.max_epochs == -1
+
+
+@pytest.mark.parametrize("template, expected, filled", [
+    ("this is a sound of {}", "this is a sound of {}", "this is a sound of dog"),
+    ("this is a sound of {class}", "this is a sound of {}", "this is a sound of dog"),
+    ("{{class}} is {class:>4}", "{{class}} is {:>4}", "{class} is  dog"),
+])
+def test_prompt_takes_one_placeholder_either_way(template, expected, filled):
+    assert normalize_prompt(template) == expected and expected.format("dog") == filled
+
+
+@pytest.mark.parametrize("template", ["no placeholder", "{} and {}", "{label}", "{0}", "{class", "}{"])
+def test_prompt_without_exactly_one_class_placeholder_is_refused(template):
+    with pytest.raises(ConfigError, match="zeroshot.prompt"):
+        load_config(DEMO, [f"zeroshot.prompt='{template}'"])
