@@ -26,6 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hf.add_argument("folder", help="folder with config.json and model.safetensors (or pytorch_model.bin)")
     hf.add_argument("--out", required=True, help="output file (.ckpt)")
     hf.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the folder's own files)")
+    laion = formats.add_parser("laion", help="a LAION-CLAP checkpoint (630k-audioset-best.pt, music/speech variants)")
+    laion.add_argument("file", help="checkpoint written by LAION-CLAP's training ({'state_dict': ...}, module. keys)")
+    laion.add_argument("--out", required=True, help="output file (.ckpt)")
+    laion.add_argument("--tokenizer", default="roberta-base", help="RoBERTa tokenizer directory (or hub id)")
+    laion.add_argument("--text-heads", type=int, default=None,
+                       help="RoBERTa attention heads (not in the weights; default hidden size / 64, 12 for base)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,6 +42,12 @@ def run(args: argparse.Namespace) -> int:
         kept = convert_hf_folder(args.folder, args.out, args.tokenizer)
         print(f"wrote {args.out} (Hugging Face ClapModel); kept at initial values, not in ClapModel and not "
               f"used by the embedding: {', '.join(kept) or 'nothing'}")
+        return 0
+    if args.format == "laion":
+        from clap_lightning.convert.hf import convert_laion_file
+
+        unused = convert_laion_file(args.file, args.out, args.tokenizer, args.text_heads)
+        print(f"wrote {args.out} (LAION-CLAP); left out, unused by embeddings: {', '.join(unused) or 'nothing'}")
         return 0
     from clap_lightning.convert import convert_msclap_file
 

@@ -30,12 +30,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 
+from clap_lightning.checkpoint import safe_load
 from clap_lightning.config import from_container, to_container, validate_components
 from clap_lightning.errors import CheckpointError
+from clap_lightning.convert.msclap import load_strict, write_converted
 from clap_lightning.models.clap import CLAP
 
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -163,6 +165,13 @@ def model_config_from_hf(config: Mapping, tokenizer: str) -> dict:
     }
 
 
+def load_mapped(model: CLAP, mapped: Mapping[str, torch.Tensor], origin: str,
+                keep: Callable[[str], object] = lambda key: False) -> None:
+    """Load converted weights strictly; derived buffers (and keys `keep` names) keep the model's own values."""
+    own = {k: v for k, v in model.state_dict().items() if DERIVED.search(k) or keep(k)}
+    load_strict(model, {**own, **mapped}, [], origin)
+
+
 def read_hf_folder(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config.json, state dict) of a `ClapModel` folder, reading weights without unpickling code."""
     folder = Path(folder)
@@ -178,11 +187,7 @@ def read_hf_folder(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         from safetensors.torch import load_file
 
         return config, load_file(str(weights))
-    try:
-        return config, torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is one line for the user
-        raise CheckpointError(f"cannot read {weights} with torch.load(weights_only=True): "
-                              f"{str(err).strip().splitlines()[0]}") from None
+    return config, safe_load(weights, what="Hugging Face weights file")
 
 
 def build_from_hf(folder: str | Path, tokenizer: Optional[str] = None) -> tuple[CLAP, dict, list[str]]:
@@ -194,18 +199,8 @@ def build_from_hf(folder: str | Path, tokenizer: Optional[str] = None) -> tuple[
     config = from_container({"name": folder.name, "model": model_config_from_hf(hf_config, tokenizer)})
     validate_components(config)
     model = CLAP(config.model)
-    mapped = map_hf_state(state)
+    load_mapped(model, map_hf_state(state), str(folder), keep=UNUSED_HEAD.match)
     ours = model.state_dict()
-    unexpected = [k for k in mapped if k not in ours]
-    shapes = [f"{k} {list(v.shape)} vs {list(ours[k].shape)}" for k, v in mapped.items()
-              if k in ours and v.shape != ours[k].shape]
-    missing = [k for k in ours if k not in mapped and not DERIVED.search(k) and not UNUSED_HEAD.match(k)]
-    problems = [f"{label} {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
-                for label, keys in (("unexpected", unexpected), ("missing", missing), ("shape mismatch", shapes))
-                if keys]
-    if problems:
-        raise CheckpointError(f"{folder} does not match the model its config.json describes: " + "; ".join(problems))
-    model.load_state_dict(mapped, strict=False)
     kept = sorted({k.split(".")[1] for k in ours if UNUSED_HEAD.match(k)})
     return model.eval(), config, kept
 
@@ -213,12 +208,99 @@ def build_from_hf(folder: str | Path, tokenizer: Optional[str] = None) -> tuple[
 def convert_hf_folder(folder: str | Path, out: str | Path, tokenizer: Optional[str] = None) -> list[str]:
     """Write a clap-lightning checkpoint for a `ClapModel` folder atomically; returns modules kept at init."""
     model, config, kept = build_from_hf(folder, tokenizer)
-    result = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-              "hyper_parameters": {"config": to_container(config)},
-              "converted_from": {"format": "hf", "source": str(folder)}}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(result, tmp)
-    tmp.replace(out)
+    write_converted(as_checkpoint(model, config, {"format": "hf", "source": str(folder)}), out)
     return kept
+
+
+def as_checkpoint(model: CLAP, config, converted_from: dict) -> dict:
+    """A converted model in Lightning's checkpoint layout, which `CLAP.from_checkpoint` and `fit` read."""
+    return {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "hyper_parameters": {"config": to_container(config)}, "converted_from": converted_from}
+
+
+# LAION-CLAP's own checkpoints (`630k-audioset-best.pt`, ...): `{"epoch", "name", "state_dict", "optimizer"}`
+# with keys under `module.` (DDP). Its HTSAT keeps the original names, which are ours (msclap's HTSAT is the
+# same code); RoBERTa is `text_branch`; projections are `nn.Sequential(Linear, ReLU, Linear)`.
+LAION_RENAMES = (("audio_branch.", "audio_encoder."), ("text_branch.", "text_encoder.base."),
+                 ("audio_projection.0.", "audio_projection.linear1."), ("audio_projection.2.", "audio_projection.linear2."),
+                 ("text_projection.0.", "text_projection.linear1."), ("text_projection.2.", "text_projection.linear2."))
+# torchlibrosa's STFT/mel matrices (recomputed by our front end) and the MLP-loss heads `*_transform`,
+# which LAION uses only in its loss with `--clap-mlploss`, never for embeddings.
+LAION_UNUSED = re.compile(r"^(audio_branch\.(spectrogram_extractor|logmel_extractor)\.|audio_transform\.|text_transform\.)")
+LAION_FUSION = re.compile(r"^audio_branch\.(patch_embed\.mel_conv2d|fusion_model|patch_embed\.fusion_model)")
+
+
+def read_laion_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model state dict of a LAION-CLAP checkpoint, `module.` prefixes removed, read with weights_only."""
+    checkpoint = safe_load(path)
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not any(isinstance(k, str) and "audio_branch." in k for k in state):
+        raise CheckpointError(f"{path} is not a LAION-CLAP checkpoint (no audio_branch.* weights)")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def laion_config_from_state(state: Mapping[str, torch.Tensor], tokenizer: str) -> dict:
+    """Our model section for a LAION-CLAP state dict, its sizes read from the weight shapes."""
+    if any(LAION_FUSION.match(k) for k in state):
+        raise CheckpointError("fused LAION-CLAP checkpoints (e.g. 630k-audioset-fusion-best.pt) are not supported "
+                              "yet; use an unfused one (630k-audioset-best.pt)")
+    if not any(k.startswith("text_branch.encoder.layer.") for k in state):
+        raise CheckpointError("only LAION-CLAP checkpoints with a RoBERTa text branch are supported")
+    stages = sorted({int(m.group(1)) for k in state for m in [re.match(r"audio_branch\.layers\.(\d+)\.", k)] if m})
+    depths = [len({m.group(1) for k in state for m in [re.match(rf"audio_branch\.layers\.{i}\.blocks\.(\d+)\.", k)]
+                   if m}) for i in stages]
+    heads = [int(state[f"audio_branch.layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1]) for i in stages]
+    window = int(round((state["audio_branch.layers.0.blocks.0.attn.relative_position_bias_table"].shape[0] ** 0.5 + 1) / 2))
+    proj = state["audio_branch.patch_embed.proj.weight"]  # [embed_dim, 1, patch, patch]
+    # The image side is in no weight, but a shifted block's saved attn_mask [windows, w*w, w*w] gives the
+    # first stage's grid; LAION's released models all use 256.
+    mask = next((v for k, v in state.items() if re.match(r"audio_branch\.layers\.0\.blocks\.\d+\.attn_mask$", k)), None)
+    spec_size = 256 if mask is None else int(round(mask.shape[0] ** 0.5)) * window * int(proj.shape[2])
+    text_layers = len({k.split(".")[3] for k in state if k.startswith("text_branch.encoder.layer.")})
+    hf_like = {
+        "projection_dim": int(state["audio_projection.2.weight"].shape[0]),
+        "audio_config": {"num_mel_bins": int(state["audio_branch.bn0.weight"].shape[0]), "spec_size": spec_size,
+                         "patch_size": int(proj.shape[2]), "patch_stride": int(proj.shape[2]),
+                         "patch_embeds_hidden_size": int(proj.shape[0]), "depths": depths,
+                         "num_attention_heads": heads, "window_size": window,
+                         "num_classes": int(state["audio_branch.head.weight"].shape[0])},
+        "text_config": {"vocab_size": int(state["text_branch.embeddings.word_embeddings.weight"].shape[0]),
+                        "hidden_size": int(state["text_branch.embeddings.word_embeddings.weight"].shape[1]),
+                        "num_hidden_layers": text_layers,
+                        "num_attention_heads": max(1, int(state["text_branch.embeddings.word_embeddings.weight"].shape[1]) // 64),
+                        "intermediate_size": int(state["text_branch.encoder.layer.0.intermediate.dense.weight"].shape[0]),
+                        "max_position_embeddings": int(state["text_branch.embeddings.position_embeddings.weight"].shape[0])},
+    }
+    return model_config_from_hf(hf_like, tokenizer)
+
+
+def build_from_laion(path: str | Path, tokenizer: str = "roberta-base",
+                     num_text_heads: Optional[int] = None) -> tuple[CLAP, dict, list[str]]:
+    """(our model filled from a LAION-CLAP checkpoint, its experiment config, LAION keys left out as unused)."""
+    state = read_laion_state(path)
+    section = laion_config_from_state(state, tokenizer)
+    if num_text_heads:
+        section["text_encoder"]["num_heads"] = num_text_heads
+    config = from_container({"name": Path(path).stem, "model": section})
+    validate_components(config)
+    model = CLAP(config.model)
+    mapped, unused = {}, []
+    for key, value in state.items():
+        if LAION_UNUSED.match(key) or DERIVED.search(key):
+            unused += [key] if LAION_UNUSED.match(key) and "extractor" not in key else []
+            continue
+        for theirs, ours in LAION_RENAMES:
+            if key.startswith(theirs):
+                key = ours + key[len(theirs):]
+                break
+        mapped[{"logit_scale_a": "logit_scale"}.get(key, key)] = value.reshape(1) if key.startswith("logit_scale") else value
+    load_mapped(model, mapped, str(path))
+    return model.eval(), config, sorted({k.split(".")[0] for k in unused})
+
+
+def convert_laion_file(path: str | Path, out: str | Path, tokenizer: str = "roberta-base",
+                       num_text_heads: Optional[int] = None) -> list[str]:
+    """Write a clap-lightning checkpoint for a LAION-CLAP file atomically; returns the LAION parts left out."""
+    model, config, unused = build_from_laion(path, tokenizer, num_text_heads)
+    write_converted(as_checkpoint(model, config, {"format": "laion", "source": str(path)}), out)
+    return unused

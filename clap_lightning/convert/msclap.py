@@ -254,15 +254,20 @@ def infer_mapper_config(mapper: Mapping[str, torch.Tensor]) -> dict:
 def convert_msclap_file(path: str | Path, out: str | Path, variant: str = "auto", model_config: Optional[str] = None,
                        tokenizer: Optional[str] = None) -> str:
     """Convert an msclap checkpoint and write it to `out` atomically; returns the variant converted."""
-    out = Path(out)
     state = read_msclap_state(path)
     variant = check_variant(state, variant, str(path))
     if variant == "clapcap":
         result = convert_clapcap(path, model_config, state=state)
     else:
         result = convert_clap(path, variant, model_config, tokenizer, state=state)
+    write_converted(result, out)
+    return variant
+
+
+def write_converted(result: dict, out: str | Path) -> None:
+    """Save a converted checkpoint dict to `out` atomically: nothing half-written is left at OUT."""
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     torch.save(result, tmp)
-    tmp.replace(out)  # nothing half-written is left at OUT
-    return variant
+    tmp.replace(out)

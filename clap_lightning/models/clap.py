@@ -17,6 +17,7 @@ from clap_lightning.config import ModelConfig
 from clap_lightning.encoders.projection import build_projection
 from clap_lightning.encoders.registry import build_audio_encoder, build_caption_tokenizer, build_text_encoder
 from clap_lightning.checkpoint import load_state_or_refuse
+from clap_lightning.errors import CheckpointError
 
 AudioInput = Union[str, Path, np.ndarray, torch.Tensor]
 MAX_CHANNELS = 8  # a 2-D waveform whose last axis is this small (and the first longer) is [T, channels]
@@ -140,12 +141,7 @@ class CLAP(nn.Module):
         config = from_container(OmegaConf.to_container(OmegaConf.load(directory / "config.yaml"))).model
         if tokenizer:
             config.text_encoder["tokenizer"] = tokenizer
-        model = cls(config)
-        try:
-            model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
-        except RuntimeError as err:
-            raise CheckpointError(f"{directory} does not match its stored architecture: "
-                                  f"{str(err).splitlines()[0]}") from None
+        model = load_state_or_refuse(cls(config), load_file(str(directory / "model.safetensors")), directory)
         return model.to(map_location).eval()
 
     @torch.no_grad()

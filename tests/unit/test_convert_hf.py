@@ -132,3 +132,57 @@ def test_gpt2_model_is_refused_by_name_and_saved_in_our_layout(tmp_path):
     torch.testing.assert_close(loaded.embed_text(["a low hum"]), model.embed_text(["a low hum"]))
     with pytest.raises(CheckpointError, match="neither"):
         CLAP.from_pretrained(tmp_path)
+
+
+# transformers' convert_clap_original_pytorch_to_hf.py renames LAION keys to ClapModel's; undone here by hand.
+HF_TO_LAION = (("batch_norm", "bn0"), ("layernorm_before", "norm1"), ("layernorm_after", "norm2"),
+               ("attention.self.relative_position", "attn.relative_position"), ("attention.output.dense", "attn.proj"),
+               ("intermediate.dense", "mlp.fc1"), ("output.dense", "mlp.fc2"))
+
+
+def laion_checkpoint(hf_model: ClapModel, extra_shapes: dict, path):
+    """A file as LAION-CLAP's training writes it, from a ClapModel's weights."""
+    state = {}
+    for key, value in hf_model.state_dict().items():
+        audio_kv = key.startswith("audio_model.") and (".self.key." in key or ".self.value." in key)
+        if audio_kv or "position_ids" in key:
+            continue
+        if key.startswith("audio_model.audio_encoder."):
+            new = "audio_branch." + key[len("audio_model.audio_encoder."):]
+            for theirs, laion in HF_TO_LAION:
+                new = new.replace(theirs, laion)
+            if ".attention.self.query." in key:
+                new = new.replace("attention.self.query", "attn.qkv")
+                value = torch.cat([value, hf_model.state_dict()[key.replace("query", "key")],
+                                   hf_model.state_dict()[key.replace("query", "value")]])
+            state["module." + new] = value
+        elif key.startswith("text_model."):
+            state["module.text_branch." + key[len("text_model."):]] = value
+        elif "_projection.linear" in key:
+            state["module." + key.replace("linear1", "0").replace("linear2", "2")] = value
+        else:
+            state["module." + key] = value
+    for name, shape in extra_shapes.items():  # LAION's HTSAT keeps its token-semantic head and shift masks
+        state[f"module.audio_branch.{name}"] = torch.randn(shape)
+    state["module.audio_branch.spectrogram_extractor.stft.conv_real.weight"] = torch.randn(513, 1, 1024)
+    state["module.text_transform.sequential.0.weight"] = torch.randn(24, 24)
+    torch.save({"epoch": 45, "name": "small", "state_dict": state, "optimizer": {"state": {}, "param_groups": []}}, path)
+    return path
+
+
+def test_laion_checkpoint_converts_to_the_same_embeddings(hf_folder, tokenizer_dir, tmp_path, capsys):
+    folder, hf_model = hf_folder
+    ours, _, _ = build_from_hf(folder, tokenizer=tokenizer_dir)
+    extra = {k[len("audio_encoder."):]: v.shape for k, v in ours.state_dict().items()
+             if k.startswith(("audio_encoder.tscam_conv.", "audio_encoder.head.")) or k.endswith("attn_mask")}
+    path = laion_checkpoint(hf_model, extra, tmp_path / "630k-small.pt")
+    assert main(["convert", "laion", str(path), "--out", str(tmp_path / "laion.ckpt"), "--tokenizer", tokenizer_dir,
+                 "--text-heads", "2"]) == 0
+    assert "text_transform" in capsys.readouterr().out
+    converted = CLAP.from_checkpoint(tmp_path / "laion.ckpt")
+    inputs = hf_inputs(seed=4)
+    for got, want in zip(our_outputs(converted, *inputs), hf_outputs(hf_model, *inputs)):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    torch.save({"state_dict": {"module.visual.proj": torch.zeros(2)}}, tmp_path / "other.pt")
+    assert main(["convert", "laion", str(tmp_path / "other.pt"), "--out", str(tmp_path / "o.ckpt")]) == 2
+    assert "not a LAION-CLAP checkpoint" in capsys.readouterr().err
