@@ -37,12 +37,20 @@ def test_multitask_fit_under_ddp_matches_one_process_validation(tmp_path: Path) 
                  for key, split in (("shards", "train"), ("val", "valid"))]
     overrides += [f"run_dir={run_dir}", "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_steps=8",
                   "data.global_batch_size=16", "data.epoch_samples=64", "data.num_workers=0", "data.shuffle_buffer=20",
-                  "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
+                  "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
+                  "trainer.loggers=[csv,tensorboard]"]
     done = subprocess.run([sys.executable, "-m", "clap_lightning.cli", "multitask", "fit", "--config", str(DEMO3),
                            *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
     rows = list(csv.DictReader((run_dir / "logs" / "version_0" / "metrics.csv").open()))
+    # Only rank 0 writes logs; throughput is reported for both ranks together and per device.
+    assert len(list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))) == 1
+    paced = [r for r in rows if r.get("perf/pairs_per_s")]
+    assert [int(r["step"]) for r in paced] == list(range(8))
+    for row in paced:
+        assert float(row["perf/pairs_per_s"]) == pytest.approx(2 * float(row["perf/pairs_per_s_per_device"]))
+        assert float(row["perf/pairs_per_s_per_device"]) * float(row["perf/step_ms"]) / 1000 == pytest.approx(8)
     validated = [r for r in rows if r.get("val/sound_class/acc")]
     assert [int(r["step"]) for r in validated] == [3, 7]  # after each 4-step epoch (0-based step of the last batch)
     module = load_multitask(run_dir / "checkpoints" / "last.ckpt")
