@@ -172,7 +172,8 @@ def test_chromium_renders_the_report_page(tracked_run, tmp_path):
     shot = tmp_path / "report.png"
     page = (tracked_run["run_dir"] / "report.html").as_uri()
     subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    "--window-size=1200,1600", f"--screenshot={shot}", page], check=True, capture_output=True, timeout=120)
+                    "--window-size=1200,1600", f"--screenshot={shot}", page],
+                   check=True, capture_output=True, timeout=120)
     pixels = matplotlib.image.imread(shot)[..., :3]  # [H, W, 3] in [0, 1]
     assert pixels.shape[:2] == (1600, 1200)
     ink = (pixels.min(axis=2) < 0.8).mean()  # share of pixels that are not (near) white
