@@ -17,6 +17,10 @@ class CheckpointError(ClapError):
     """A checkpoint is missing or belongs to another architecture."""
 
 
+class OutputError(ClapError):
+    """An output folder (run directory, checkpoints, logs, reports) cannot be created or written."""
+
+
 def first_line(err: BaseException) -> str:
     """The first non-empty line of an error's message (OmegaConf's `msg` without its key lines), or its type."""
     lines = str(getattr(err, "msg", None) or err).strip().splitlines()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from clap_lightning.errors import ConfigError
+from clap_lightning.outputs import check_writable
 
 if TYPE_CHECKING:
     from clap_lightning.eval.suite import EvalOptions, TaskEvaluator, TaskResult
@@ -41,6 +42,7 @@ def run_eval(checkpoint: str, tasks: str, data: str, out: Optional[str] = None, 
     Raises:
         ConfigError: an unknown task name (the message lists the known ones).
         CheckpointError: the checkpoint is missing or unreadable.
+        OutputError: the report or cache folder cannot be written.
     """
     import torch
 
@@ -60,6 +62,7 @@ def run_eval(checkpoint: str, tasks: str, data: str, out: Optional[str] = None, 
     model = module.model.to(device).eval()
     out_dir = Path(out) if out else Path(config.run_dir) / "eval"
     cache_dir = None if cache == "none" else Path(cache) if cache else out_dir / "cache"
+    check_writable(out_dir, *([cache_dir] if cache_dir else []))  # before the embedding, not at the report
     clip = ClipSettings(config.model.sample_rate, config.model.clip_samples, config.data.pad_mode)
     evaluator = TaskEvaluator(model, model.build_tokenizer(), clip, data,
                               EmbeddingCache(cache_dir, checkpoint_digest(checkpoint)), options)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from clap_lightning.config import normalize_prompt
 from clap_lightning.errors import ConfigError
+from clap_lightning.outputs import check_writable
 
 if TYPE_CHECKING:
     from clap_lightning.eval.suite import TaskResult
@@ -81,6 +82,8 @@ def run_zeroshot(
         raise ConfigError(f"{flag} must be >= {limit}, got {value}")
     module = load_pretraining(checkpoint)
     config = module.config
+    out = Path(out_dir) if out_dir else Path(config.run_dir) / "zeroshot"
+    check_writable(out)  # before minutes of embedding, not at the report
     urls = resolve_shards(data).urls
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = module.model.to(device).eval()
@@ -89,7 +92,6 @@ def run_zeroshot(
     evaluator = TaskEvaluator(model, model.build_tokenizer(), clip, Path(data),
                               options=EvalOptions(batch_size=batch_size, num_workers=num_workers))
     result = evaluator.evaluate(spec, urls)
-    out = Path(out_dir) if out_dir else Path(config.run_dir) / "zeroshot"
     write_zeroshot_report(result, out, f"Zero-shot classification ({spec.prompts[0].format('<class>')})")
     return result, out
 

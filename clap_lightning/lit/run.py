@@ -16,7 +16,7 @@ from clap_lightning.data.sources import check_built_with_exclusion, resolve_shar
 from clap_lightning.errors import CheckpointError
 from clap_lightning.eval.run_report import write_run_report
 from clap_lightning.lit.eval_callback import build_eval_callbacks
-from clap_lightning.lit.checkpointing import AtomicCheckpointIO, resolve_ckpt_path
+from clap_lightning.lit.checkpointing import CHECKPOINT_DIR, AtomicCheckpointIO, resolve_ckpt_path
 from clap_lightning.lit.datamodule import ClapDataModule
 from clap_lightning.lit.loggers import build_loggers
 from clap_lightning.lit.monitor import TrainingMonitor
@@ -24,16 +24,23 @@ from clap_lightning.lit.pretraining import ClapPretraining
 from clap_lightning.lit.slurm import cluster_callbacks, cluster_plugins
 from clap_lightning.lit.strategies import build_strategy
 from clap_lightning.models.encoder_init import init_audio_encoder
+from clap_lightning.outputs import check_writable
 
 log = logging.getLogger(__name__)
 
 
 def build_trainer(config: ExperimentConfig) -> L.Trainer:
-    """A Trainer writing checkpoints and the `trainer.loggers` logs under `config.run_dir`, with a live monitor."""
+    """A Trainer writing checkpoints and the `trainer.loggers` logs under `config.run_dir`, with a live monitor.
+
+    Raises:
+        OutputError: the run directory or its `checkpoints`/`logs` folders cannot be written (checked
+            here, before any step, rather than at the first save).
+    """
     t = config.trainer
     run_dir = Path(config.run_dir)
+    check_writable(run_dir, run_dir / CHECKPOINT_DIR, run_dir / "logs")
     # Saved at every epoch end (which max_steps also triggers) and every N steps when configured.
-    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=1,
+    checkpoint = ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, save_last=True, save_top_k=1,
                                  save_on_train_epoch_end=True,
                                  every_n_train_steps=t.checkpoint_every_n_steps or None)
     # GradCache accumulates and clips inside one manually optimised step (ClapPretraining._gradcache_step).
