@@ -41,8 +41,10 @@ model = CLAP(from_container({"model": OmegaConf.to_container(OmegaConf.load(conf
 model.embed_audio(np.zeros(16000, np.float32))  # warm up: one-off allocations are not the resampler's
 # Fail fast rather than take the machine's memory if a dense kernel is built.
 resource.setrlimit(resource.RLIMIT_AS, (status("VmSize") + (1 << 30),) * 2)
-figures = {}
-for rate in (16001, 48001):
+
+
+def measure_paths(rate: int) -> dict[str, tuple[float, int]]:
+    """3 s of a tone at `rate` through every path that resamples."""
     wave = (0.3 * np.sin(2 * np.pi * 440 * np.arange(3 * rate) / rate)).astype(np.float32)
     path = f"{tmp}/tone{rate}.flac"
     sf.write(path, wave, rate)
@@ -50,9 +52,14 @@ for rate in (16001, 48001):
     with open(path, "rb") as f:
         sample = {"__key__": "t-1", "flac": f.read(), "json": json.dumps(meta).encode()}
     decoder = ClipDecoder(model.config.sample_rate, model.config.clip_samples, "repeat", is_train=False)
-    figures[f"embed_audio waveform {rate}"] = measure(lambda: model.embed_audio(wave, sample_rate=rate))
-    figures[f"embed_audio file {rate}"] = measure(lambda: model.embed_audio(path))
-    figures[f"loader {rate}"] = measure(lambda: decoder(sample))
-    figures[f"shard writer {rate}"] = measure(lambda: prepare_audio(wave, rate, 44100))
-    figures[f"resample to 44100 {rate}"] = measure(lambda: Resampler(44100)(torch.from_numpy(wave), rate))
+    return {
+        f"embed_audio waveform {rate}": measure(lambda: model.embed_audio(wave, sample_rate=rate)),
+        f"embed_audio file {rate}": measure(lambda: model.embed_audio(path)),
+        f"loader {rate}": measure(lambda: decoder(sample)),
+        f"shard writer {rate}": measure(lambda: prepare_audio(wave, rate, 44100)),
+        f"resample to 44100 {rate}": measure(lambda: Resampler(44100)(torch.from_numpy(wave), rate)),
+    }
+
+
+figures = {**measure_paths(16001), **measure_paths(48001)}
 print(json.dumps(figures))

@@ -191,8 +191,7 @@ def test_rerun_of_a_killed_build_with_other_parameters_is_refused(tmp_path):
 
     manifest = build(out, recipe, workers=2)  # the same parameters: resume
     assert [s["__key__"] for s in read_samples(directory)] == [f"toy-clip{i:03d}" for i in range(24)]
-    assert manifest["num_samples"] == 24 and {s["sample_rate"] for s in map(lambda x: json.loads(x["json"]),
-                                                                             read_samples(directory))} == {8000}
+    assert manifest["num_samples"] == 24 and {json.loads(s["json"])["sample_rate"] for s in read_samples(directory)} == {8000}
 
 
 def bad_recipe() -> ToyRecipe:

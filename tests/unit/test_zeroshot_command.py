@@ -74,7 +74,8 @@ def test_zeroshot_scores_through_the_suite_with_the_inference_apis_numbers(label
     truth = torch.tensor([classes.index(label) for label in labelled["labels"]])
     confusion = torch.zeros(3, 3, dtype=torch.long).index_put_((truth, predicted), torch.ones(12, dtype=torch.long),
                                                                accumulate=True)
-    rows = list(csv.DictReader(open(out / "results.csv")))
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
     assert [row["class"] for row in rows] == classes + ["ALL"]
     assert [int(row["clips"]) for row in rows] == [4, 4, 4, 12]
     assert float(rows[-1]["accuracy"]) == pytest.approx(float((predicted == truth).float().mean()), abs=1e-4)
