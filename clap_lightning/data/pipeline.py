@@ -324,6 +324,18 @@ class ClapLoader(DataLoader):
     lookahead), so every skip reaches the consumer and no tally does.
     """
 
+    def state_dict(self) -> dict[str, Any]:
+        """Lightning's stateful-loader protocol: marks the loader as resumable mid-epoch.
+
+        It is: the stream positions are saved by `ClapDataModule.state_dict` (which gathers
+        every rank's) and replayed by its next `train_dataloader`. Without this method Lightning
+        warns at every mid-epoch resume that the loader is "not resumable", which is wrong here.
+        """
+        return {"resumed_by": "ClapDataModule.state_dict"}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore here: `ClapDataModule.load_state_dict` holds the positions."""
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         stream = self.dataset
         count, held, tally = 0, None, Counter()
