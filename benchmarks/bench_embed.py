@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from clap_lightning.config import from_container, to_container
+from clap_lightning.config import ExperimentConfig, config_from, to_container
 from clap_lightning.data.sources import resolve_shards
 from clap_lightning.data.stream import read_tar_samples
 from clap_lightning.eval.index import IndexSettings, build_index
@@ -63,7 +63,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     torch.manual_seed(0)
-    config = from_container({"model": OmegaConf.to_container(OmegaConf.load(ROOT / "configs/model/tiny.yaml"))})
+    config = config_from(ExperimentConfig, {"model": OmegaConf.to_container(OmegaConf.load(ROOT / "configs/model/tiny.yaml"))})
     model = CLAP(config.model).eval()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -27,11 +27,11 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from clap_lightning.config import config_from, load_config
 from clap_lightning.eval.embed import ClipSettings, build_eval_loader, embed_batches, split_urls
 from clap_lightning.eval.linear_probe import cross_validate_probe
 from clap_lightning.lit.multitask import fit_multitask
-from clap_lightning.lit.multitask_config import (MultiTaskConfig, head_specs, load_multitask_config,
-                                                 multitask_config_from, resolve_tasks)
+from clap_lightning.lit.multitask_config import MultiTaskConfig, head_specs, resolve_tasks
 from clap_lightning.models.multitask import MultiTaskClassifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,13 +53,13 @@ class AudioEmbedder(torch.nn.Module):
 
 def build_configs(data: Path, steps: int, batch: int, run_root: Path) -> dict[str, MultiTaskConfig]:
     """The multi-task and single-task runs: same everything but the task list; no validation."""
-    base = load_multitask_config(DEMO3, [f"trainer.max_steps={steps}", f"data.global_batch_size={batch}",
-                                         "data.num_workers=0", "trainer.enable_progress_bar=false",
-                                         "trainer.log_every_n_steps=50", f"data.epoch_samples={steps * batch}"])
+    base = load_config(MultiTaskConfig, DEMO3, [f"trainer.max_steps={steps}", f"data.global_batch_size={batch}",
+                                                    "data.num_workers=0", "trainer.enable_progress_bar=false",
+                                                    "trainer.log_every_n_steps=50", f"data.epoch_samples={steps * batch}"])
     tasks = [dataclasses.replace(t, shards=str(data / "train"), val="") for t in base.tasks]
     single = [t for t in tasks if t.name == "sound_class"]
-    return {name: multitask_config_from(dataclasses.replace(base, tasks=chosen, name=name,
-                                                             run_dir=str(run_root / name)))
+    return {name: config_from(MultiTaskConfig, dataclasses.replace(base, tasks=chosen, name=name,
+                                                                    run_dir=str(run_root / name)))
             for name, chosen in (("multi_task", tasks), ("single_task", single))}
 
 

@@ -51,7 +51,7 @@ def train_loss(run_dir: Path, steps: int) -> float:
 def run_mode(name: str, data: Path, steps: int, seed: int, workers: int, run_root: Path) -> dict:
     """Fit the demo config with one padding mode, then zero-shot classify the test split."""
     from clap_lightning.commands.zeroshot import run_zeroshot
-    from clap_lightning.config import load_config
+    from clap_lightning.config import ExperimentConfig, load_config
     from clap_lightning.lit.run import run_stage
 
     run_dir = run_root / name
@@ -59,7 +59,7 @@ def run_mode(name: str, data: Path, steps: int, seed: int, workers: int, run_roo
                  f"data.test={data / 'test'}", f"trainer.max_steps={steps}", f"seed={seed}", f"data.seed={seed}",
                  f"data.num_workers={workers}", "trainer.enable_progress_bar=false",
                  f"data.epoch_samples={steps * 64}", "trainer.log_every_n_steps=10"]
-    config = load_config(DEMO, overrides)
+    config = load_config(ExperimentConfig, DEMO, overrides)
     start = time.perf_counter()
     run_stage("fit", config)
     fit_seconds = time.perf_counter() - start

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from clap_lightning.audio.frontend import compute_valid_frames, masked_batch_norm
-from clap_lightning.config import load_config
+from clap_lightning.config import ExperimentConfig, load_config
 from clap_lightning.eval.embed import ClipSettings, build_eval_loader, split_urls
 from clap_lightning.models.clap import CLAP
 
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "experiment" / "demo.yaml")
     parser.add_argument("--batch", type=int, default=64, help="clips in the batch")
     args = parser.parse_args()
-    config = load_config(args.config)
+    config = load_config(ExperimentConfig, args.config)
     torch.manual_seed(0)
     encoder = CLAP(config.model).audio_encoder
     print(f"{args.batch} clips of {args.data}, padded to {config.model.clip_seconds} s; bn0 freshly initialised, "

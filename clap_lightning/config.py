@@ -1,15 +1,21 @@
-"""Experiment configuration: dataclass schemas, YAML composition, overrides and validation.
+"""Run configuration: dataclass schemas, YAML composition, overrides and validation.
 
-An experiment YAML names one file per group under `defaults` and lists only what it changes:
+Every run's schema extends `RunConfig` (name, seed, run_dir, trainer, optim): contrastive
+pretraining `ExperimentConfig` (here), multi-task `MultiTaskConfig` (lit/multitask_config.py)
+and captioning `CaptioningConfig` (lit/captioning_config.py). One loader reads them all:
+
+    config = load_config(ExperimentConfig, "configs/experiment/demo.yaml", ["trainer.max_steps=100"])
+
+A YAML names one file per group under `defaults` and lists only what it changes:
 
     defaults: {model: tiny, data: demo, trainer: cpu}
     name: demo
     optim: {lr: 1e-3}
 
 Each group file (`configs/<group>/<name>.yaml`) holds that section's keys. Everything is
-merged onto `ExperimentConfig`, then `key=value` overrides from the command line, so an
-unknown key or a wrong type fails here, with the key's dotted name, before any data or
-model is touched.
+merged onto the schema, then `key=value` overrides from the command line (`tasks.0.weight=2`
+reaches a list item), so an unknown key or a wrong type fails here, with the key's dotted
+name, before any data or model is touched.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import string
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, TypeVar, Union
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -282,23 +289,40 @@ class EvalConfig:
 
 
 @dataclass
-class ExperimentConfig:
-    """A whole run."""
+class RunConfig:
+    """What every run has; the pretraining, multi-task and captioning schemas extend it."""
 
-    name: str = "clap"  # run name
+    name: str = "run"  # run name
     seed: int = 0  # global seed
     run_dir: str = "runs/${name}"  # checkpoints, logs, resolved config and reports go here
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
+    def validate(self) -> None:
+        """Checks across sections, run by `load_config` and `config_from`."""
+        validate_trainer(self.trainer)
+
+
+@dataclass
+class ExperimentConfig(RunConfig):
+    """A contrastive pretraining run."""
+
+    name: str = "clap"  # run name
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     report: bool = False  # write <run_dir>/report.html when fit ends (as `clap-lightning report RUN_DIR`)
 
-    def __post_init__(self) -> None:
-        check_ranges(self)
+    def validate(self) -> None:
+        validate_experiment(self)
+
+
+RunConfigT = TypeVar("RunConfigT", bound=RunConfig)
 
 
 def _merge(base: DictConfig, other: Any, origin: str) -> DictConfig:
@@ -351,40 +375,80 @@ def read_overrides(path: str | Path) -> list[str]:
     return overrides
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """Compose, override and validate an experiment config.
+def load_config(schema: type[RunConfigT], path: str | Path | None = None,
+                overrides: Sequence[str] = ()) -> RunConfigT:
+    """Compose a YAML (with optional `defaults`) onto `schema`, apply overrides, validate.
 
     Args:
-        path: experiment YAML (with optional `defaults`), or None for the schema defaults.
-        overrides: `key=value` strings, e.g. `trainer.max_steps=100`.
+        schema: `ExperimentConfig`, `MultiTaskConfig`, `CaptioningConfig` or another `RunConfig`.
+        path: the YAML, or None for the schema defaults.
+        overrides: `key=value` strings, e.g. `trainer.max_steps=100` or `tasks.0.weight=2`.
 
     Raises:
         ConfigError: one line naming the file or override and the offending key.
     """
-    merged = OmegaConf.structured(ExperimentConfig)
+    if not (isinstance(schema, type) and issubclass(schema, RunConfig)):
+        raise TypeError(f"load_config(schema, path, overrides): schema must be a RunConfig such as ExperimentConfig, "
+                        f"got {schema!r}")
+    merged = OmegaConf.structured(schema)
     for origin, layer in compose_layers(Path(path)) if path else []:
+        check_list_items(schema, layer, origin)
         merged = _merge(merged, layer, origin)
     for item in overrides:
         check_override(item)
-        merged = _merge(merged, OmegaConf.from_dotlist([item]), f"override '{item}'")
-    try:
-        OmegaConf.resolve(merged)
-        config: ExperimentConfig = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"bad config key '{getattr(err, 'full_key', '?')}': {first_line(err)}") from None
-    validate_components(config)
+        key, raw = item.split("=", 1)
+        value = OmegaConf.from_dotlist([f"value={raw}"]).value  # typed as YAML reads it
+        try:
+            OmegaConf.update(merged, key.strip(), value, merge=True)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"override '{item}': bad config key '{getattr(err, 'full_key', None) or key}': "
+                              f"{first_line(err)}") from None
+    return config_from(schema, merged)
+
+
+def check_list_items(schema: type, layer: Any, origin: str, prefix: str = "") -> None:
+    """Check each item of a list-of-dataclass field against its schema, so an error names `tasks[i].key`."""
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        value = layer.get(f.name) if hasattr(layer, "get") else None
+        if value is None:
+            continue
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            check_list_items(kind, value, origin, f"{prefix}{f.name}.")
+        elif typing.get_origin(kind) is list and dataclasses.is_dataclass(item_kind := typing.get_args(kind)[0]):
+            for i, item in enumerate(value):
+                try:
+                    OmegaConf.merge(OmegaConf.structured(item_kind), item)
+                except OmegaConfBaseException as err:
+                    raise ConfigError(f"{origin}: bad config key '{prefix}{f.name}[{i}].{getattr(err, 'full_key', '?')}': "
+                                      f"{first_line(err)}") from None
+
+
+def config_from(schema: type[RunConfigT], data: Union[RunConfigT, DictConfig, dict], origin: str = "config") -> RunConfigT:
+    """Build and validate a `schema` instance from plain dicts (e.g. a checkpoint's), a DictConfig or an instance."""
+    if isinstance(data, schema):
+        config = data
+    else:
+        merged = _merge(OmegaConf.structured(schema), data, origin)
+        try:
+            OmegaConf.resolve(merged)
+            config = OmegaConf.to_object(merged)
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"bad config key '{getattr(err, 'full_key', '?')}': {first_line(err)}") from None
+    config.validate()
     return config
 
 
-def validate_components(config: ExperimentConfig) -> None:
-    """Check the registry-selected sections (encoders) against their own schemas."""
+def validate_model(model: ModelConfig) -> None:
+    """Check the registry-selected encoder sections against their own schemas, and the sample rates."""
     # Imported here so that reading a config (the CLI, data tools) does not import torch.
     from clap_lightning.encoders.registry import AUDIO_ENCODERS, TEXT_ENCODERS, import_builtin_encoders
 
     import_builtin_encoders()
     for registry, section, where in (
-        (AUDIO_ENCODERS, config.model.audio_encoder, "model.audio_encoder"),
-        (TEXT_ENCODERS, config.model.text_encoder, "model.text_encoder"),
+        (AUDIO_ENCODERS, model.audio_encoder, "model.audio_encoder"),
+        (TEXT_ENCODERS, model.text_encoder, "model.text_encoder"),
     ):
         options = dict(section)
         name = options.pop("name", None)
@@ -394,10 +458,27 @@ def validate_components(config: ExperimentConfig) -> None:
             registry.parse_config(name, options, where=where)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-    audio_rate = config.model.audio_encoder.get("sample_rate")
-    if audio_rate is not None and audio_rate != config.model.sample_rate:
-        raise ConfigError(f"model.sample_rate ({config.model.sample_rate}) differs from "
+    audio_rate = model.audio_encoder.get("sample_rate")
+    if audio_rate is not None and audio_rate != model.sample_rate:
+        raise ConfigError(f"model.sample_rate ({model.sample_rate}) differs from "
                           f"model.audio_encoder.sample_rate ({audio_rate}); they must agree")
+
+
+def validate_trainer(trainer: TrainerConfig) -> None:
+    """Check strategy switches that only make sense together."""
+    if trainer.strategy == "deepspeed" and not trainer.deepspeed_config:
+        raise ConfigError("trainer.strategy is deepspeed but trainer.deepspeed_config is empty; "
+                          "name a JSON file such as configs/deepspeed/zero2.json")
+    if trainer.deepspeed_config and trainer.strategy != "deepspeed":
+        raise ConfigError(f"trainer.deepspeed_config is set but trainer.strategy is '{trainer.strategy}', "
+                          "expected deepspeed")
+
+
+def validate_experiment(config: ExperimentConfig) -> None:
+    """Check a pretraining run: encoders, data sources, objective and strategy switches."""
+    from clap_lightning.objectives import FALSE_NEGATIVE_MODES
+
+    validate_model(config.model)
     if config.data.train and config.data.train_sources:
         raise ConfigError("set either data.train or data.train_sources, not both")
     if config.data.pad_mode not in PAD_MODES:
@@ -410,13 +491,6 @@ def validate_components(config: ExperimentConfig) -> None:
         raise ConfigError("data.augment.noise_prob is set but data.augment.noise_shards is empty; name noise shards")
     if len(augment.noise_snr_db) != 2 or augment.noise_snr_db[0] > augment.noise_snr_db[1]:
         raise ConfigError(f"data.augment.noise_snr_db must be [low, high] with low <= high, got {augment.noise_snr_db}")
-    validate_training(config)
-
-
-def validate_training(config: ExperimentConfig) -> None:
-    """Check objective and strategy switches that only make sense together."""
-    from clap_lightning.objectives import FALSE_NEGATIVE_MODES
-
     objective, trainer = config.objective, config.trainer
     if objective.accumulation not in ACCUMULATION_MODES:
         raise ConfigError(f"objective.accumulation must be one of {', '.join(ACCUMULATION_MODES)}, "
@@ -424,12 +498,7 @@ def validate_training(config: ExperimentConfig) -> None:
     if objective.false_negatives not in FALSE_NEGATIVE_MODES:
         raise ConfigError(f"objective.false_negatives must be one of {', '.join(FALSE_NEGATIVE_MODES)}, "
                           f"got '{objective.false_negatives}'")
-    if trainer.strategy == "deepspeed" and not trainer.deepspeed_config:
-        raise ConfigError("trainer.strategy is deepspeed but trainer.deepspeed_config is empty; "
-                          "name a JSON file such as configs/deepspeed/zero2.json")
-    if trainer.deepspeed_config and trainer.strategy != "deepspeed":
-        raise ConfigError(f"trainer.deepspeed_config is set but trainer.strategy is '{trainer.strategy}', "
-                          "expected deepspeed")
+    validate_trainer(trainer)
     if config.report and "csv" not in trainer.loggers:
         raise ConfigError("report is true but trainer.loggers has no csv: the report draws its curves from the CSV logs")
     if objective.accumulation == "gradcache" and trainer.strategy.startswith("deepspeed"):
@@ -437,15 +506,9 @@ def validate_training(config: ExperimentConfig) -> None:
                           f"found trainer.strategy={trainer.strategy}")
 
 
-def to_container(config: ExperimentConfig) -> dict:
+def to_container(config: RunConfig) -> dict:
     """The resolved config as plain dicts and lists (for checkpoints and YAML)."""
     return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
-
-
-def from_container(data: dict) -> ExperimentConfig:
-    """Rebuild a validated config from `to_container` output (e.g. from a checkpoint)."""
-    merged = _merge(OmegaConf.structured(ExperimentConfig), data, "stored config")
-    return OmegaConf.to_object(merged)
 
 
 def write_yaml(data: dict, path: str | Path) -> None:
@@ -457,27 +520,31 @@ def write_yaml(data: dict, path: str | Path) -> None:
     tmp.replace(path)
 
 
-def save_config(config: ExperimentConfig, path: str | Path) -> None:
+def save_config(config: RunConfig, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically."""
     write_yaml(to_container(config), path)
 
 
-def local_batch_size(config: ExperimentConfig) -> int:
+def local_batch_size(global_batch_size: int, trainer: TrainerConfig, is_gradcache: bool = False) -> int:
     """Per-device loader batch: global batch / (devices x nodes x accumulation), or refuse.
 
-    With `objective.accumulation=gradcache` the loader yields all `accumulate_grad_batches`
-    micro-batches of a step at once (global / (devices x nodes)); the module splits them.
+    With GradCache (`objective.accumulation=gradcache`) the loader yields all
+    `accumulate_grad_batches` micro-batches of a step at once (global / (devices x nodes));
+    the module splits them.
 
     Raises:
         ConfigError: naming the numbers when they do not divide.
     """
-    t = config.trainer
+    t = trainer
     replicas = t.devices * t.num_nodes * t.accumulate_grad_batches
-    if config.data.global_batch_size % replicas:
+    if global_batch_size % replicas:
         raise ConfigError(
-            f"data.global_batch_size {config.data.global_batch_size} is not divisible by devices {t.devices} "
+            f"data.global_batch_size {global_batch_size} is not divisible by devices {t.devices} "
             f"x num_nodes {t.num_nodes} x accumulate_grad_batches {t.accumulate_grad_batches} = {replicas}")
-    micro_batch = config.data.global_batch_size // replicas
-    if config.objective.accumulation == "gradcache":
-        return micro_batch * t.accumulate_grad_batches
-    return micro_batch
+    micro_batch = global_batch_size // replicas
+    return micro_batch * t.accumulate_grad_batches if is_gradcache else micro_batch
+
+
+def pretraining_batch_size(config: ExperimentConfig) -> int:
+    """`local_batch_size` of a contrastive pretraining run (its objective decides GradCache)."""
+    return local_batch_size(config.data.global_batch_size, config.trainer, config.objective.accumulation == "gradcache")

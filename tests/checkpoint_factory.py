@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from clap_lightning.config import load_config, to_container
+from clap_lightning.config import ExperimentConfig, load_config, to_container
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "experiment" / "demo.yaml"
@@ -17,7 +17,7 @@ def pretraining_checkpoint(overrides: Sequence[str] = ()) -> dict:
     """A resumable-looking checkpoint of the tiny demo model, built from `configs/experiment/demo.yaml`."""
     from clap_lightning.lit.pretraining import ClapPretraining
 
-    config = load_config(DEMO, list(overrides))
+    config = load_config(ExperimentConfig, DEMO, list(overrides))
     module = ClapPretraining(config)
     return {"epoch": 0, "global_step": 1, "pytorch-lightning_version": "2.6.0", "loops": {},
             "state_dict": module.state_dict(), "optimizer_states": [], "lr_schedulers": [],

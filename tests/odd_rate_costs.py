@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from clap_lightning.audio.io import Resampler
-from clap_lightning.config import from_container
+from clap_lightning.config import ExperimentConfig, config_from
 from clap_lightning.data.pipeline import ClipDecoder
 from clap_lightning.models.clap import CLAP
 from data_recipes.writer import prepare_audio
@@ -37,7 +37,7 @@ def measure(fn) -> tuple[float, int]:
 
 config_path, tmp = sys.argv[1], sys.argv[2]
 torch.manual_seed(0)
-model = CLAP(from_container({"model": OmegaConf.to_container(OmegaConf.load(config_path))}).model).eval()
+model = CLAP(config_from(ExperimentConfig, {"model": OmegaConf.to_container(OmegaConf.load(config_path))}).model).eval()
 model.embed_audio(np.zeros(16000, np.float32))  # warm up: one-off allocations are not the resampler's
 # Fail fast rather than take the machine's memory if a dense kernel is built.
 resource.setrlimit(resource.RLIMIT_AS, (status("VmSize") + (1 << 30),) * 2)

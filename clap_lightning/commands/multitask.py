@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from clap_lightning.commands.stages import add_config_arguments
+from clap_lightning.config import load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clap_lightning.lit.multitask import fit_multitask
-    from clap_lightning.lit.multitask_config import load_multitask_config
+    from clap_lightning.lit.multitask_config import MultiTaskConfig
 
-    fit_multitask(load_multitask_config(args.config, args.overrides), args.ckpt_path)
+    fit_multitask(load_config(MultiTaskConfig, args.config, args.overrides), args.ckpt_path)
     return 0

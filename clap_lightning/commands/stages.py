@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clap_lightning.config import load_config
+from clap_lightning.config import ExperimentConfig, load_config
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,5 +25,5 @@ def run(args: argparse.Namespace) -> int:
     """Run the stage named by `args.command` (fit, validate or test)."""
     from clap_lightning.lit.run import run_stage
 
-    run_stage(args.command, load_config(args.config, args.overrides), args.ckpt_path)
+    run_stage(args.command, load_config(ExperimentConfig, args.config, args.overrides), args.ckpt_path)
     return 0

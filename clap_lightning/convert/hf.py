@@ -35,7 +35,7 @@ from typing import Callable, Mapping, Optional
 import torch
 
 from clap_lightning.checkpoint import safe_load
-from clap_lightning.config import from_container, to_container, validate_components
+from clap_lightning.config import ExperimentConfig, config_from, to_container
 from clap_lightning.errors import CheckpointError
 from clap_lightning.convert.msclap import load_strict, write_converted
 from clap_lightning.models.clap import CLAP
@@ -196,8 +196,8 @@ def build_from_hf(folder: str | Path, tokenizer: Optional[str] = None) -> tuple[
     hf_config, state = read_hf_folder(folder)
     has_tokenizer = any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json"))
     tokenizer = tokenizer or (str(folder.resolve()) if has_tokenizer else "roberta-base")
-    config = from_container({"name": folder.name, "model": model_config_from_hf(hf_config, tokenizer)})
-    validate_components(config)
+    config = config_from(ExperimentConfig, {"name": folder.name, "model": model_config_from_hf(hf_config, tokenizer)},
+                         str(folder))
     model = CLAP(config.model)
     load_mapped(model, map_hf_state(state), str(folder), keep=UNUSED_HEAD.match)
     ours = model.state_dict()
@@ -281,8 +281,7 @@ def build_from_laion(path: str | Path, tokenizer: str = "roberta-base",
     section = laion_config_from_state(state, tokenizer)
     if num_text_heads:
         section["text_encoder"]["num_heads"] = num_text_heads
-    config = from_container({"name": Path(path).stem, "model": section})
-    validate_components(config)
+    config = config_from(ExperimentConfig, {"name": Path(path).stem, "model": section}, str(path))
     model = CLAP(config.model)
     mapped, unused = {}, []
     for key, value in state.items():

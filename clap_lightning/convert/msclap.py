@@ -33,7 +33,7 @@ import torch
 from omegaconf import OmegaConf
 
 from clap_lightning.checkpoint import safe_load
-from clap_lightning.config import from_container, to_container, validate_components
+from clap_lightning.config import ExperimentConfig, config_from, to_container
 from clap_lightning.errors import CheckpointError, ConfigError
 from clap_lightning.models.clap import CLAP
 
@@ -156,8 +156,8 @@ def load_model_config(name_or_path: str):
         path = found[0]
     if not path.is_file():
         raise ConfigError(f"model config not found: {path} (pass a model YAML path)")
-    config = from_container({"name": path.stem, "model": OmegaConf.to_container(OmegaConf.load(path))})
-    validate_components(config)
+    config = config_from(ExperimentConfig, {"name": path.stem, "model": OmegaConf.to_container(OmegaConf.load(path))},
+                         str(path))
     return config
 
 

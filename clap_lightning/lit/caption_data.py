@@ -11,7 +11,6 @@ atomically, holding
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
@@ -21,20 +20,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from clap_lightning.checkpoint import safe_load
-from clap_lightning.config import bounded
+from clap_lightning.lit.captioning_config import CaptionDataConfig
 from clap_lightning.errors import DataError
 
 CACHE_FORMAT = "clap-lightning/caption-cache/1"
-
-
-@dataclass
-class CaptionDataConfig:
-    """Where the embedding caches are and how batches are made."""
-
-    train: str = ""  # train cache (.pt written by `write_embedding_cache`)
-    val: str = ""  # validation cache ("" = no validation)
-    batch_size: int = bounded(64, ge=1)  # (clip, caption) pairs per device per step
-    num_workers: int = bounded(0, ge=0)  # loader worker processes per device (the data is in memory; 0 is usually best)
 
 
 def _batched(clips: Iterable[dict[str, Any]], batch_size: int) -> Iterator[list[dict[str, Any]]]:

@@ -7,60 +7,21 @@ so no cross-rank gather is needed, unlike the contrastive loss).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 import torch
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from clap_lightning.checkpoint import CAPTIONING, check_resumable, load_state_or_refuse, read_lightning_checkpoint
-from clap_lightning.config import OptimConfig, TrainerConfig, check_ranges
-from clap_lightning.errors import ConfigError, first_line
+from clap_lightning.config import config_from, to_container
 from clap_lightning.eval.caption_metrics import compute_caption_metrics
-from clap_lightning.lit.caption_data import CaptionDataConfig, CaptionDataModule, read_embedding_cache
+from clap_lightning.lit.caption_data import CaptionDataModule, read_embedding_cache
+from clap_lightning.lit.captioning_config import CaptioningConfig
 from clap_lightning.lit.optim import build_optimizer
 from clap_lightning.lit.run import build_trainer
-from clap_lightning.models.captioner import Captioner, CaptionerConfig, caption_audio
+from clap_lightning.models.captioner import Captioner, caption_audio
 from clap_lightning.models.decoding import DecodingConfig
-
-
-@dataclass
-class CaptioningConfig:
-    """A captioning run: the captioner, its data (embedding caches), optimiser, trainer, decoding."""
-
-    name: str = "captioning"  # run name
-    seed: int = 0  # global seed
-    run_dir: str = "runs/${name}"  # checkpoints, logs and the resolved config go here
-    clap_checkpoint: str = ""  # the CLAP checkpoint whose audio embeddings the mapper reads (for inference)
-    captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
-    data: CaptionDataConfig = field(default_factory=CaptionDataConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-5, weight_decay=0.01, warmup_steps=500))
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    decoding: DecodingConfig = field(default_factory=DecodingConfig)  # defaults for `caption` and evaluation
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
-
-
-def captioning_config_from(data: dict | CaptioningConfig | None = None, overrides: tuple[str, ...] = ()) -> CaptioningConfig:
-    """Validate a (nested dict) captioning config plus `key=value` overrides against the schema."""
-    if isinstance(data, CaptioningConfig):
-        data = OmegaConf.to_container(OmegaConf.structured(data))
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(CaptioningConfig), data or {},
-                                 OmegaConf.from_dotlist(list(overrides)))
-        OmegaConf.resolve(merged)
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"bad captioning config key '{getattr(err, 'full_key', '?')}': "
-                          f"{first_line(err)}") from None
-
-
-def captioning_container(config: CaptioningConfig) -> dict:
-    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
 
 
 class CaptioningModule(L.LightningModule):
@@ -71,8 +32,8 @@ class CaptioningModule(L.LightningModule):
 
     def __init__(self, config: CaptioningConfig | dict) -> None:
         super().__init__()
-        config = config if isinstance(config, CaptioningConfig) else captioning_config_from(config)
-        self.save_hyperparameters({"config": captioning_container(config)})
+        config = config_from(CaptioningConfig, config, "stored config")
+        self.save_hyperparameters({"config": to_container(config)})
         self.config = config
         self.captioner = Captioner(config.captioner)
 
@@ -101,14 +62,14 @@ def fit_captioning(config: CaptioningConfig, ckpt_path: Optional[str] = None) ->
     datamodule = CaptionDataModule(config.data, module.captioner.tokenizer)
     if ckpt_path:
         check_resumable(ckpt_path, module, CAPTIONING)
-    build_trainer(config).fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    build_trainer(config, config.data.batch_size).fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return module
 
 
 def load_captioner(path: str | Path, map_location: str = "cpu") -> tuple[Captioner, CaptioningConfig]:
     """Rebuild a `Captioner` from a `CaptioningModule` checkpoint, with one-line errors."""
     checkpoint, stored = read_lightning_checkpoint(path, map_location, kind=CAPTIONING)
-    config = captioning_config_from(stored)
+    config = config_from(CaptioningConfig, stored, "stored config")
     captioner = Captioner(config.captioner)
     state = {k[len("captioner."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("captioner.")}
     load_state_or_refuse(captioner, state, path)

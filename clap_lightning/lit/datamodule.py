@@ -11,7 +11,7 @@ from typing import Any, Optional
 import lightning as L
 import torch
 
-from clap_lightning.config import ExperimentConfig, local_batch_size
+from clap_lightning.config import DataConfig, ExperimentConfig, ModelConfig, pretraining_batch_size
 from clap_lightning.data.augment import WaveAugment
 from clap_lightning.data.pipeline import ClapLoader, ClapStream, ClipDecoder, Collate
 from clap_lightning.data.sources import resolve_shards
@@ -30,7 +30,7 @@ class ClapDataModule(L.LightningDataModule):
     weights, resampling shards; an epoch is `data.epoch_samples` samples (default: the
     manifests' total), cut into the same number of full batches on every rank and worker.
     Validation and test read every shard exactly once, split by rank then by worker.
-    The per-device batch is derived from `data.global_batch_size` (see `local_batch_size`).
+    `batch_size` is per device (`config.local_batch_size` derives it from `data.global_batch_size`).
 
     Resume guarantee. The training stream of worker w on rank r in epoch e is a pure function
     of (data.seed, e, r, w) and the shard lists; each training batch carries the stream
@@ -45,10 +45,12 @@ class ClapDataModule(L.LightningDataModule):
     resumed run warns and starts the next epoch's stream instead (no prefix replay).
     """
 
-    def __init__(self, config: ExperimentConfig) -> None:
+    def __init__(self, model: ModelConfig, data: DataConfig, batch_size: int, label_field: str = "labels") -> None:
         super().__init__()
-        self.config = config
-        self.batch_size = local_batch_size(config)
+        self.model_config = model  # text encoder (tokenizer), sample rate and clip length
+        self.data_config = data
+        self.batch_size = batch_size
+        self.label_field = label_field  # json field `meta` carries for zero-shot scoring
         self.tokenizer = None
         self.skipped: Counter = Counter()  # bad samples dropped by training workers, this rank
         self.samples_by_source: Counter = Counter()  # training samples per json `source`, this rank
@@ -56,25 +58,29 @@ class ClapDataModule(L.LightningDataModule):
         self._fingerprint: Optional[str] = None
         self._restored: Optional[dict] = None
 
+    @classmethod
+    def for_pretraining(cls, config: ExperimentConfig) -> ClapDataModule:
+        """The DataModule of a contrastive pretraining run."""
+        return cls(config.model, config.data, pretraining_batch_size(config), config.zeroshot.label_field)
+
     def setup(self, stage: Optional[str] = None) -> None:
         if self.tokenizer is None:
-            self.tokenizer = build_caption_tokenizer(*split_name(self.config.model.text_encoder))
+            self.tokenizer = build_caption_tokenizer(*split_name(self.model_config.text_encoder))
 
     def _rank_world(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
 
     def _decoder_collate(self, is_train: bool) -> tuple[ClipDecoder, Collate]:
-        model = self.config.model
-        decoder = ClipDecoder(model.sample_rate, model.clip_samples, self.config.data.pad_mode, is_train)
-        return decoder, Collate(self.tokenizer, self.config.zeroshot.label_field,
-                                cut_to_longest=self.config.data.pad_mode == "none")
+        model = self.model_config
+        decoder = ClipDecoder(model.sample_rate, model.clip_samples, self.data_config.pad_mode, is_train)
+        return decoder, Collate(self.tokenizer, self.label_field, cut_to_longest=self.data_config.pad_mode == "none")
 
     def _make_loader(self, stream: ClapStream, workers: int, persistent: bool) -> ClapLoader:
         return ClapLoader(stream, batch_size=None, num_workers=workers, persistent_workers=persistent and workers > 0,
                           pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> ClapLoader:
-        data = self.config.data
+        data = self.data_config
         rank, world = self._rank_world()
         sources = [(resolve_shards(s.shards), s.weight) for s in data.training_sources()]
         counts = [source.num_samples for source, _ in sources]
@@ -98,10 +104,9 @@ class ClapDataModule(L.LightningDataModule):
         return self._make_loader(stream, workers, persistent=True)
 
     def _wave_augment(self) -> WaveAugment:
-        augment, model = self.config.data.augment, self.config.model
+        augment, model = self.data_config.augment, self.model_config
         noise_urls = resolve_shards(augment.noise_shards).urls if augment.noise_prob > 0 else []
-        return WaveAugment(augment, noise_urls, model.sample_rate, model.clip_samples,
-                           self.config.zeroshot.label_field)
+        return WaveAugment(augment, noise_urls, model.sample_rate, model.clip_samples, self.label_field)
 
     def _resume_point(self, rank: int, workers: int, batches_per_worker: int) -> tuple[int, Optional[dict]]:
         """(first epoch, resume positions) from a restored state, or from the trainer's epoch."""
@@ -158,7 +163,7 @@ class ClapDataModule(L.LightningDataModule):
         self.samples_by_source = Counter(state_dict.get("samples_by_source", {}))
 
     def _eval_loader(self, spec: str) -> ClapLoader:
-        data = self.config.data
+        data = self.data_config
         rank, world = self._rank_world()
         urls = resolve_shards(spec).urls
         workers = min(data.num_workers, max(1, len(urls[rank::world])))
@@ -169,10 +174,10 @@ class ClapDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> ClapLoader | list:
         # No validation shards configured: an empty list tells Lightning to skip validation.
-        return self._eval_loader(self.config.data.val) if self.config.data.val else []
+        return self._eval_loader(self.data_config.val) if self.data_config.val else []
 
     def test_dataloader(self) -> ClapLoader:
-        return self._eval_loader(self.config.data.test)
+        return self._eval_loader(self.data_config.test)
 
 
 def _fingerprint(*parts: Any) -> str:

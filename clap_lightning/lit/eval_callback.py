@@ -6,7 +6,7 @@ import logging
 
 import lightning as L
 
-from clap_lightning.config import EvalConfig, ExperimentConfig
+from clap_lightning.config import EvalConfig
 from clap_lightning.errors import ConfigError
 from clap_lightning.eval.embed import ClipSettings
 from clap_lightning.eval.suite import EvalOptions, TaskEvaluator
@@ -72,11 +72,15 @@ class TaskEvalCallback(L.Callback):
             log.warning("validation task %s %s", spec.name, status)
 
 
-def build_eval_callbacks(config: ExperimentConfig) -> list[L.Callback]:
-    """The validation-time task callback when `eval.tasks` is set, else nothing."""
-    eval_config = getattr(config, "eval", None)  # runs of other kinds (captioning) have no eval section
-    if eval_config is None or not eval_config.tasks.strip():
+def build_eval_callbacks(eval_config: EvalConfig, has_validation: bool) -> list[L.Callback]:
+    """The validation-time task callback when `eval.tasks` is set, else nothing.
+
+    Args:
+        eval_config: the pretraining run's `eval` section.
+        has_validation: whether the run validates at all (`data.val` set); the tasks run inside validation.
+    """
+    if not eval_config.tasks.strip():
         return []
-    if not config.data.val:
+    if not has_validation:
         log.warning("eval.tasks is set but data.val is empty: no validation runs during fit, so neither do the tasks")
     return [TaskEvalCallback(eval_config)]

@@ -13,21 +13,20 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 
 from clap_lightning.checkpoint import MULTITASK, check_resumable, load_stored_state, read_lightning_checkpoint
-from clap_lightning.config import local_batch_size
+from clap_lightning.config import config_from, local_batch_size, to_container
 from clap_lightning.data.multitask import MultiTaskCollate
 from clap_lightning.data.pipeline import ClapLoader, ClapStream, ClipDecoder
 from clap_lightning.data.sources import resolve_shards
 from clap_lightning.eval.metrics import accuracy, mean_average_precision
 from clap_lightning.lit.checkpointing import resolve_ckpt_path
 from clap_lightning.lit.datamodule import ClapDataModule
-from clap_lightning.lit.multitask_config import (MultiTaskConfig, SourcePlan, experiment_view, head_specs, label_specs,
-                                                 multitask_config_from, multitask_container, plan_sources,
-                                                 resolve_tasks, save_multitask_config)
+from clap_lightning.lit.multitask_config import (MultiTaskConfig, SourcePlan, head_specs, label_specs,
+                                                 multitask_data_config, plan_sources,
+                                                 resolve_tasks)
 from clap_lightning.lit.optim import build_optimizer
-from clap_lightning.lit.run import build_trainer
+from clap_lightning.lit.run import build_trainer, write_run_config
 from clap_lightning.models.encoder_init import init_audio_encoder
 from clap_lightning.models.multitask import MultiTaskClassifier, compute_multitask_loss
 from clap_lightning.objectives.collectives import is_distributed, world_size
@@ -44,8 +43,8 @@ class MultiTaskPretraining(L.LightningModule):
 
     def __init__(self, config: MultiTaskConfig | dict) -> None:
         super().__init__()
-        config = multitask_config_from(config)
-        self.save_hyperparameters({"config": multitask_container(config)})
+        config = config_from(MultiTaskConfig, config, "stored config")
+        self.save_hyperparameters({"config": to_container(config)})
         self.config = config
         self.specs = {spec.name: spec for spec in head_specs(config)}
         self.model = MultiTaskClassifier(config.model.audio_encoder, list(self.specs.values()), config.head_dropout)
@@ -137,7 +136,8 @@ class MultiTaskDataModule(ClapDataModule):
     """
 
     def __init__(self, config: MultiTaskConfig, plan: SourcePlan) -> None:
-        super().__init__(experiment_view(config, plan))
+        super().__init__(config.model, multitask_data_config(config, plan),
+                         local_batch_size(config.data.global_batch_size, config.trainer))
         self.multitask = config
         self.plan = plan
 
@@ -145,15 +145,15 @@ class MultiTaskDataModule(ClapDataModule):
         pass  # no tokenizer: targets come from the jsons
 
     def _decoder_collate(self, is_train: bool) -> tuple[ClipDecoder, MultiTaskCollate]:
-        model = self.config.model
-        decoder = ClipDecoder(model.sample_rate, model.clip_samples, self.config.data.pad_mode, is_train)
+        model = self.model_config
+        decoder = ClipDecoder(model.sample_rate, model.clip_samples, self.data_config.pad_mode, is_train)
         return decoder, MultiTaskCollate(label_specs(self.multitask, self.plan.train, "train"))
 
     def _val_loader(self, index: int, spec: str) -> ClapLoader:
-        data = self.config.data
+        data = self.data_config
         rank, world = self._rank_world()
         urls = resolve_shards(spec).urls
-        model = self.config.model
+        model = self.model_config
         decoder = ClipDecoder(model.sample_rate, model.clip_samples, data.pad_mode, is_train=False)
         collate = MultiTaskCollate(label_specs(self.multitask, self.plan.val, "val"), source=index)
         stream = ClapStream([urls], decoder, collate, data.eval_batch_size, is_train=False, rank=rank,
@@ -164,26 +164,20 @@ class MultiTaskDataModule(ClapDataModule):
         return [self._val_loader(i, spec) for i, spec in enumerate(self.plan.val)]
 
 
-@rank_zero_only
-def _write_run_config(config: MultiTaskConfig) -> None:
-    save_multitask_config(config, Path(config.run_dir) / "config.yaml")
-
-
 def fit_multitask(config: MultiTaskConfig, ckpt_path: Optional[str] = None) -> MultiTaskPretraining:
     """Resolve classes, plan the sources, then train; every check happens before a batch is read."""
     ckpt_path = resolve_ckpt_path(ckpt_path, config.run_dir, "fit")  # "auto": newest complete checkpoint, or fresh
     config = resolve_tasks(config)
     plan = plan_sources(config)
-    view = experiment_view(config, plan)
-    local_batch_size(view)  # refuse a global batch that does not divide
+    batch_size = local_batch_size(config.data.global_batch_size, config.trainer)  # refuse one that does not divide
     L.seed_everything(config.seed, workers=True, verbose=False)
     module = MultiTaskPretraining(config)
     if config.model.audio_encoder_init and not ckpt_path:
         init_audio_encoder(module.model.audio_encoder, config.model.audio_encoder_init)
     if ckpt_path:
         check_resumable(ckpt_path, module, MULTITASK)
-    trainer = build_trainer(view)
-    _write_run_config(config)
+    trainer = build_trainer(config, batch_size)
+    write_run_config(config)
     trainer.fit(module, datamodule=MultiTaskDataModule(config, plan), ckpt_path=ckpt_path)
     return module
 

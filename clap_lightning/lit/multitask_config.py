@@ -1,7 +1,8 @@
 """Multi-task pretraining config: task heads, sources, temperature sampling; load, validate, resolve.
 
 A multi-task YAML (`configs/multitask/*.yaml`) composes like an experiment YAML
-(`defaults: {model: tiny, trainer: cpu}`) and lists its tasks:
+(`defaults: {model: tiny, trainer: cpu}`; `load_config(MultiTaskConfig, path, overrides)`)
+and lists its tasks:
 
     tasks:
       - {name: demo_class, shards: data/shards/demo/train, val: data/shards/demo/valid,
@@ -20,18 +21,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-from clap_lightning.config import (DataConfig, ExperimentConfig, ModelConfig, OptimConfig, SourceConfig,
-                                   TrainerConfig, bounded, check_override, check_ranges, compose_layers, validate_components,
-                                   write_yaml)
+from clap_lightning.config import DataConfig, ModelConfig, RunConfig, SourceConfig, bounded, validate_model
 from clap_lightning.data.multitask import TaskLabelSpec, scan_field, sort_class_names, temperature_weights
 from clap_lightning.data.sources import resolve_shards
-from clap_lightning.errors import ConfigError, DataError, first_line
+from clap_lightning.errors import ConfigError, DataError
 from clap_lightning.models.multitask import TASK_KINDS, HeadSpec
 
 _TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # a log key part and a ModuleDict key (no dots)
@@ -67,80 +62,18 @@ class MultiTaskDataConfig:
 
 
 @dataclass
-class MultiTaskConfig:
+class MultiTaskConfig(RunConfig):
     """A multi-task pretraining run of one audio encoder."""
 
     name: str = "multitask"  # run name
-    seed: int = 0  # global seed
-    run_dir: str = "runs/${name}"  # checkpoints, logs and the resolved config go here
     model: ModelConfig = field(default_factory=ModelConfig)  # uses sample_rate, clip_seconds, audio_encoder(_init)
     head_dropout: float = bounded(0.1, ge=0, lt=1)  # dropout on the embedding before the task heads
     tasks: list[TaskHeadConfig] = field(default_factory=list)  # the tasks, one head each
     data: MultiTaskDataConfig = field(default_factory=MultiTaskDataConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
 
-    def __post_init__(self) -> None:
-        check_ranges(self)
-
-
-def _update(merged, key: str, value, origin: str):
-    try:
-        OmegaConf.update(merged, key, value, merge=True)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"{origin}: bad config key '{getattr(err, 'full_key', None) or key}': "
-                          f"{first_line(err)}") from None
-
-
-def _check_task_keys(layer, origin: str) -> None:
-    """Check each task against its schema first, so an error names `tasks[i].key`."""
-    for i, task in enumerate(layer.get("tasks") or []):
-        try:
-            OmegaConf.merge(OmegaConf.structured(TaskHeadConfig), task)
-        except OmegaConfBaseException as err:
-            raise ConfigError(f"{origin}: bad config key 'tasks[{i}].{getattr(err, 'full_key', '?')}': "
-                              f"{first_line(err)}") from None
-
-
-def load_multitask_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> MultiTaskConfig:
-    """Compose a multi-task YAML (with `defaults`), apply `key=value` overrides, validate.
-
-    Overrides reach list items by index: `tasks.0.weight=2`.
-
-    Raises:
-        ConfigError: one line naming the file or override and the offending key.
-    """
-    merged = OmegaConf.structured(MultiTaskConfig)
-    for origin, layer in compose_layers(Path(path)) if path else []:
-        _check_task_keys(layer, origin)
-        for key in layer:
-            _update(merged, str(key), layer[key], origin)
-    for item in overrides:
-        check_override(item)
-        key, raw = item.split("=", 1)
-        value = OmegaConf.from_dotlist([f"value={raw}"]).value  # YAML-typed, as `config.load_config` reads it
-        _update(merged, key.strip(), value, f"override '{item}'")
-    return multitask_config_from(merged)
-
-
-def multitask_config_from(data) -> MultiTaskConfig:
-    """Validate a `MultiTaskConfig`, a DictConfig or plain dicts (e.g. from a checkpoint)."""
-    if isinstance(data, MultiTaskConfig):
-        config = data
-    else:
-        try:
-            merged = OmegaConf.merge(OmegaConf.structured(MultiTaskConfig), data)
-            OmegaConf.resolve(merged)
-            config = OmegaConf.to_object(merged)
-        except OmegaConfBaseException as err:
-            raise ConfigError(f"bad config key '{getattr(err, 'full_key', '?')}': {first_line(err)}") from None
-    validate_multitask(config)
-    return config
-
-
-def multitask_container(config: MultiTaskConfig) -> dict:
-    """The resolved config as plain dicts and lists (for checkpoints and YAML)."""
-    return OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    def validate(self) -> None:
+        super().validate()
+        validate_multitask(self)
 
 
 def validate_multitask(config: MultiTaskConfig) -> None:
@@ -168,8 +101,7 @@ def validate_multitask(config: MultiTaskConfig) -> None:
             raise ConfigError(f"{where}.classes lists a class twice")
     if config.data.pad_mode not in ("repeat", "zero"):
         raise ConfigError(f"data.pad_mode must be 'repeat' or 'zero', got '{config.data.pad_mode}'")
-    shards = [task.shards for task in config.tasks]
-    validate_components(experiment_view(config, SourcePlan(shards, [1.0] * len(shards), [])))
+    validate_model(config.model)
 
 
 def resolve_tasks(config: MultiTaskConfig) -> MultiTaskConfig:
@@ -256,18 +188,10 @@ def label_specs(config: MultiTaskConfig, sources: list[str], stage: str) -> list
     return specs
 
 
-def experiment_view(config: MultiTaskConfig, plan: SourcePlan) -> ExperimentConfig:
-    """The run as an `ExperimentConfig`, so the contrastive loader, Trainer and strategies serve it unchanged."""
+def multitask_data_config(config: MultiTaskConfig, plan: SourcePlan) -> DataConfig:
+    """The contrastive loader's data section for this run: the plan's sources with their temperature weights."""
     d = config.data
-    data = DataConfig(train_sources=[SourceConfig(spec, w) for spec, w in zip(plan.train, plan.weights)],
+    return DataConfig(train_sources=[SourceConfig(spec, w) for spec, w in zip(plan.train, plan.weights)],
                       seed=d.seed, global_batch_size=d.global_batch_size, num_workers=d.num_workers,
                       shuffle_buffer=d.shuffle_buffer, epoch_samples=d.epoch_samples, pad_mode=d.pad_mode,
                       eval_batch_size=d.eval_batch_size)
-    return ExperimentConfig(name=config.name, seed=config.seed, run_dir=config.run_dir, model=config.model, data=data,
-                            trainer=config.trainer, optim=config.optim)
-
-
-def save_multitask_config(config: MultiTaskConfig, path: str | Path) -> None:
-    """Write the resolved config as YAML, atomically."""
-    write_yaml(multitask_container(config), path)
-

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from clap_lightning.config import ExperimentConfig, from_container, to_container
+from clap_lightning.config import ExperimentConfig, config_from, to_container
 from clap_lightning.lit.gradcache import gradcache_backward, split_batch
 from clap_lightning.lit.optim import build_optimizer
 from clap_lightning.models.clap import CLAP
@@ -26,7 +26,7 @@ class ClapPretraining(L.LightningModule):
 
     def __init__(self, config: ExperimentConfig | dict) -> None:
         super().__init__()
-        config = from_container(config) if isinstance(config, dict) else config
+        config = config_from(ExperimentConfig, config, "stored config") if isinstance(config, dict) else config
         self.save_hyperparameters({"config": to_container(config)})
         self.config = config
         self.model = CLAP(config.model)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
 from clap_lightning.checkpoint import PRETRAINING, check_resumable, load_stored_state, read_lightning_checkpoint
-from clap_lightning.config import ExperimentConfig, local_batch_size, save_config
+from clap_lightning.config import ExperimentConfig, RunConfig, pretraining_batch_size, save_config
 from clap_lightning.data.sources import check_built_with_exclusion, resolve_shards
 from clap_lightning.errors import CheckpointError
 from clap_lightning.eval.run_report import write_run_report
@@ -29,8 +29,16 @@ from clap_lightning.outputs import check_writable
 log = logging.getLogger(__name__)
 
 
-def build_trainer(config: ExperimentConfig) -> L.Trainer:
+def build_trainer(config: RunConfig, micro_batch_size: int, *, callbacks: Sequence[L.Callback] = (),
+                  is_gradcache: bool = False) -> L.Trainer:
     """A Trainer writing checkpoints and the `trainer.loggers` logs under `config.run_dir`, with a live monitor.
+
+    Args:
+        config: any run's config; the Trainer reads its `trainer` section, `run_dir` and `name`.
+        micro_batch_size: the per-device batch (DeepSpeed needs it stated).
+        callbacks: the run's own callbacks, beside checkpointing, the monitor and SLURM requeue.
+        is_gradcache: the module accumulates and clips inside one manually optimised step
+            (`ClapPretraining._gradcache_step`), so Lightning must do neither.
 
     Raises:
         OutputError: the run directory or its `checkpoints`/`logs` folders cannot be written (checked
@@ -43,24 +51,27 @@ def build_trainer(config: ExperimentConfig) -> L.Trainer:
     checkpoint = ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, save_last=True, save_top_k=1,
                                  save_on_train_epoch_end=True,
                                  every_n_train_steps=t.checkpoint_every_n_steps or None)
-    # GradCache accumulates and clips inside one manually optimised step (ClapPretraining._gradcache_step).
-    # Other runs (captioning) have no `objective` section and use Lightning's accumulation.
-    objective = getattr(config, "objective", None)
-    is_gradcache = objective is not None and objective.accumulation == "gradcache"
     monitor = TrainingMonitor(t.peak_tflops)  # throughput, loader wait, MFU, gradient norm (lit/monitor.py)
     return L.Trainer(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(config),
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+        strategy=build_strategy(t, micro_batch_size),
         precision=t.precision, max_steps=t.max_steps, max_epochs=t.max_epochs if t.max_steps < 0 else None,
         accumulate_grad_batches=1 if is_gradcache else t.accumulate_grad_batches,
         gradient_clip_val=None if is_gradcache else t.gradient_clip_val,
         log_every_n_steps=t.log_every_n_steps, val_check_interval=val_check_interval(t.val_check_interval),
         limit_val_batches=t.limit_val_batches, enable_progress_bar=t.enable_progress_bar,
-        default_root_dir=str(run_dir),
-        callbacks=[checkpoint, monitor, *build_eval_callbacks(config), *cluster_callbacks()],
+        default_root_dir=str(run_dir), callbacks=[checkpoint, monitor, *callbacks, *cluster_callbacks()],
         plugins=[AtomicCheckpointIO(), *cluster_plugins()],  # atomic checkpoint writes; SLURM ranks (+ requeue)
         logger=build_loggers(config), profiler=monitor.loader_wait,
         num_sanity_val_steps=0,
     )
+
+
+def build_pretraining_trainer(config: ExperimentConfig) -> L.Trainer:
+    """The Trainer of a contrastive pretraining run: its eval-task callback and its GradCache switch."""
+    return build_trainer(config, pretraining_batch_size(config),
+                         callbacks=build_eval_callbacks(config.eval, has_validation=bool(config.data.val)),
+                         is_gradcache=config.objective.accumulation == "gradcache")
 
 
 def val_check_interval(value: Optional[float]) -> Optional[float | int]:
@@ -69,13 +80,14 @@ def val_check_interval(value: Optional[float]) -> Optional[float | int]:
 
 
 @rank_zero_only
-def write_run_config(config: ExperimentConfig) -> None:
+def write_run_config(config: RunConfig) -> None:
+    """Write the resolved config to `<run_dir>/config.yaml` (rank 0 only)."""
     save_config(config, Path(config.run_dir) / "config.yaml")
 
 
 def run_stage(stage: str, config: ExperimentConfig, ckpt_path: Optional[str] = None) -> list[dict]:
     """Run `fit`, `validate` or `test`; the same checks happen before any data is read."""
-    local_batch_size(config)  # refuse a global batch that does not divide, before anything starts
+    pretraining_batch_size(config)  # refuse a global batch that does not divide, before anything starts
     ckpt_path = resolve_ckpt_path(ckpt_path, config.run_dir, stage)  # "auto": newest complete checkpoint
     if ckpt_path and not Path(ckpt_path).exists():  # DeepSpeed's is a directory
         raise CheckpointError(f"checkpoint not found: {ckpt_path}")
@@ -92,8 +104,8 @@ def run_stage(stage: str, config: ExperimentConfig, ckpt_path: Optional[str] = N
             check_resumable(ckpt_path, module, PRETRAINING)
     else:
         module = load_pretraining(ckpt_path) if ckpt_path else ClapPretraining(config)
-    trainer = build_trainer(config)
-    datamodule = ClapDataModule(config)
+    trainer = build_pretraining_trainer(config)
+    datamodule = ClapDataModule.for_pretraining(config)
     if stage == "fit":
         write_run_config(config)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

@@ -27,7 +27,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, Strateg
 from torch.nn import Module
 from torch.optim import Optimizer
 
-from clap_lightning.config import ExperimentConfig, local_batch_size
+from clap_lightning.config import TrainerConfig
 from clap_lightning.errors import ConfigError
 
 # Config sections Lightning or this module derive from the experiment config; a JSON that sets them would disagree.
@@ -74,14 +74,18 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
         return engine, deepspeed_optimizer
 
 
-def read_deepspeed_config(config: ExperimentConfig) -> dict:
-    """Load the DeepSpeed JSON and fill what the experiment config decides, or refuse a contradiction.
+def read_deepspeed_config(trainer: TrainerConfig, micro_batch_size: int) -> dict:
+    """Load the DeepSpeed JSON and fill what the run's config decides, or refuse a contradiction.
+
+    Args:
+        trainer: names the JSON (`deepspeed_config`) and the precision it must agree with.
+        micro_batch_size: the per-device batch (`train_micro_batch_size_per_gpu`).
 
     Raises:
         ConfigError: missing or unparsable file, a derived key set in the JSON, or a
             bf16/fp16 section that disagrees with `trainer.precision`.
     """
-    path = Path(config.trainer.deepspeed_config)
+    path = Path(trainer.deepspeed_config)
     if not path.is_file():
         raise ConfigError(f"trainer.deepspeed_config: file not found: {path}")
     try:
@@ -91,21 +95,21 @@ def read_deepspeed_config(config: ExperimentConfig) -> dict:
     derived = [key for key in DERIVED_KEYS if key in ds_config]
     if derived:
         raise ConfigError(f"{path}: remove {', '.join(derived)}; they follow from the trainer, data and optim sections")
-    precision = config.trainer.precision
+    precision = trainer.precision
     for key, prefix in (("bf16", "bf16"), ("fp16", "16")):
         is_enabled = bool(ds_config.get(key, {}).get("enabled", False))
         if is_enabled != precision.startswith(prefix) and key in ds_config:
             raise ConfigError(f"{path}: {key}.enabled is {is_enabled} but trainer.precision is {precision}; "
                               f"drop the {key} section and let trainer.precision decide")
-    ds_config.setdefault("train_micro_batch_size_per_gpu", local_batch_size(config))
+    ds_config.setdefault("train_micro_batch_size_per_gpu", micro_batch_size)
     return ds_config
 
 
-def build_strategy(config: ExperimentConfig) -> Union[str, Strategy]:
-    """The Trainer's `strategy` argument for a config: a DDP or DeepSpeed strategy object, or a name."""
-    t = config.trainer
+def build_strategy(trainer: TrainerConfig, micro_batch_size: int) -> Union[str, Strategy]:
+    """The Trainer's `strategy` argument: a DDP or DeepSpeed strategy object, or a name."""
+    t = trainer
     if t.strategy == "deepspeed":
-        return CPUDeepSpeedStrategy(config=read_deepspeed_config(config))
+        return CPUDeepSpeedStrategy(config=read_deepspeed_config(t, micro_batch_size))
     # Lightning's auto may pick ddp_spawn or ddp_notebook; subprocess DDP is what SLURM runs.
     if t.strategy == "ddp" or (t.strategy == "auto" and t.devices * t.num_nodes > 1):
         # No buffer broadcast in forward: it is a collective per forward call, and evaluation ranks may

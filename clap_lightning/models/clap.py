@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clap_lightning.config import ModelConfig
+from clap_lightning.config import ExperimentConfig, ModelConfig, config_from
 from clap_lightning.encoders.projection import build_projection
 from clap_lightning.encoders.registry import build_audio_encoder, build_caption_tokenizer, build_text_encoder
 from clap_lightning.checkpoint import load_state_or_refuse
@@ -106,10 +106,8 @@ class CLAP(nn.Module):
         Raises:
             CheckpointError: missing, unreadable, foreign or mismatching checkpoint.
         """
-        from clap_lightning.config import from_container
-
         state, stored = read_checkpoint(path, map_location)
-        config = from_container(stored).model
+        config = config_from(ExperimentConfig, stored, "stored config").model
         if tokenizer:
             config.text_encoder["tokenizer"] = tokenizer
         model = cls(config)
@@ -136,9 +134,8 @@ class CLAP(nn.Module):
         from omegaconf import OmegaConf
         from safetensors.torch import load_file
 
-        from clap_lightning.config import from_container
-
-        config = from_container(OmegaConf.to_container(OmegaConf.load(directory / "config.yaml"))).model
+        config = config_from(ExperimentConfig, OmegaConf.to_container(OmegaConf.load(directory / "config.yaml")),
+                             str(directory / "config.yaml")).model
         if tokenizer:
             config.text_encoder["tokenizer"] = tokenizer
         model = load_state_or_refuse(cls(config), load_file(str(directory / "model.safetensors")), directory)

@@ -24,7 +24,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from clap_lightning.config import ExperimentConfig, from_container, local_batch_size, validate_components
+from clap_lightning.config import ExperimentConfig, config_from, pretraining_batch_size
 from clap_lightning.lit.pretraining import ClapPretraining
 from clap_lightning.lit.strategies import build_strategy
 
@@ -108,7 +108,7 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
     model["proj_dropout"] = 0.0  # random masks differ between one process and two ranks
     model["audio_encoder"]["use_spec_augment"] = False
     model["text_encoder"]["tokenizer"] = args.tokenizer
-    config = from_container({
+    config = config_from(ExperimentConfig, {
         "model": model,
         "data": {"global_batch_size": GLOBAL_BATCH},
         "trainer": {"accelerator": "cpu", "devices": args.devices, "strategy": args.strategy,
@@ -117,7 +117,6 @@ def build_config(args: argparse.Namespace) -> ExperimentConfig:
         "optim": {"lr": 1e-3, "warmup_steps": 5, "weight_decay": 0.1},
         "objective": {"use_local_loss": args.local_loss, "accumulation": "gradcache" if args.gradcache else "plain"},
     })
-    validate_components(config)
     return config
 
 
@@ -137,9 +136,10 @@ def main() -> None:
     module = FixedNormStatistics(config)
     data = RandomPairsData(RandomPairs(STEPS * GLOBAL_BATCH, config.model.clip_samples,
                                        config.model.text_encoder["max_length"], module.model.build_tokenizer().vocab_size))
-    assert local_batch_size(config) == GLOBAL_BATCH // args.devices  # GradCache splits it inside the step
+    assert pretraining_batch_size(config) == GLOBAL_BATCH // args.devices  # GradCache splits it inside the step
     trainer = L.Trainer(
-        accelerator="cpu", devices=args.devices, strategy=build_strategy(config), max_steps=STEPS,
+        accelerator="cpu", devices=args.devices, strategy=build_strategy(config.trainer, pretraining_batch_size(config)),
+        max_steps=STEPS,
         use_distributed_sampler=False, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, callbacks=[RecordLosses(args.out)],
     )

@@ -10,7 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from clap_lightning.config import load_config
+from clap_lightning.config import ExperimentConfig, load_config
 from clap_lightning.lit.datamodule import ClapDataModule
 from tests.e2e.conftest import DEMO_EXPERIMENT
 from tests.shard_factory import bad_members, good_members, write_good_shards, write_tar
@@ -45,7 +45,7 @@ def fit(config, run_dir, ckpt_path=None) -> KeyRecorder:
                                  filename="{step}")
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=STEPS, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[checkpoint], num_sanity_val_steps=0)
-    trainer.fit(module, datamodule=ClapDataModule(config), ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=ClapDataModule.for_pretraining(config), ckpt_path=ckpt_path)
     return module
 
 
@@ -59,7 +59,7 @@ def test_mid_epoch_resume_neither_replays_nor_loses_batches(tmp_path, is_augment
     write_good_shards(shards, "a", n_shards=3, per_shard=6)
     write_tar(shards / "z-bad.tar", good_members("z-0") + bad_members()["bad_json"])
     noise = write_good_shards(tmp_path / "noise", "n", n_shards=1, per_shard=3)[0]
-    config = load_config(DEMO_EXPERIMENT, [
+    config = load_config(ExperimentConfig, DEMO_EXPERIMENT, [
         f"data.train={shards}", 'data.val=""', "data.global_batch_size=4", "data.num_workers=2",
         "data.epoch_samples=48", "data.shuffle_buffer=8", f"run_dir={tmp_path / 'run'}",
         *([*AUGMENT, f"data.augment.noise_shards={noise}"] if is_augmented else [])])

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from clap_lightning.config import load_config
+from clap_lightning.config import ExperimentConfig, load_config
 from clap_lightning.data.multitask import scan_field
 from clap_lightning.data.sources import resolve_shards
 from clap_lightning.lit.multitask import fit_multitask
-from clap_lightning.lit.multitask_config import load_multitask_config
+from clap_lightning.lit.multitask_config import MultiTaskConfig
 from clap_lightning.lit.pretraining import ClapPretraining
 from clap_lightning.lit.run import run_stage
 from clap_lightning.models.encoder_init import init_audio_encoder, load_audio_encoder_state
@@ -44,8 +44,8 @@ def task_overrides(shards: Path, n_tasks: int) -> list[str]:
 def trained(shards: Path, tmp_path_factory):
     """demo3 (3 classification tasks + a regression) trained for STEPS steps on CPU: (module, run dir)."""
     run_dir = tmp_path_factory.mktemp("multitask_run")
-    n_tasks = len(load_multitask_config(DEMO3).tasks)
-    config = load_multitask_config(DEMO3, task_overrides(shards, n_tasks) + [
+    n_tasks = len(load_config(MultiTaskConfig, DEMO3).tasks)
+    config = load_config(MultiTaskConfig, DEMO3, task_overrides(shards, n_tasks) + [
         f"run_dir={run_dir}", f"trainer.max_steps={STEPS}", "data.num_workers=0", "data.shuffle_buffer=200",
         "data.epoch_samples=3840",  # 120 steps an epoch: validate twice, not every 10 steps
         "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=20"])
@@ -81,7 +81,7 @@ def test_multitask_encoder_starts_a_contrastive_fit(trained, shards: Path, tmp_p
     encoder_state = load_audio_encoder_state(ckpt)
     overrides = demo_overrides(shards, tmp_path / "clap", steps=2) + [
         f"model.audio_encoder_init={ckpt}", "optim.lr=1e-9", "optim.weight_decay=0", "trainer.val_check_interval=null"]
-    config = load_config(DEMO_EXPERIMENT, overrides)
+    config = load_config(ExperimentConfig, DEMO_EXPERIMENT, overrides)
 
     clap = ClapPretraining(config)
     init_audio_encoder(clap.model.audio_encoder, ckpt)  # what run_stage does for a fresh fit
@@ -92,7 +92,7 @@ def test_multitask_encoder_starts_a_contrastive_fit(trained, shards: Path, tmp_p
     run_stage("fit", config)
     after = torch.load(tmp_path / "clap" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert after["global_step"] == 2
-    fresh = ClapPretraining(load_config(DEMO_EXPERIMENT, demo_overrides(shards, tmp_path / "fresh")))
+    fresh = ClapPretraining(load_config(ExperimentConfig, DEMO_EXPERIMENT, demo_overrides(shards, tmp_path / "fresh")))
     for name, param in fresh.model.audio_encoder.named_parameters():
         trained_value = after["state_dict"][f"model.audio_encoder.{name}"]
         # Two steps at lr 1e-9 leave the multi-task weights in place, far from a fresh initialisation.

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from clap_lightning.cli import main
-from clap_lightning.config import load_config
+from clap_lightning.config import ExperimentConfig, load_config
 from clap_lightning.eval.run_report import PANELS
 from clap_lightning.flops import count_flops
 from clap_lightning.lit.loggers import TRACKING_EXTRA
@@ -71,7 +71,7 @@ def test_each_logger_writes_where_it_should(tracked_run):
 def test_throughput_and_health_are_logged_every_interval_with_plausible_values(tracked_run):
     logged = [row for row in tracked_run["rows"] if row.get("perf/pairs_per_s")]
     assert [int(row["step"]) for row in logged] == list(range(LOG_EVERY - 1, STEPS, LOG_EVERY))
-    config = load_config(DEMO_EXPERIMENT, tracked_run["overrides"])
+    config = load_config(ExperimentConfig, DEMO_EXPERIMENT, tracked_run["overrides"])
     torch.manual_seed(0)
     model = CLAP(config.model)
     length = config.model.text_encoder["max_length"]

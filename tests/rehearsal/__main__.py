@@ -172,10 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     log("3/5 HTSAT-22, tiny (configs/multitask/htsat22.yaml + size overrides)")
     run("multitask", "fit", "--config", str(REPO / "configs/multitask/htsat22.yaml"), *overrides("model", "htsat22"))
     log("4/5 CLAP pretraining (configs/experiment/clap2023.yaml + size overrides), killed and resumed")
-    from clap_lightning.config import load_config
+    from clap_lightning.config import ExperimentConfig, load_config
 
     clap_args = overrides("model", "clap2023")
-    config = load_config(REPO / "configs/experiment/clap2023.yaml", clap_args)
+    config = load_config(ExperimentConfig, REPO / "configs/experiment/clap2023.yaml", clap_args)
     run_dir = Path(config.run_dir)
     killed_at = pretrain_with_a_kill(str(REPO / "configs/experiment/clap2023.yaml"), clap_args, run_dir)
     log("5/5 eval --tasks all")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from clap_lightning.config import AugmentConfig, load_config
+from clap_lightning.config import AugmentConfig, ExperimentConfig, load_config
 from clap_lightning.data.augment import WaveAugment
 from clap_lightning.data.pipeline import ClapStream, ClipDecoder, Collate
 from clap_lightning.errors import ConfigError
@@ -141,7 +141,7 @@ def test_augmented_stream_is_deterministic_and_survives_a_mid_epoch_resume(tmp_p
 ])
 def test_bad_augment_settings_fail_at_load_in_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(None, overrides)
+        load_config(ExperimentConfig, None, overrides)
 
 
 def test_a_zero_padded_clip_is_shifted_and_noised_within_its_real_samples(tmp_path):

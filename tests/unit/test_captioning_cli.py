@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from clap_lightning.config import ExperimentConfig, ModelConfig, to_container
 from clap_lightning.errors import CheckpointError, ConfigError, DataError
 from clap_lightning.commands import caption
-from clap_lightning.lit.captioning import CaptioningConfig, CaptioningModule, captioning_container
+from clap_lightning.lit.captioning import CaptioningModule
+from clap_lightning.lit.captioning_config import CaptioningConfig
 from clap_lightning.lit.pretraining import ClapPretraining
 from clap_lightning.models.captioner import CaptionerConfig
 from clap_lightning.models.mapper import MapperConfig
@@ -43,7 +44,7 @@ def checkpoints(tokenizer_dir, tmp_path_factory):
         mapper=mapper, tokenizer=tokenizer_dir, n_layer=1, n_head=2, n_positions=64, max_caption_tokens=12))
     cap_module = CaptioningModule(config)
     cap_path = out / "cap.ckpt"
-    torch.save({"hyper_parameters": {"config": captioning_container(config)},
+    torch.save({"hyper_parameters": {"config": to_container(config)},
                 "state_dict": cap_module.state_dict()}, cap_path)
     wavs = []
     for i, (rate, seconds) in enumerate(((16000, 1.0), (22050, 3.0))):  # short is tiled, long is cropped

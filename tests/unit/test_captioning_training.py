@@ -4,6 +4,7 @@ its captions beat the constant most-common-caption baseline on CIDEr-D, measured
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,14 +12,14 @@ from torch import nn
 
 from clap_lightning.errors import CheckpointError, ConfigError, DataError
 from clap_lightning.eval.caption_metrics import compute_caption_metrics
-from clap_lightning.lit.caption_data import (CaptionDataConfig, CaptionDataModule, most_common_caption,
-                                             read_embedding_cache, write_embedding_cache)
-from clap_lightning.lit.captioning import (CaptioningConfig, CaptioningModule, captioning_config_from,
-                                           evaluate_captioning, fit_captioning, load_captioner)
+from clap_lightning.lit.caption_data import (CaptionDataModule, most_common_caption, read_embedding_cache,
+                                             write_embedding_cache)
+from clap_lightning.lit.captioning import CaptioningModule, evaluate_captioning, fit_captioning, load_captioner
+from clap_lightning.lit.captioning_config import CaptionDataConfig, CaptioningConfig
 from clap_lightning.models.captioner import CaptionerConfig
 from clap_lightning.models.decoding import DecodingConfig
 from clap_lightning.models.mapper import MapperConfig
-from clap_lightning.config import OptimConfig, TrainerConfig
+from clap_lightning.config import OptimConfig, TrainerConfig, load_config
 
 D_AUDIO = 16
 CLASS_CAPTIONS = [  # class 0 is the most frequent, so the constant baseline is one of its captions
@@ -176,4 +177,17 @@ def test_load_captioner_refuses_foreign_files(tmp_path):
 ])
 def test_captioning_config_refuses_out_of_range_numbers(override, message):
     with pytest.raises(ConfigError, match=message):
-        captioning_config_from({}, (override,))
+        load_config(CaptioningConfig, None, (override,))
+
+
+def test_captioning_trainer_takes_its_per_device_batch_from_its_own_data_section(tmp_path):
+    """DeepSpeed states the micro-batch: a captioning run gives `data.batch_size` (it has no global batch)."""
+    from clap_lightning.lit.run import build_trainer
+
+    zero2 = Path(__file__).resolve().parents[2] / "configs" / "deepspeed" / "zero2.json"
+    config = load_config(CaptioningConfig, None, ["trainer.accelerator=cpu", "trainer.strategy=deepspeed",
+                                                  f"trainer.deepspeed_config={zero2}", "data.batch_size=12",
+                                                  f"run_dir={tmp_path}"])
+    trainer = build_trainer(config, config.data.batch_size)
+    assert trainer.strategy.config["train_micro_batch_size_per_gpu"] == 12
+    assert trainer.strategy.config["zero_optimization"]["stage"] == 2

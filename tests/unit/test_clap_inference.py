@@ -12,7 +12,7 @@ import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
-from clap_lightning.config import ModelConfig, from_container, to_container
+from clap_lightning.config import ExperimentConfig, ModelConfig, config_from, to_container
 from clap_lightning.errors import CheckpointError
 from clap_lightning.models.clap import CLAP
 
@@ -23,7 +23,7 @@ TINY = REPO / "configs" / "model" / "tiny.yaml"
 @pytest.fixture(scope="module")
 def model() -> CLAP:
     torch.manual_seed(0)
-    config = from_container({"model": OmegaConf.to_container(OmegaConf.load(TINY))})
+    config = config_from(ExperimentConfig, {"model": OmegaConf.to_container(OmegaConf.load(TINY))})
     return CLAP(config.model).train()  # train mode on purpose: embed_* must switch to eval and back
 
 
@@ -134,7 +134,7 @@ def test_embed_text_normalised_and_batch_independent(model):
 
 
 def test_from_checkpoint_reads_a_lightning_style_checkpoint(model, tmp_path):
-    config = from_container({"model": OmegaConf.to_container(OmegaConf.load(TINY))})
+    config = config_from(ExperimentConfig, {"model": OmegaConf.to_container(OmegaConf.load(TINY))})
     path = tmp_path / "tiny.ckpt"
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
                 "hyper_parameters": {"config": to_container(config)}, "epoch": 1}, path)
@@ -151,7 +151,7 @@ def test_from_checkpoint_errors(model, tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "bare.ckpt")
     with pytest.raises(CheckpointError, match="not a clap-lightning checkpoint"):
         CLAP.from_checkpoint(tmp_path / "bare.ckpt")
-    config = from_container({"model": OmegaConf.to_container(OmegaConf.load(TINY))})
+    config = config_from(ExperimentConfig, {"model": OmegaConf.to_container(OmegaConf.load(TINY))})
     state = {f"model.{k}": v for k, v in model.state_dict().items() if "text_projection" not in k}
     torch.save({"state_dict": state, "hyper_parameters": {"config": to_container(config)}}, tmp_path / "cut.ckpt")
     with pytest.raises(CheckpointError, match="does not match its stored architecture"):

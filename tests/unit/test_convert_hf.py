@@ -117,11 +117,11 @@ def test_cli_convert_then_export_roundtrip(hf_folder, tokenizer_dir, tmp_path, c
 def test_gpt2_model_is_refused_by_name_and_saved_in_our_layout(tmp_path):
     from omegaconf import OmegaConf
 
-    from clap_lightning.config import from_container
+    from clap_lightning.config import ExperimentConfig, config_from
     from tests.unit.test_export_onnx import MODELS
 
     torch.manual_seed(0)
-    model = CLAP(from_container({"model": OmegaConf.to_container(OmegaConf.load(MODELS / "tiny.yaml"))}).model).eval()
+    model = CLAP(config_from(ExperimentConfig, {"model": OmegaConf.to_container(OmegaConf.load(MODELS / "tiny.yaml"))}).model).eval()
     with pytest.raises(CheckpointError, match="text encoder is 'gpt2'.*export safetensors"):
         export_hf(model, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()

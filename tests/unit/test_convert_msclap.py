@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clap_lightning.config import load_config
+from clap_lightning.config import ExperimentConfig, load_config
 from clap_lightning.commands import convert
 from clap_lightning.convert import detect_variant, read_msclap_state
 from clap_lightning.convert.msclap import convert_clap
@@ -137,7 +137,7 @@ def _experiment(tmp_path, model: str) -> Path:
 
 
 def test_msclap_2023_config_is_the_release(tmp_path):
-    model = load_config(_experiment(tmp_path, "msclap_2023")).model
+    model = load_config(ExperimentConfig, _experiment(tmp_path, "msclap_2023")).model
     audio, text = model.audio_encoder, model.text_encoder
     assert (model.sample_rate, model.clip_seconds, model.d_proj, model.proj_dropout) == (44100, 7.0, 1024, 0.5)
     assert model.logit_scale_init == pytest.approx(math.log(1 / 0.07))
@@ -150,13 +150,13 @@ def test_msclap_2023_config_is_the_release(tmp_path):
 
 
 def test_scratch_and_2022_configs(tmp_path):
-    scratch = load_config(_experiment(tmp_path / "a", "htsat_gpt2")).model
+    scratch = load_config(ExperimentConfig, _experiment(tmp_path / "a", "htsat_gpt2")).model
     assert (scratch.audio_encoder["mel_sample_rate"], scratch.audio_encoder["fmax"]) == (44100, 8000.0)
-    release = load_config(_experiment(tmp_path / "b", "msclap_2023")).model
+    release = load_config(ExperimentConfig, _experiment(tmp_path / "b", "msclap_2023")).model
     assert (scratch.audio_encoder["mask_padding"], release.audio_encoder["mask_padding"]) == (True, False)
     same = {k: v for k, v in scratch.audio_encoder.items() if k not in ("mel_sample_rate", "fmax", "mask_padding")}
     assert same == {k: release.audio_encoder.get(k) for k in same}  # same architecture otherwise
-    old = load_config(_experiment(tmp_path / "c", "msclap_2022")).model
+    old = load_config(ExperimentConfig, _experiment(tmp_path / "c", "msclap_2022")).model
     assert (old.audio_encoder["name"], old.text_encoder["name"], old.text_encoder["max_length"], old.clip_seconds) == \
         ("cnn14", "bert", 100, 5.0)
 

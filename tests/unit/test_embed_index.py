@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from clap_lightning.cli import main
-from clap_lightning.config import from_container, to_container
+from clap_lightning.config import ExperimentConfig, config_from, to_container
 from clap_lightning.eval.index import IndexSettings, build_index, load_index, search_index
 from clap_lightning.models.clap import CLAP
 from tests.shard_factory import write_good_shards
@@ -28,13 +28,13 @@ RATE = 16000
 @pytest.fixture(scope="module")
 def model() -> CLAP:
     torch.manual_seed(0)
-    return CLAP(from_container({"model": OmegaConf.to_container(OmegaConf.load(TINY))}).model).eval()
+    return CLAP(config_from(ExperimentConfig, {"model": OmegaConf.to_container(OmegaConf.load(TINY))}).model).eval()
 
 
 @pytest.fixture(scope="module")
 def checkpoint(model, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    config = from_container({"model": OmegaConf.to_container(OmegaConf.load(TINY))})
+    config = config_from(ExperimentConfig, {"model": OmegaConf.to_container(OmegaConf.load(TINY))})
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
                 "hyper_parameters": {"config": to_container(config)}}, path)
     return path

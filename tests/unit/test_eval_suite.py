@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clap_lightning.config import EvalConfig, load_config
+from clap_lightning.config import EvalConfig, ExperimentConfig, load_config
 from clap_lightning.errors import ConfigError, DataError
 from clap_lightning.lit.eval_callback import TaskEvalCallback
 from clap_lightning.eval.embed import EmbeddedSplit, EmbeddingCache
@@ -181,6 +181,6 @@ def test_callback_log_keys_and_config_errors():
         TaskEvalCallback(EvalConfig(tasks="demo", data="/d", every_n_val=0))
     with pytest.raises(ConfigError, match="eval.data is empty"):
         TaskEvalCallback(EvalConfig(tasks="demo"))
-    assert load_config(None, ["eval.tasks=demo", "eval.every_n_val=2"]).eval.every_n_val == 2
+    assert load_config(ExperimentConfig, None, ["eval.tasks=demo", "eval.every_n_val=2"]).eval.every_n_val == 2
     with pytest.raises(ConfigError, match="eval.taks"):
-        load_config(None, ["eval.taks=demo"])
+        load_config(ExperimentConfig, None, ["eval.taks=demo"])

@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from clap_lightning.cli import main
-from clap_lightning.config import from_container, to_container
+from clap_lightning.config import ExperimentConfig, config_from, to_container
 from clap_lightning.export.onnx import export_onnx
 from clap_lightning.models.clap import CLAP
 
@@ -20,7 +20,7 @@ CAPTIONS = ["a dog barks", "rain over a tin roof at night with distant thunder",
 
 def build_model(name: str) -> CLAP:
     torch.manual_seed(0)
-    config = from_container({"model": OmegaConf.to_container(OmegaConf.load(MODELS / f"{name}.yaml"))}).model
+    config = config_from(ExperimentConfig, {"model": OmegaConf.to_container(OmegaConf.load(MODELS / f"{name}.yaml"))}).model
     config.text_encoder["tokenizer"] = "builtin:tiny-bpe"  # no hub: GPT2's shape with the shipped vocabulary
     return CLAP(config).eval()
 
@@ -72,7 +72,7 @@ def test_bundle_describes_its_inputs_and_fp16_weights_stay_close(tiny, tmp_path)
 
 def test_cli_exports_a_checkpoint_and_refuses_a_foreign_folder(tiny, tmp_path, capsys):
     model, _ = tiny
-    config = from_container({"model": OmegaConf.to_container(OmegaConf.load(MODELS / "tiny.yaml"))})
+    config = config_from(ExperimentConfig, {"model": OmegaConf.to_container(OmegaConf.load(MODELS / "tiny.yaml"))})
     config.model.text_encoder["tokenizer"] = "builtin:tiny-bpe"
     ckpt = tmp_path / "tiny.ckpt"
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},

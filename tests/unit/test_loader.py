@@ -181,16 +181,16 @@ def test_resumed_training_stream_skips_what_was_consumed(tmp_path):
 
 
 def test_weighted_sources_config():
-    from clap_lightning.config import load_config
+    from clap_lightning.config import ExperimentConfig, load_config
     from clap_lightning.errors import ConfigError
 
-    config = load_config(None, ["data.train_sources=[{shards: a, weight: 0.7}, {shards: b}]"])
+    config = load_config(ExperimentConfig, None, ["data.train_sources=[{shards: a, weight: 0.7}, {shards: b}]"])
     assert [(s.shards, s.weight) for s in config.data.training_sources()] == [("a", 0.7), ("b", 1.0)]
-    assert [(s.shards, s.weight) for s in load_config(None, ["data.train=x"]).data.training_sources()] == [("x", 1.0)]
+    assert [(s.shards, s.weight) for s in load_config(ExperimentConfig, None, ["data.train=x"]).data.training_sources()] == [("x", 1.0)]
     with pytest.raises(ConfigError, match="either data.train or data.train_sources"):
-        load_config(None, ["data.train=x", "data.train_sources=[{shards: a}]"])
+        load_config(ExperimentConfig, None, ["data.train=x", "data.train_sources=[{shards: a}]"])
     with pytest.raises(ConfigError, match=r"train_sources\[0\].weight must be > 0"):
-        load_config(None, ["data.train_sources=[{shards: a, weight: 0}]"])
+        load_config(ExperimentConfig, None, ["data.train_sources=[{shards: a, weight: 0}]"])
 
 
 def collate_sample(caption: str, meta: dict) -> dict:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from clap_lightning.config import load_config
+from clap_lightning.config import ExperimentConfig, load_config
 from clap_lightning.errors import ConfigError
 from clap_lightning.lit.loggers import TRACKING_EXTRA, build_loggers, check_logger_names
 
@@ -27,13 +27,13 @@ def test_a_missing_tracking_package_names_the_extra(monkeypatch):
 
 
 def test_a_bad_wandb_mode_is_refused_before_anything_starts(tmp_path):
-    config = load_config(None, ["trainer.loggers=[csv,wandb]", "trainer.wandb.mode=onlne", f"run_dir={tmp_path}"])
+    config = load_config(ExperimentConfig, None, ["trainer.loggers=[csv,wandb]", "trainer.wandb.mode=onlne", f"run_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="^trainer.wandb.mode must be one of offline, online, got 'onlne'$"):
         build_loggers(config)
     assert not (tmp_path / "wandb").exists()
 
 
 def test_loggers_come_in_the_configured_order_and_csv_is_the_default(tmp_path):
-    assert [type(x).__name__ for x in build_loggers(load_config(None, [f"run_dir={tmp_path}"]))] == ["CSVLogger"]
-    config = load_config(None, ["trainer.loggers=[tensorboard,csv]", f"run_dir={tmp_path}"])
+    assert [type(x).__name__ for x in build_loggers(load_config(ExperimentConfig, None, [f"run_dir={tmp_path}"]))] == ["CSVLogger"]
+    config = load_config(ExperimentConfig, None, ["trainer.loggers=[tensorboard,csv]", f"run_dir={tmp_path}"])
     assert [type(x).__name__ for x in build_loggers(config)] == ["TensorBoardLogger", "CSVLogger"]

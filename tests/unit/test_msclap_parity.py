@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clap_lightning.config import from_container
+from clap_lightning.config import ExperimentConfig, config_from
 from clap_lightning.convert.msclap import build_clap_from_msclap, load_strict, map_clap_keys
 from clap_lightning.errors import CheckpointError
 from clap_lightning.models.clap import CLAP
@@ -39,7 +39,7 @@ def reference() -> dict:
 
 @pytest.fixture(scope="module")
 def converted(reference) -> CLAP:
-    config = from_container({"model": reference["model_config"]})
+    config = config_from(ExperimentConfig, {"model": reference["model_config"]})
     return build_clap_from_msclap(reference["msclap_state"], "2023", config)
 
 
@@ -109,7 +109,7 @@ def test_clapcap_parts_convert(reference, tmp_path):
     assert set(parts["mapper"]) == {k[len("clap_project."):] for k in reference["clapcap_state_dict"]
                                     if k.startswith("clap_project.")}
     assert "lm_head.weight" in parts["gpt"] and "transformer.wte.weight" in parts["gpt"]
-    model = CLAP(from_container({"model": reference["model_config"]}).model).eval()
+    model = CLAP(config_from(ExperimentConfig, {"model": reference["model_config"]}).model).eval()
     model.load_state_dict(parts["clap"], strict=False)
     audio = torch.from_numpy(_load_script().make_audio())
     with torch.no_grad():

@@ -11,11 +11,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from clap_lightning.config import ModelConfig
+from clap_lightning.config import ModelConfig, config_from, load_config
 from clap_lightning.data.multitask import MultiTaskCollate, TaskLabelSpec, temperature_weights
 from clap_lightning.errors import CheckpointError, ConfigError
 from clap_lightning.lit.multitask import MultiTaskDataModule, MultiTaskPretraining, compute_task_metrics
-from clap_lightning.lit.multitask_config import load_multitask_config, multitask_config_from, plan_sources
+from clap_lightning.lit.multitask_config import MultiTaskConfig, plan_sources
 from clap_lightning.models.clap import CLAP
 from clap_lightning.models.encoder_init import init_audio_encoder
 from clap_lightning.models.multitask import HeadSpec, compute_multitask_loss
@@ -30,7 +30,7 @@ TINY_MODEL = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "model" / 
 
 @pytest.mark.parametrize("name", ["demo3", "htsat22"])
 def test_shipped_configs_load_and_validate(name: str) -> None:
-    config = load_multitask_config(REPO / "configs" / "multitask" / f"{name}.yaml")
+    config = load_config(MultiTaskConfig, REPO / "configs" / "multitask" / f"{name}.yaml")
     assert config.tasks and len({t.name for t in config.tasks}) == len(config.tasks)
     if name == "htsat22":
         assert len(config.tasks) == 22
@@ -40,9 +40,9 @@ def test_unknown_task_key_fails_with_its_name(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("tasks:\n  - {name: a, shards: x, lable_field: labels}\n")
     with pytest.raises(ConfigError, match=r"tasks\[0\]\.lable_field"):
-        load_multitask_config(path)
+        load_config(MultiTaskConfig, path)
     with pytest.raises(ConfigError, match=r"tasks\[0\]\.wieght"):
-        load_multitask_config(REPO / "configs" / "multitask" / "demo3.yaml", ["tasks.0.wieght=2"])
+        load_config(MultiTaskConfig, REPO / "configs" / "multitask" / "demo3.yaml", ["tasks.0.wieght=2"])
 
 
 @pytest.mark.parametrize("task, message", [
@@ -53,7 +53,7 @@ def test_unknown_task_key_fails_with_its_name(tmp_path: Path) -> None:
 ])
 def test_bad_tasks_are_refused(task: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        multitask_config_from({"model": TINY_MODEL, "tasks": [task]})
+        config_from(MultiTaskConfig, {"model": TINY_MODEL, "tasks": [task]})
 
 
 @pytest.mark.parametrize("override, message", [
@@ -67,11 +67,11 @@ def test_bad_tasks_are_refused(task: dict, message: str) -> None:
 ])
 def test_out_of_range_numbers_are_refused_naming_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        load_multitask_config(REPO / "configs" / "multitask" / "demo3.yaml", [override])
+        load_config(MultiTaskConfig, REPO / "configs" / "multitask" / "demo3.yaml", [override])
 
 
 def test_override_reaches_a_task_by_index() -> None:
-    config = load_multitask_config(REPO / "configs" / "multitask" / "demo3.yaml",
+    config = load_config(MultiTaskConfig, REPO / "configs" / "multitask" / "demo3.yaml",
                                    ["tasks.1.weight=3", "tasks.0.classes=[a,b]"])
     assert config.tasks[1].weight == 3.0 and config.tasks[0].classes == ["a", "b"]
 
@@ -189,7 +189,7 @@ def test_batches_mix_sources_in_the_temperature_proportions(tmp_path: Path) -> N
     tasks = [{"name": f"t_{n}", "shards": _source(tmp_path, n, c), "label_field": "labels", "classes": ["tone"]}
              for n, c in declared.items()]
     model = {**TINY_MODEL, "sample_rate": 8000, "audio_encoder": {**TINY_MODEL["audio_encoder"], "sample_rate": 8000}}
-    config = multitask_config_from({
+    config = config_from(MultiTaskConfig, {
         "model": model, "tasks": tasks, "trainer": {"accelerator": "cpu"},
         "data": {"temperature": 2.0, "global_batch_size": 50, "num_workers": 0, "shuffle_buffer": 20,
                  "epoch_samples": 3000}})
@@ -264,7 +264,7 @@ def test_validation_over_several_tasks_own_splits_logs_one_loss(tmp_path: Path) 
                                                                    "num_samples": count}))
     tasks = [{"name": task, "shards": str(tmp_path / task), "val": str(tmp_path / f"v{task}"), "label_field": "labels",
               "kind": "single", "classes": ["tone", "hum"]} for task in ("a", "b")]
-    config = multitask_config_from({
+    config = config_from(MultiTaskConfig, {
         "model": TINY_MODEL, "tasks": tasks, "run_dir": str(tmp_path / "run"),
         "data": {"global_batch_size": 4, "num_workers": 0, "shuffle_buffer": 4, "epoch_samples": 8, "eval_batch_size": 2},
         "trainer": {"accelerator": "cpu", "max_steps": 2, "enable_progress_bar": False, "log_every_n_steps": 1}})

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from clap_lightning.audio.frontend import compute_valid_frames, masked_batch_norm
-from clap_lightning.config import from_container
+from clap_lightning.config import ExperimentConfig, config_from
 from clap_lightning.encoders.registry import build_audio_encoder
 from clap_lightning.models.clap import CLAP
 
@@ -23,7 +23,7 @@ def _model(mask_padding: bool = True, clip_seconds: float = 7.0) -> CLAP:
     section = OmegaConf.to_container(OmegaConf.load(TINY))
     section["clip_seconds"] = clip_seconds
     section["audio_encoder"].update(SEVEN_SECONDS, mask_padding=mask_padding)
-    return CLAP(from_container({"model": section}).model).eval()
+    return CLAP(config_from(ExperimentConfig, {"model": section}).model).eval()
 
 
 def _tiny_encoder(mask_padding: bool):
@@ -171,12 +171,12 @@ def test_a_batch_cut_to_its_longest_clip_encodes_as_the_zero_padded_one():
 
 
 def test_pad_mode_none_needs_the_mask():
-    from clap_lightning.config import load_config
+    from clap_lightning.config import ExperimentConfig, load_config
     from clap_lightning.errors import ConfigError
 
     demo = TINY.parents[1] / "experiment" / "demo.yaml"
-    assert load_config(demo, ["data.pad_mode=none"]).data.pad_mode == "none"
+    assert load_config(ExperimentConfig, demo, ["data.pad_mode=none"]).data.pad_mode == "none"
     with pytest.raises(ConfigError, match="mask_padding"):
-        load_config(demo, ["data.pad_mode=none", "model.audio_encoder.mask_padding=false"])
+        load_config(ExperimentConfig, demo, ["data.pad_mode=none", "model.audio_encoder.mask_padding=false"])
     with pytest.raises(ConfigError, match="data.pad_mode must be one of repeat, zero, none"):
-        load_config(demo, ["data.pad_mode=tile"])
+        load_config(ExperimentConfig, demo, ["data.pad_mode=tile"])

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from clap_lightning.config import load_config, local_batch_size, read_overrides
+from clap_lightning.config import ExperimentConfig, load_config, pretraining_batch_size, read_overrides
 from clap_lightning.data.sources import check_built_with_exclusion
 from clap_lightning.errors import DataError
 from clap_lightning.eval.tasks import resolve_tasks
-from clap_lightning.lit.multitask_config import load_multitask_config
+from clap_lightning.lit.multitask_config import MultiTaskConfig
 from clap_lightning.lit.strategies import read_deepspeed_config
 from data_recipes import base
 
@@ -40,7 +40,7 @@ def shard_corpus(spec: str) -> str:
 
 
 def test_clap2023_has_the_paper_settings():
-    config = load_config(CLAP2023)
+    config = load_config(ExperimentConfig, CLAP2023)
     model = config.model
     assert model.audio_encoder["name"] == "htsat" and model.text_encoder["name"] == "gpt2"
     assert (model.sample_rate, model.clip_seconds, model.d_proj) == (44100, 7.0, 1024)
@@ -48,13 +48,13 @@ def test_clap2023_has_the_paper_settings():
     assert (audio["n_fft"], audio["hop_length"], audio["n_mels"], audio["fmin"], audio["fmax"]) == (1024, 320, 64, 50, 8000)
     assert config.data.global_batch_size == 1536
     assert config.trainer.precision == "bf16-mixed" and config.trainer.strategy == "ddp"
-    assert local_batch_size(config) == 192  # 1 node x 8 GPUs
-    assert local_batch_size(load_config(CLAP2023, ["trainer.num_nodes=2"])) == 96
+    assert pretraining_batch_size(config) == 192  # 1 node x 8 GPUs
+    assert pretraining_batch_size(load_config(ExperimentConfig, CLAP2023, ["trainer.num_nodes=2"])) == 96
     assert config.optim.lr > 0 and 0 < config.optim.warmup_steps < config.trainer.max_steps
 
 
 def test_clap2023_mixes_the_20_sources_by_pair_count_from_leakage_filtered_shards():
-    data = load_config(CLAP2023).data
+    data = load_config(ExperimentConfig, CLAP2023).data
     corpora = [shard_corpus(s.shards) for s in data.train_sources]
     assert sorted(corpora) == sorted(PAPER_CORPORA) and len(corpora) == 20
     assert PAPER_CORPORA <= set(base.recipe_names())  # each one is built by its recipe
@@ -68,7 +68,7 @@ def test_clap2023_mixes_the_20_sources_by_pair_count_from_leakage_filtered_shard
 
 
 def test_clap2023_eval_tasks_and_the_26_task_shard_root():
-    config = load_config(CLAP2023)
+    config = load_config(ExperimentConfig, CLAP2023)
     assert [t.name for t in resolve_tasks(config.eval.tasks)] == ["esc50", "urbansound8k", "audiocaps_a2t",
                                                                   "audiocaps_t2a", "clotho_a2t", "clotho_t2a"]
     assert config.eval.data == "data/shards" and config.data.val  # the callback runs in validation
@@ -77,36 +77,36 @@ def test_clap2023_eval_tasks_and_the_26_task_shard_root():
 
 
 def test_clap2023_starts_from_the_htsat22_stage():
-    stage1 = load_multitask_config(HTSAT22)
-    stage2 = load_config(CLAP2023)
+    stage1 = load_config(MultiTaskConfig, HTSAT22)
+    stage2 = load_config(ExperimentConfig, CLAP2023)
     assert stage2.model.audio_encoder_init == f"{stage1.run_dir}/checkpoints/last.ckpt"
     assert stage1.model.audio_encoder == {**stage2.model.audio_encoder, "train_classifier_head": False}
     assert stage1.trainer.precision == "bf16-mixed"
 
 
 def test_htsat22_reads_training_splits_of_the_pretraining_corpora():
-    config = load_multitask_config(HTSAT22)
+    config = load_config(MultiTaskConfig, HTSAT22)
     assert len(config.tasks) == 22
-    sources = {s.shards for s in load_config(CLAP2023).data.train_sources}
+    sources = {s.shards for s in load_config(ExperimentConfig, CLAP2023).data.train_sources}
     for task in config.tasks:
         assert task.shards in sources, task.name  # a recipe's output folder, built with the leakage list
         assert not task.val or shard_corpus(task.val) in PAPER_CORPORA and task.val.endswith("/valid")
 
 
 def test_gpu_deepspeed_trainer_is_zero2():
-    config = load_config(CLAP2023, [f"trainer.{k}={v}" for k, v in
+    config = load_config(ExperimentConfig, CLAP2023, [f"trainer.{k}={v}" for k, v in
                                     (("strategy", "deepspeed"), ("deepspeed_config", "configs/deepspeed/zero2.json"))])
     from omegaconf import OmegaConf
 
     trainer = OmegaConf.load(CONFIGS / "trainer" / "gpu_deepspeed.yaml")
     assert trainer.strategy == "deepspeed" and trainer.precision == "bf16-mixed"
     config.trainer.deepspeed_config = str(REPO / trainer.deepspeed_config)
-    ds = read_deepspeed_config(config)
+    ds = read_deepspeed_config(config.trainer, pretraining_batch_size(config))
     assert ds["zero_optimization"]["stage"] == 2 and ds["train_micro_batch_size_per_gpu"] == 192
 
 
 def test_clap2022_is_cnn14_bert_on_128k_pairs():
-    config = load_config(CLAP2022)
+    config = load_config(ExperimentConfig, CLAP2022)
     assert config.model.audio_encoder["name"] == "cnn14" and config.model.text_encoder["name"] == "bert"
     assert config.model.clip_seconds == 5.0
     assert sum(s.weight for s in config.data.train_sources) == 128010
@@ -120,15 +120,15 @@ def test_rehearsal_overrides_change_sizes_only_and_build_the_model():
     overrides = read_overrides(REHEARSAL / "model.txt") + read_overrides(REHEARSAL / "clap2023.txt")
     bad = [item for item in overrides if not SIZE_KEYS.match(item.split("=", 1)[0])]
     assert bad == []
-    config = load_config(CLAP2023, overrides)
-    paper = load_config(CLAP2023)
+    config = load_config(ExperimentConfig, CLAP2023, overrides)
+    paper = load_config(ExperimentConfig, CLAP2023)
     # Everything else is the file users submit: sources, weights, leakage list, stage-1 init, schedule, tasks.
     assert config.data.train_sources == paper.data.train_sources and config.data.exclude_list == paper.data.exclude_list
     assert config.model.audio_encoder_init == paper.model.audio_encoder_init and config.optim.lr == paper.optim.lr
     assert config.eval.tasks == paper.eval.tasks and config.run_dir == paper.run_dir
     module = ClapPretraining(config)  # builds offline: tiny encoders, built-in tokenizer
     assert sum(p.numel() for p in module.parameters()) < 5_000_000
-    stage1 = load_multitask_config(HTSAT22, read_overrides(REHEARSAL / "model.txt")
+    stage1 = load_config(MultiTaskConfig, HTSAT22, read_overrides(REHEARSAL / "model.txt")
                                    + read_overrides(REHEARSAL / "htsat22.txt"))
     assert all(SIZE_KEYS.match(i.split("=", 1)[0]) for i in read_overrides(REHEARSAL / "htsat22.txt"))
     assert {**config.model.audio_encoder, "train_classifier_head": False} == stage1.model.audio_encoder
@@ -170,8 +170,8 @@ def test_the_20_source_mix_draws_each_source_in_proportion_to_its_weight(tmp_pat
     from clap_lightning.data.stream import FailureGuard, mixed_stream
     from tests.shard_factory import write_tar
 
-    data = load_config(CLAP2023).data
-    batch, n_batches = local_batch_size(load_config(CLAP2023)), 700
+    data = load_config(ExperimentConfig, CLAP2023).data
+    batch, n_batches = pretraining_batch_size(load_config(ExperimentConfig, CLAP2023)), 700
     urls, weights = [], []
     for source in data.train_sources:
         name = shard_corpus(source.shards)

@@ -13,12 +13,12 @@ from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from clap_lightning.config import ExperimentConfig, from_container, load_config, local_batch_size
+from clap_lightning.config import ExperimentConfig, config_from, load_config, pretraining_batch_size
 from clap_lightning.errors import ConfigError
 from clap_lightning.lit.gradcache import gradcache_backward, split_batch
 from clap_lightning.lit.optim import split_decay_groups
 from clap_lightning.lit.pretraining import ClapPretraining
-from clap_lightning.lit.run import build_trainer
+from clap_lightning.lit.run import build_pretraining_trainer
 from clap_lightning.lit.strategies import CPUDeepSpeedStrategy, build_strategy, read_deepspeed_config
 from clap_lightning.objectives import ContrastiveObjective
 
@@ -31,7 +31,7 @@ def tiny_config(tokenizer_dir: str, proj_dropout: float = 0.0, **sections: dict)
     model["text_encoder"]["tokenizer"] = tokenizer_dir
     model["audio_encoder"]["use_spec_augment"] = False
     model["proj_dropout"] = proj_dropout
-    return from_container({"model": model, "data": {"global_batch_size": 8}, **sections})
+    return config_from(ExperimentConfig, {"model": model, "data": {"global_batch_size": 8}, **sections})
 
 
 def random_batch(config: ExperimentConfig, size: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -58,24 +58,24 @@ def collect_gradients(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 # --- start-up checks -------------------------------------------------------------------------------------------
 
 def test_global_batch_that_does_not_divide_is_refused_in_one_line():
-    config = load_config(None, ["data.global_batch_size=10", "trainer.devices=2", "trainer.accumulate_grad_batches=3"])
+    config = load_config(ExperimentConfig, None, ["data.global_batch_size=10", "trainer.devices=2", "trainer.accumulate_grad_batches=3"])
     with pytest.raises(ConfigError) as err:
-        local_batch_size(config)
+        pretraining_batch_size(config)
     assert str(err.value) == ("data.global_batch_size 10 is not divisible by devices 2 x num_nodes 1 "
                               "x accumulate_grad_batches 3 = 6")
 
 
 def test_gradcache_loader_batch_holds_every_micro_batch_of_a_step():
     overrides = ["data.global_batch_size=24", "trainer.devices=2", "trainer.accumulate_grad_batches=3"]
-    assert local_batch_size(load_config(None, overrides)) == 4
-    assert local_batch_size(load_config(None, [*overrides, "objective.accumulation=gradcache"])) == 12
+    assert pretraining_batch_size(load_config(ExperimentConfig, None, overrides)) == 4
+    assert pretraining_batch_size(load_config(ExperimentConfig, None, [*overrides, "objective.accumulation=gradcache"])) == 12
 
 
 @pytest.mark.parametrize("key", ["objective.gather_with_grad=false", "objective.gather_without_grad=true",
                                  "objective.local_loss_gather=false"])
 def test_there_is_no_switch_to_gather_without_gradients(key):
     with pytest.raises(ConfigError, match=f"bad config key '{key.split('=')[0]}'"):
-        load_config(None, [key])
+        load_config(ExperimentConfig, None, [key])
     assert list(inspect.signature(ContrastiveObjective).parameters) == ["use_local_loss", "false_negatives"]
 
 
@@ -89,22 +89,31 @@ def test_there_is_no_switch_to_gather_without_gradients(key):
 ])
 def test_incompatible_switches_fail_at_load_in_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message) as err:
-        load_config(None, overrides)
+        load_config(ExperimentConfig, None, overrides)
     assert "\n" not in str(err.value)
 
 
 # --- strategies ------------------------------------------------------------------------------------------------
 
 def deepspeed_config(name: str, *extra: str) -> ExperimentConfig:
-    return load_config(None, ["trainer.strategy=deepspeed", f"trainer.deepspeed_config={CONFIGS}/deepspeed/{name}",
-                              "trainer.devices=2", "data.global_batch_size=16", *extra])
+    return load_config(ExperimentConfig, None, ["trainer.strategy=deepspeed", "trainer.devices=2",
+                                                f"trainer.deepspeed_config={CONFIGS}/deepspeed/{name}",
+                                                "data.global_batch_size=16", *extra])
+
+
+def read_ds(config: ExperimentConfig) -> dict:
+    return read_deepspeed_config(config.trainer, pretraining_batch_size(config))
+
+
+def strategy_of(config: ExperimentConfig):
+    return build_strategy(config.trainer, pretraining_batch_size(config))
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_deepspeed_json_gets_batch_from_config_and_validates(stage):
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    ds_config = read_deepspeed_config(deepspeed_config(f"zero{stage}.json"))
+    ds_config = read_ds(deepspeed_config(f"zero{stage}.json"))
     assert ds_config["zero_optimization"]["stage"] == stage
     assert ds_config["train_micro_batch_size_per_gpu"] == 8  # 16 pairs over 2 devices, from the experiment config
     assert "bf16" not in ds_config and "optimizer" not in ds_config  # precision and optimizer come from the config
@@ -116,19 +125,19 @@ def test_deepspeed_json_that_contradicts_the_config_is_refused(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}))
     with pytest.raises(ConfigError, match="bf16.enabled is True but trainer.precision is 32-true"):
-        read_deepspeed_config(deepspeed_config("zero2.json", f"trainer.deepspeed_config={bad}"))
+        read_ds(deepspeed_config("zero2.json", f"trainer.deepspeed_config={bad}"))
     bad.write_text(json.dumps({"zero_optimization": {"stage": 2}, "gradient_accumulation_steps": 4}))
     with pytest.raises(ConfigError, match="remove gradient_accumulation_steps"):
-        read_deepspeed_config(deepspeed_config("zero2.json", f"trainer.deepspeed_config={bad}"))
+        read_ds(deepspeed_config("zero2.json", f"trainer.deepspeed_config={bad}"))
     with pytest.raises(ConfigError, match="file not found: .*nope.json"):
-        read_deepspeed_config(deepspeed_config("nope.json"))
+        read_ds(deepspeed_config("nope.json"))
 
 
 def test_build_strategy_defaults_to_ddp_and_builds_deepspeed_from_json():
-    ddp = build_strategy(load_config(None, ["trainer.devices=2"]))
+    ddp = strategy_of(load_config(ExperimentConfig, None, ["trainer.devices=2"]))
     assert isinstance(ddp, DDPStrategy) and ddp._ddp_kwargs == {"broadcast_buffers": False}
-    assert build_strategy(load_config(None, [])) == "auto"  # one device: no wrapper
-    strategy = build_strategy(deepspeed_config("zero3.json"))
+    assert strategy_of(load_config(ExperimentConfig, None, [])) == "auto"  # one device: no wrapper
+    strategy = strategy_of(deepspeed_config("zero3.json"))
     assert isinstance(strategy, CPUDeepSpeedStrategy) and strategy.config["zero_optimization"]["stage"] == 3
 
 
@@ -157,8 +166,8 @@ def test_frozen_text_encoder_gets_no_gradients_and_stays_in_eval_mode(tokenizer_
 def fit_two_steps(config: ExperimentConfig) -> L.Trainer:
     config.trainer.max_steps = 2
     config.trainer.enable_progress_bar = False
-    trainer = build_trainer(config)
-    batch_size = local_batch_size(config)
+    trainer = build_pretraining_trainer(config)
+    batch_size = pretraining_batch_size(config)
     data = [random_batch(config, batch_size, seed) for seed in range(2 * config.trainer.accumulate_grad_batches)]
     trainer.fit(build_module(config), train_dataloaders=DataLoader(data, batch_size=None))
     return trainer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clap_lightning.cli import main
-from clap_lightning.config import load_config
+from clap_lightning.config import ExperimentConfig, load_config
 from clap_lightning.errors import ConfigError
 from clap_lightning.eval.run_report import read_metrics, series, validation_rows, write_run_report
 
@@ -55,4 +55,4 @@ def test_a_folder_that_is_not_a_run_is_one_error_line(tmp_path, capsys):
 
 def test_report_at_fit_end_needs_the_csv_logger():
     with pytest.raises(ConfigError, match="report is true but trainer.loggers has no csv"):
-        load_config(None, ["report=true", "trainer.loggers=[tensorboard]"])
+        load_config(ExperimentConfig, None, ["report=true", "trainer.loggers=[tensorboard]"])

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from clap_lightning.cli import main
-from clap_lightning.config import from_container, to_container
+from clap_lightning.config import ExperimentConfig, config_from, to_container
 from clap_lightning.eval.suite import TaskEvaluator
 from clap_lightning.models.clap import CLAP
 from tests.shard_factory import encode, write_tar
@@ -36,7 +36,7 @@ def labelled(tmp_path_factory):
     """A random-weight tiny checkpoint and 2 shards of 12 labelled clips (3 classes)."""
     root = tmp_path_factory.mktemp("zeroshot")
     torch.manual_seed(0)
-    config = from_container({"model": OmegaConf.to_container(OmegaConf.load(TINY))})
+    config = config_from(ExperimentConfig, {"model": OmegaConf.to_container(OmegaConf.load(TINY))})
     model = CLAP(config.model).eval()
     checkpoint = root / "tiny.ckpt"
     torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
