@@ -8,9 +8,13 @@ from typing import Any, Callable, Generic, Mapping, TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from clap_lightning.errors import first_line
+from clap_lightning.errors import ConfigError, first_line
 
 T = TypeVar("T")
+
+
+class RegistryError(ConfigError):
+    """An unknown name, or options that do not fit the named component's config (one line)."""
 
 
 class Registry(Generic[T]):
@@ -42,7 +46,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> tuple[Callable[..., T], type]:
         if name not in self._entries:
-            raise ValueError(f"unknown {self.kind} '{name}'; known: {', '.join(self.names())}")
+            raise RegistryError(f"unknown {self.kind} '{name}'; known: {', '.join(self.names())}")
         return self._entries[name]
 
     def parse_config(self, name: str, options: Mapping[str, Any] | None, where: str = "") -> Any:
@@ -59,7 +63,7 @@ class Registry(Generic[T]):
             key = getattr(err, "full_key", None) or "?"
             prefix = f"{where}." if where else ""
             reason = first_line(err)  # OmegaConf appends "full_key: ..." lines
-            raise ValueError(f"bad config key '{prefix}{key}' for {self.kind} '{name}': {reason}") from None
+            raise RegistryError(f"bad config key '{prefix}{key}' for {self.kind} '{name}': {reason}") from None
         return OmegaConf.to_object(merged)
 
     def build(self, name: str, options: Mapping[str, Any] | Any | None = None, where: str = "") -> T:

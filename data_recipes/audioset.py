@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from data_recipes.base import register_recipe
+from data_recipes.base import RecipeError, register_recipe
 from data_recipes.common import (BadRow, ClipItem, ClipRecipe, first_existing, join_words, missing_fields,
                                  parse_float, pick_captions, read_csv, row_error)
 
@@ -67,7 +67,7 @@ class AudioSetRecipe(ClipRecipe):
         items: list[ClipItem | BadRow] = []
         for name in lists:
             if name not in _LISTS or name == "eval" and split == "train":
-                raise ValueError(f"unknown AudioSet train list '{name}'; known: balanced_train, unbalanced_train")
+                raise RecipeError(f"unknown AudioSet train list '{name}'; known: balanced_train, unbalanced_train")
             path = src / f"{_LISTS[name]}.csv"
             rows = read_csv(path, comment="#")
             items += [self._item(src, name, path, i, row, names) for i, row in enumerate(rows, 1)]

@@ -33,6 +33,10 @@ class Sample:
     meta: dict[str, Any]  # json fields; must hold "text": [str, ...]; "labels", "license", ... optional
 
 
+class RecipeError(ValueError):
+    """Bad input to a build: options, a corpus' layout or metadata, a build record (one line, status 2)."""
+
+
 class SkipSample(Exception):
     """Raised by `Recipe.load` for a bad item; the writer counts it under `reason`."""
 

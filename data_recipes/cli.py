@@ -10,7 +10,14 @@ from typing import Any, Sequence
 from pathlib import Path
 
 from clap_lightning.data import schema
+from clap_lightning.registry import RegistryError
 from data_recipes import base, checks, writer
+from data_recipes.base import RecipeError
+
+# Bad input, reported in one line: the recipes' and the shard format's own errors, an unknown
+# corpus or option, and missing or unreadable inputs. Anything else is a bug and keeps its traceback.
+INPUT_ERRORS = (RecipeError, schema.ShardFormatError, RegistryError, FileNotFoundError, NotADirectoryError,
+                IsADirectoryError, PermissionError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,7 +31,7 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"bad option '{pair}': expected KEY=VALUE, e.g. -o train_per_class=20")
+            raise RecipeError(f"bad option '{pair}': expected KEY=VALUE, e.g. -o train_per_class=20")
         options[key.strip()] = value.strip()
     return options
 
@@ -154,7 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     try:
         code = args.func(args)
-    except (ValueError, OSError, writer.WorkerDied) as err:
-        print(f"error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+    except (*INPUT_ERRORS, writer.WorkerDied) as err:
+        lines = str(err).strip().splitlines()
+        print(f"error: {lines[0] if lines else type(err).__name__}", file=sys.stderr)
         return 2 if not isinstance(err, writer.WorkerDied) else 1
     return code or 0

@@ -24,7 +24,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import soundfile as sf
 
-from data_recipes.base import Recipe, Sample, SkipSample
+from data_recipes.base import Recipe, RecipeError, Sample, SkipSample
 
 # Key under which `read_csv` keeps the cells of a row beyond the header's columns.
 EXTRA_CELLS = "\x00extra_cells"
@@ -130,7 +130,7 @@ def require_ffmpeg(corpus: str) -> str:
     """Return the ffmpeg binary's path, or raise one clear line saying the corpus needs it."""
     binary = shutil.which("ffmpeg")
     if binary is None:
-        raise ValueError(f"corpus '{corpus}' extracts audio from video files and needs the ffmpeg binary, "
+        raise RecipeError(f"corpus '{corpus}' extracts audio from video files and needs the ffmpeg binary, "
                          "which is not on PATH (install it, e.g. `apt-get install ffmpeg`)")
     return binary
 
@@ -213,7 +213,7 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(read_text(path))
     except json.JSONDecodeError as err:
-        raise ValueError(f"metadata file {path} is not valid json: {err}") from None
+        raise RecipeError(f"metadata file {path} is not valid json: {err}") from None
 
 
 def row_error(path: Path, index: int, problem: str) -> BadRow:

@@ -27,7 +27,7 @@ import dataclasses
 import io
 from pathlib import Path
 
-from data_recipes.base import register_recipe
+from data_recipes.base import RecipeError, register_recipe
 from data_recipes.common import BadRow, ClipItem, ClipRecipe, join_words, pick_captions, read_csv, read_text, row_error
 
 TEMPLATES = (
@@ -54,7 +54,7 @@ def read_tracks(path: Path) -> list[dict[tuple[str, str], str]]:
         raise FileNotFoundError(f"metadata file {path} not found")
     rows = list(csv.reader(io.StringIO(read_text(path))))
     if len(rows) < 3:
-        raise ValueError(f"{path}: expected two header rows and a track_id row")
+        raise RecipeError(f"{path}: expected two header rows and a track_id row")
     columns = [("track_id", "")] + list(zip(rows[0][1:], rows[1][1:]))
     body = rows[3:] if rows[2][:1] == ["track_id"] else rows[2:]
     return [dict(zip(columns, row)) for row in body]
@@ -81,7 +81,7 @@ class FMARecipe(ClipRecipe):
     def items(self, src: Path, split: str) -> list[ClipItem | BadRow]:
         subset = self.config.subset
         if subset not in _SUBSETS:
-            raise ValueError(f"unknown FMA subset '{subset}'; known: {', '.join(_SUBSETS)}")
+            raise RecipeError(f"unknown FMA subset '{subset}'; known: {', '.join(_SUBSETS)}")
         path = src / "fma_metadata" / "tracks.csv"
         genres = {row["genre_id"]: row["title"] for row in read_csv(src / "fma_metadata" / "genres.csv")}
         items: list[ClipItem | BadRow] = []

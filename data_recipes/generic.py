@@ -34,7 +34,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from data_recipes.base import register_recipe
+from data_recipes.base import RecipeError, register_recipe
 from data_recipes.common import (EXTRA_CELLS, BadRow, ClipItem, ClipRecipe, audio_files, join_words, label_phrase,
                                  parse_float, pick_captions, read_csv, row_error, split_by_hash, unique)
 
@@ -52,7 +52,7 @@ def _hash_splits(config: Any) -> tuple[str, ...]:
 
 def _check_name(name: str) -> str:
     if not _NAME.match(name):
-        raise ValueError(f"bad corpus name '{name}': expected lower-case letters, digits and '_'")
+        raise RecipeError(f"bad corpus name '{name}': expected lower-case letters, digits and '_'")
     return name
 
 
@@ -102,7 +102,7 @@ class CsvRecipe(ClipRecipe):
                   *(c for c in (cfg.split_column, cfg.id_column, cfg.start_column, cfg.end_column) if c)]
         absent = [c for c in needed if rows and c not in rows[0]]
         if absent:
-            raise ValueError(f"{path}: no column(s) {', '.join(absent)}; found {', '.join(rows[0])}")
+            raise RecipeError(f"{path}: no column(s) {', '.join(absent)}; found {', '.join(rows[0])}")
         items = []
         for index, row in enumerate(rows, 1):
             if cfg.split_column and row.get(cfg.split_column) != split:
@@ -164,9 +164,9 @@ class FolderRecipe(ClipRecipe):
         try:
             self._pattern = re.compile(self.config.pattern) if self.config.pattern else None
         except re.error as err:
-            raise ValueError(f"bad folder pattern {self.config.pattern!r}: {err}") from None
+            raise RecipeError(f"bad folder pattern {self.config.pattern!r}: {err}") from None
         if self._pattern is not None and "label" not in self._pattern.groupindex:
-            raise ValueError(f"folder pattern {self.config.pattern!r} needs a named group (?P<label>...)")
+            raise RecipeError(f"folder pattern {self.config.pattern!r} needs a named group (?P<label>...)")
 
     def items(self, src: Path, split: str) -> list[ClipItem | BadRow]:
         cfg = self.config

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from clap_lightning.data import schema
-from data_recipes.base import Recipe
+from data_recipes.base import Recipe, RecipeError
 
 
 def apply_exclude(recipe: Recipe, items: list[Any], exclude: frozenset[str]) -> tuple[list[Any], int]:
@@ -32,5 +32,5 @@ def apply_exclude(recipe: Recipe, items: list[Any], exclude: frozenset[str]) -> 
         if exclude.isdisjoint(ids) and exclude.isdisjoint(keys):
             kept.append(item)
     if not any_ids:
-        raise ValueError(f"corpus '{recipe.name}' gives no ids to match --exclude against (Recipe.match_ids)")
+        raise RecipeError(f"corpus '{recipe.name}' gives no ids to match --exclude against (Recipe.match_ids)")
     return kept, len(items) - len(kept)

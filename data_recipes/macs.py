@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from data_recipes.base import register_recipe
+from data_recipes.base import RecipeError, register_recipe
 from data_recipes.common import BadRow, ClipItem, ClipRecipe, HeldOutConfig, read_text, split_by_hash, unique
 
 
@@ -52,9 +52,9 @@ class MACSRecipe(ClipRecipe):
         try:
             files = (yaml.safe_load(read_text(path)) or {}).get("files")
         except yaml.YAMLError as err:
-            raise ValueError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+            raise RecipeError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
         if not isinstance(files, list):
-            raise ValueError(f"{path}: expected a top-level 'files' list")
+            raise RecipeError(f"{path}: expected a top-level 'files' list")
         items = [self._item(src, i, entry) for i, entry in enumerate(files, 1)]
         return split_by_hash(items, split, self.config.test_fraction)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from data_recipes.base import register_recipe
+from data_recipes.base import RecipeError, register_recipe
 from data_recipes.common import BadRow, ClipItem, ClipRecipe, join_words, pick_captions, read_json
 
 TEMPLATES = (
@@ -60,7 +60,7 @@ class NSynthRecipe(ClipRecipe):
         root = src / f"nsynth-{split}"
         examples = read_json(root / "examples.json")
         if not isinstance(examples, dict):
-            raise ValueError(f"{root / 'examples.json'}: expected an object keyed by note_str")
+            raise RecipeError(f"{root / 'examples.json'}: expected an object keyed by note_str")
         return [self._item(root, key, note) for key, note in sorted(examples.items())]
 
     def _item(self, root: Path, key: str, note: Any) -> ClipItem | BadRow:

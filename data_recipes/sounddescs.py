@@ -25,7 +25,7 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from data_recipes.base import register_recipe
+from data_recipes.base import RecipeError, register_recipe
 from data_recipes.common import BadRow, ClipItem, ClipRecipe, unique
 
 _LISTS = {"train": "train", "valid": "val", "test": "test"}
@@ -45,7 +45,7 @@ def read_pickle_dict(path: Path) -> dict[str, Any]:
     with open(path, "rb") as f:
         obj = pickle.load(f)  # noqa: S301 - the benchmark's own metadata files
     if not hasattr(obj, "items"):
-        raise ValueError(f"{path}: expected a mapping of id to value, found {type(obj).__name__}")
+        raise RecipeError(f"{path}: expected a mapping of id to value, found {type(obj).__name__}")
     return {str(k): v for k, v in obj.items()}
 
 

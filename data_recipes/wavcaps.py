@@ -28,7 +28,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from data_recipes.base import register_recipe
+from data_recipes.base import RecipeError, register_recipe
 from data_recipes.common import BadRow, ClipItem, ClipRecipe, clean_text, parse_float, read_json
 
 SOURCES = {"FreeSound": "freesound", "BBC_Sound_Effects": "bbc", "SoundBible": "soundbible", "AudioSet_SL": "audioset_sl"}
@@ -63,7 +63,7 @@ class WavCapsRecipe(ClipRecipe):
         names = [s.strip() for s in self.config.sources.split(",") if s.strip()]
         unknown = [s for s in names if s not in SOURCES]
         if unknown:
-            raise ValueError(f"unknown WavCaps source '{unknown[0]}'; known: {', '.join(SOURCES)}")
+            raise RecipeError(f"unknown WavCaps source '{unknown[0]}'; known: {', '.join(SOURCES)}")
         items: list[ClipItem | BadRow] = []
         for source in names:
             files = sorted((src / "json_files" / source).glob("*.json"))
@@ -73,7 +73,7 @@ class WavCapsRecipe(ClipRecipe):
                 data = read_json(path)
                 entries = data.get("data") if isinstance(data, dict) else None
                 if not isinstance(entries, list):
-                    raise ValueError(f"{path}: expected {{'data': [...]}} as WavCaps json files have")
+                    raise RecipeError(f"{path}: expected {{'data': [...]}} as WavCaps json files have")
                 items += [self._item(src, source, path, i, e) for i, e in enumerate(entries, 1)]
         return items
 

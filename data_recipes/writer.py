@@ -44,7 +44,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from clap_lightning.data import schema
-from data_recipes.base import Recipe, SkipSample
+from data_recipes.base import Recipe, RecipeError, SkipSample
 from data_recipes.leakage import apply_exclude
 
 log = logging.getLogger(__name__)
@@ -70,13 +70,13 @@ class WriterConfig:
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0 or self.samples_per_shard <= 0:
-            raise ValueError(f"sample rate and samples per shard must be > 0, got {self.sample_rate}, {self.samples_per_shard}")
+            raise RecipeError(f"sample rate and samples per shard must be > 0, got {self.sample_rate}, {self.samples_per_shard}")
         if self.flac_level not in range(9):
-            raise ValueError(f"FLAC compression level must be an integer 0-8, got {self.flac_level}")
+            raise RecipeError(f"FLAC compression level must be an integer 0-8, got {self.flac_level}")
         if self.max_shard_bytes is not None and self.max_shard_bytes <= 0:
-            raise ValueError(f"max shard bytes must be > 0, got {self.max_shard_bytes}")
+            raise RecipeError(f"max shard bytes must be > 0, got {self.max_shard_bytes}")
         if self.part is not None and not (0 <= self.part[0] < self.part[1]):
-            raise ValueError(f"bad part {self.part[0]}/{self.part[1]}: expected i/n with 0 <= i < n")
+            raise RecipeError(f"bad part {self.part[0]}/{self.part[1]}: expected i/n with 0 <= i < n")
 
 
 class WorkerDied(RuntimeError):
@@ -87,7 +87,7 @@ def parse_part(text: str) -> tuple[int, int]:
     """Parse `--part i/n` into (i, n); ValueError unless 0 <= i < n."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not match or not int(match.group(1)) < int(match.group(2)):
-        raise ValueError(f"bad --part '{text}': expected i/n with 0 <= i < n, e.g. 0/4")
+        raise RecipeError(f"bad --part '{text}': expected i/n with 0 <= i < n, e.g. 0/4")
     return int(match.group(1)), int(match.group(2))
 
 
@@ -95,7 +95,7 @@ def parse_size(text: str) -> int:
     """Parse a byte count such as `500000`, `512M` or `1G` (binary multiples)."""
     match = re.fullmatch(r"\s*(\d+)\s*([kmg]?)(?:i?b)?\s*", text.lower())
     if not match or int(match.group(1)) == 0:
-        raise ValueError(f"bad size '{text}': expected a positive byte count such as 500000, 512M or 1G")
+        raise RecipeError(f"bad size '{text}': expected a positive byte count such as 500000, 512M or 1G")
     return int(match.group(1)) * 1024 ** " kmg".index(match.group(2) or " ")
 
 
@@ -445,7 +445,7 @@ def _check_previous_build(directory: Path, current: dict[str, Any]) -> None:
         previous = schema.read_manifest(directory, path.name) if path != record else _read_record(record)
         differing = _differences(previous, current)
         if differing:
-            raise ValueError(f"{directory} holds a build with other parameters: {'; '.join(differing)} "
+            raise RecipeError(f"{directory} holds a build with other parameters: {'; '.join(differing)} "
                              f"(recorded in {path.name}); rerun with the recorded ones, use another --out or delete {directory}")
     if not found:
         write_json_atomic(record, current)
@@ -455,9 +455,9 @@ def _read_record(path: Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"build record {path} is not valid json: {err}; delete it to rebuild") from None
+        raise RecipeError(f"build record {path} is not valid json: {err}; delete it to rebuild") from None
     if not isinstance(record, dict) or not isinstance(record.get("build"), dict) or not isinstance(record.get("recipe"), dict):
-        raise ValueError(f"build record {path} lacks 'build' or 'recipe'; delete it to rebuild")
+        raise RecipeError(f"build record {path} lacks 'build' or 'recipe'; delete it to rebuild")
     return record
 
 
@@ -496,10 +496,10 @@ def build_split(recipe: Recipe, split: str, out: str | Path, src: str | Path | N
     src = Path(src) if src is not None else None
     items = recipe.items(src, split)
     if not items:
-        raise ValueError(f"corpus '{recipe.name}' split '{split}' has no items" + (f" under {src}" if src else ""))
+        raise RecipeError(f"corpus '{recipe.name}' split '{split}' has no items" + (f" under {src}" if src else ""))
     items, excluded = apply_exclude(recipe, items, config.exclude)
     if not items:
-        raise ValueError(f"corpus '{recipe.name}' split '{split}': all {excluded} items are in the --exclude list")
+        raise RecipeError(f"corpus '{recipe.name}' split '{split}': all {excluded} items are in the --exclude list")
     estimates = None
     if config.max_shard_bytes is not None:
         estimates = [recipe.estimate_bytes(item, config.sample_rate) for item in items]
@@ -530,7 +530,7 @@ def build_split(recipe: Recipe, split: str, out: str | Path, src: str | Path | N
     if manifest["num_samples"] == 0 and config.part is None:
         _remove_empty_build(directory, stats)
         example = manifest["skipped_examples"][0]["detail"] if manifest["skipped_examples"] else ""
-        raise ValueError(f"corpus '{recipe.name}' split '{split}': no usable clips among {manifest['items']} items "
+        raise RecipeError(f"corpus '{recipe.name}' split '{split}': no usable clips among {manifest['items']} items "
                          f"(skipped: {manifest['skipped']}); first problem: {example}")
     if config.part is None:
         _write_final(directory, manifest)
@@ -552,7 +552,7 @@ def check_src(recipe: Recipe, src: str | Path | None) -> None:
     """Raise one clear line when `src` is missing but needed, or not a directory."""
     if src is None:
         if recipe.needs_src:
-            raise ValueError(f"corpus '{recipe.name}' needs --src DIR (the downloaded corpus)")
+            raise RecipeError(f"corpus '{recipe.name}' needs --src DIR (the downloaded corpus)")
         return
     if not Path(src).is_dir():
         raise FileNotFoundError(f"--src {src} is not a directory")
@@ -564,7 +564,7 @@ def build_corpus(recipe: Recipe, out: str | Path, src: str | Path | None, splits
     check_src(recipe, src)
     unknown = [s for s in splits or [] if s not in recipe.splits]
     if unknown:
-        raise ValueError(f"unknown split '{unknown[0]}' for corpus '{recipe.name}'; known: {', '.join(recipe.splits)}")
+        raise RecipeError(f"unknown split '{unknown[0]}' for corpus '{recipe.name}'; known: {', '.join(recipe.splits)}")
     return {split: build_split(recipe, split, out, src, config) for split in splits or recipe.splits}
 
 
@@ -581,18 +581,18 @@ def merge_parts(out: str | Path, source: str, split: str) -> dict[str, Any]:
     parts = [schema.read_manifest(directory, path.name) for path in found]
     counts = sorted({p["part"]["count"] for p in parts})
     if len(counts) != 1:
-        raise ValueError(f"part manifests in {directory} come from different part counts {counts}; delete the stale ones")
+        raise RecipeError(f"part manifests in {directory} come from different part counts {counts}; delete the stale ones")
     count = counts[0]
     have = {p["part"]["index"] for p in parts}
     missing = [schema.part_manifest_name(i, count) for i in range(count) if i not in have]
     if missing:
-        raise ValueError(f"cannot merge {source}/{split}: missing {', '.join(missing)} (run those --part builds first)")
+        raise RecipeError(f"cannot merge {source}/{split}: missing {', '.join(missing)} (run those --part builds first)")
     if len({json.dumps(_comparable(p), sort_keys=True) for p in parts}) != 1:
-        raise ValueError(f"part manifests in {directory} disagree on build parameters or recipe version")
+        raise RecipeError(f"part manifests in {directory} disagree on build parameters or recipe version")
     shards = sorted((s for p in parts for s in p["shards"] + p["empty_shards"]), key=lambda s: s["index"])
     planned = parts[0]["build"]["planned_shards"]
     if [s["index"] for s in shards] != list(range(planned)):
-        raise ValueError(f"part manifests in {directory} do not cover shards 0..{planned - 1} exactly once")
+        raise RecipeError(f"part manifests in {directory} do not cover shards 0..{planned - 1} exactly once")
     absent = [s["name"] for s in shards if not (directory / s["name"]).is_file()]
     if absent:
         raise FileNotFoundError(f"shards listed in part manifests are missing from {directory}: {', '.join(absent[:5])}")

@@ -19,6 +19,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+
+class ShardFormatError(ValueError):
+    """A manifest or exclusion list is unreadable or not in this format (one line, with the path)."""
+
+
 # Name of the per-split manifest; the reader starts from it.
 MANIFEST_NAME = "manifest.json"
 # LAION-style {"shard.tar": number of samples}, read by LAION-CLAP's loader.
@@ -169,14 +174,14 @@ def read_manifest(split_dir_path: str | Path, name: str = MANIFEST_NAME,
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"manifest {path} is not valid json: {err}") from None
+        raise ShardFormatError(f"manifest {path} is not valid json: {err}") from None
     if not isinstance(manifest, dict):
-        raise ValueError(f"manifest {path} is not a json object (found {type(manifest).__name__})")
+        raise ShardFormatError(f"manifest {path} is not a json object (found {type(manifest).__name__})")
     missing = [k for k in required if k not in manifest]
     if missing:
-        raise ValueError(f"manifest {path} lacks required keys: {', '.join(missing)}")
+        raise ShardFormatError(f"manifest {path} lacks required keys: {', '.join(missing)}")
     if "format" in manifest and manifest["format"] != MANIFEST_FORMAT:
-        raise ValueError(f"manifest {path} has format {manifest['format']!r}, expected {MANIFEST_FORMAT!r}")
+        raise ShardFormatError(f"manifest {path} has format {manifest['format']!r}, expected {MANIFEST_FORMAT!r}")
     return manifest
 
 
@@ -204,14 +209,14 @@ def read_exclude_file(path: str | Path) -> frozenset[str]:
         try:
             entries = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"exclusion list {path} is not a valid json list: {err}") from None
+            raise ShardFormatError(f"exclusion list {path} is not a valid json list: {err}") from None
         if not all(isinstance(e, (str, int)) and not isinstance(e, bool) for e in entries):
-            raise ValueError(f"exclusion list {path}: expected a json list of string or integer ids")
+            raise ShardFormatError(f"exclusion list {path}: expected a json list of string or integer ids")
     else:
         entries = [line.split("#", 1)[0] for line in text.splitlines()]
     ids = frozenset(str(e).strip() for e in entries if str(e).strip())
     if not ids:
-        raise ValueError(f"exclusion list {path} lists no ids")
+        raise ShardFormatError(f"exclusion list {path} lists no ids")
     return ids
 
 

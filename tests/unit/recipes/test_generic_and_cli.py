@@ -197,3 +197,33 @@ def test_ids_of_audiocaps_test_keep_its_segments_out_of_audioset(corpus, tmp_pat
     manifest = schema.read_manifest(tmp_path / "out" / "audioset" / "train")
     assert manifest["excluded"] == 1 and manifest["num_samples"] == 1
     assert manifest["build"]["exclude"]["sha1"] == schema.exclude_digest(schema.read_exclude_file(tmp_path / "eval_ids.txt"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["build", "demo", "--out", "OUT", "-o", "nokey"], "bad option 'nokey': expected KEY=VALUE"),
+    (["build", "demox", "--out", "OUT"], "unknown corpus 'demox'"),
+    (["build", "demo", "--out", "OUT", "-o", "train_per_clas=3"], "bad config key"),
+    (["build", "demo", "--out", "OUT", "--exclude", "MISSING"], "exclusion list MISSING not found"),
+    (["build", "folder", "--out", "OUT", "--src", "MISSING"], "MISSING"),
+    (["merge", "OUT", "demo", "train"], "no part manifests in"),
+])
+def test_cli_bad_input_is_one_line_and_status_2(tmp_path, capsys, argv, message):
+    from data_recipes.cli import main
+
+    argv = [a.replace("OUT", str(tmp_path / "out")).replace("MISSING", str(tmp_path / "missing")) for a in argv]
+    message = message.replace("MISSING", str(tmp_path / "missing"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [err] and err.startswith("error: ") and message in err, err
+
+
+def test_cli_keeps_the_traceback_of_a_bug(tmp_path, monkeypatch):
+    """A ValueError that is not bad input (a bug in a recipe or the writer) is not turned into one line."""
+    from data_recipes import cli, writer
+
+    def broken(*args, **kwargs):
+        raise ValueError("cannot reshape array of size 3 into shape (2,)")
+
+    monkeypatch.setattr(writer, "build_corpus", broken)
+    with pytest.raises(ValueError, match="cannot reshape"):
+        cli.main(["build", "demo", "--out", str(tmp_path / "out")])
