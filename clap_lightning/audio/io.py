@@ -76,6 +76,26 @@ def fit_length(audio: torch.Tensor, num_samples: int, pad_mode: str) -> tuple[to
     return torch.nn.functional.pad(audio, (0, num_samples - length)), length
 
 
+def cut_windows(wave: torch.Tensor, num_samples: int, hop: int, pad_mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cut a whole recording [T] into overlapping clips of `num_samples`, one every `hop` samples.
+
+    The last window is placed to end with the recording, so every window is full audio and the
+    whole recording is covered; a recording no longer than one window gives one clip, padded
+    as `fit_length` pads.
+
+    Returns:
+        (clips [W, num_samples], samples that are not padding [W], window starts in samples [W]).
+    """
+    if hop < 1:
+        raise ValueError(f"window hop must be at least one sample, got {hop}")
+    if len(wave) <= num_samples:
+        clip, length = fit_length(wave, num_samples, pad_mode)
+        return clip[None], torch.tensor([length]), torch.zeros(1, dtype=torch.long)
+    starts = list(range(0, len(wave) - num_samples, hop)) + [len(wave) - num_samples]
+    clips = torch.stack([wave[s:s + num_samples] for s in starts])
+    return clips, torch.full((len(starts),), num_samples), torch.tensor(starts)
+
+
 # torchaudio.functional.resample's defaults: Hann-windowed sinc, 6 zero crossings, rolloff 0.99.
 ZERO_CROSSINGS = 6
 ROLLOFF = 0.99

@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="report directory (default: <run_dir>/eval)")
     parser.add_argument("--cache", default=None, help="embedding cache directory (default: <out>/cache; 'none' = off)")
     parser.add_argument("--batch-size", type=int, default=64, help="clips per forward pass")
+    parser.add_argument("--long-audio", choices=("first", "windows"), default="first",
+                        help="first: each clip's first clip_seconds; windows: every window of it, pooled")
+    parser.add_argument("--hop", type=float, default=None, help="window hop in seconds (default: half a clip)")
     parser.add_argument("--num-workers", type=int, default=2, help="loader worker processes")
     parser.add_argument("--ensemble-prompts", action="store_true",
                         help="average the embeddings of every prompt template of a task (default: the first)")
@@ -36,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_eval(checkpoint: str, tasks: str, data: str, out: Optional[str] = None, cache: Optional[str] = None,
-             options: Optional[EvalOptions] = None) -> tuple[list[TaskResult], list[Path], TaskEvaluator]:
+             options: Optional[EvalOptions] = None, long_audio: str = "first",
+             hop_seconds: Optional[float] = None) -> tuple[list[TaskResult], list[Path], TaskEvaluator]:
     """Evaluate `checkpoint` on `tasks`; returns the results, the report files and the evaluator (for counts).
 
     Raises:
@@ -63,9 +67,10 @@ def run_eval(checkpoint: str, tasks: str, data: str, out: Optional[str] = None, 
     out_dir = Path(out) if out else Path(config.run_dir) / "eval"
     cache_dir = None if cache == "none" else Path(cache) if cache else out_dir / "cache"
     check_writable(out_dir, *([cache_dir] if cache_dir else []))  # before the embedding, not at the report
-    clip = ClipSettings(config.model.sample_rate, config.model.clip_samples, config.data.pad_mode)
-    evaluator = TaskEvaluator(model, model.build_tokenizer(), clip, data,
-                              EmbeddingCache(cache_dir, checkpoint_digest(checkpoint)), options)
+    clip = ClipSettings(config.model.sample_rate, config.model.clip_samples, config.data.pad_mode, long_audio,
+                        hop_seconds)
+    digest = checkpoint_digest(checkpoint) + ("" if long_audio == "first" else f"-windows{clip.hop_samples}")
+    evaluator = TaskEvaluator(model, model.build_tokenizer(), clip, data, EmbeddingCache(cache_dir, digest), options)
     results = evaluator.evaluate_all(specs)
     paths = write_eval_report(results, out_dir, f"CLAP evaluation of {Path(checkpoint).name} vs the paper")
     return results, paths, evaluator
@@ -78,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
     options = EvalOptions(batch_size=args.batch_size, num_workers=args.num_workers,
                           ensemble_prompts=args.ensemble_prompts, linear_probe=args.linear_probe)
-    results, paths, evaluator = run_eval(args.checkpoint, args.tasks, args.data, args.out, args.cache, options)
+    results, paths, evaluator = run_eval(args.checkpoint, args.tasks, args.data, args.out, args.cache, options,
+                                         args.long_audio, args.hop)
     for result in results:
         spec = result.spec
         shown = result.status or f"{spec.metric} {result.metrics[spec.result_key(spec.metric)]:.4f}"

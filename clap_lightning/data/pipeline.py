@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from clap_lightning.audio.io import Resampler, fit_length, read_clip
+from clap_lightning.audio.io import cut_windows, Resampler, fit_length, read_clip
 from clap_lightning.data.schema import read_captions, read_labels
 from clap_lightning.data.stream import (FailureGuard, format_skipped, mixed_stream, pass_share, shuffle_buffered,
                                         single_pass)
@@ -97,20 +97,44 @@ class ClipDecoder:
             return self._skip("empty_audio", key)
         if not np.isfinite(audio).all():
             return self._skip("nan_audio", key)
-        audio = torch.from_numpy(audio)
-        frames = audio.shape[0] - sum(self._resampler.margins(rate))
-        if out is not None and -(-frames * self.sample_rate // rate) >= self.clip_samples:
-            clip, length = self._resampler(audio, rate, padded=True, out=out), self.clip_samples
-        else:  # a short clip is padded after resampling
-            clip, length = fit_length(self._resampler(audio, rate, padded=True), self.clip_samples, self.pad_mode)
-            clip = clip if out is None else out.copy_(clip)
+        clip, length = self._fit(torch.from_numpy(audio), rate, out)
         caption = texts[int(rng.integers(len(texts)))] if self.is_train else texts[0]
         return {"audio": clip, "length": length, "texts": texts, "caption": caption, "key": key, "meta": meta,
                 "source_index": sample.get("__source__", 0)}
 
+    def _fit(self, audio: torch.Tensor, rate: int, out: Optional[torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Resample decoded audio (between the resampler's margins) into one clip: (clip, samples not padding)."""
+        frames = audio.shape[0] - sum(self._resampler.margins(rate))
+        if out is not None and -(-frames * self.sample_rate // rate) >= self.clip_samples:
+            return self._resampler(audio, rate, padded=True, out=out), self.clip_samples
+        # a short clip is padded after resampling
+        clip, length = fit_length(self._resampler(audio, rate, padded=True), self.clip_samples, self.pad_mode)
+        return (clip if out is None else out.copy_(clip)), length
+
     def _frames_at(self, rate: int) -> int:
         """Frames to read at the file's rate for one clip at the model rate."""
         return -(-self.clip_samples * rate // self.sample_rate) + 1
+
+
+class WindowDecoder(ClipDecoder):
+    """An evaluation decoder that keeps a whole recording as overlapping windows (`cut_windows`).
+
+    Each sample's `audio` is [W, clip_samples] and `length` [W]: `EvalCollate` concatenates the
+    windows and the evaluation pools each clip's window embeddings, so a task is scored on every
+    second of a long file rather than its first `clip_samples`.
+    """
+
+    def __init__(self, sample_rate: int, clip_samples: int, pad_mode: str, hop_samples: int) -> None:
+        super().__init__(sample_rate, clip_samples, pad_mode, is_train=False)
+        self.hop_samples = hop_samples
+
+    def _fit(self, audio: torch.Tensor, rate: int, out: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        clips, lengths, _ = cut_windows(self._resampler(audio, rate, padded=True), self.clip_samples,
+                                        self.hop_samples, self.pad_mode)
+        return clips, lengths
+
+    def _frames_at(self, rate: int) -> None:
+        return None  # the whole recording
 
 
 def transfer_buffer(shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:

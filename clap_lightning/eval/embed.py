@@ -17,11 +17,11 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-from clap_lightning.data.pipeline import ClapLoader, ClapStream, ClipDecoder, stack_for_transfer
+from clap_lightning.data.pipeline import ClapLoader, ClapStream, ClipDecoder, WindowDecoder, stack_for_transfer
 from clap_lightning.data.sources import resolve_shards
 from clap_lightning.checkpoint import safe_load
-from clap_lightning.errors import CheckpointError, DataError
-from clap_lightning.models.clap import embed_clips
+from clap_lightning.errors import CheckpointError, ConfigError, DataError
+from clap_lightning.models.clap import embed_clips, pool_windows
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,19 @@ class ClipSettings:
     sample_rate: int  # model sample rate
     clip_samples: int  # samples per clip
     pad_mode: str = "repeat"  # short clips: "repeat" or "zero" (whose padding a `mask_padding` encoder masks)
+    long_audio: str = "first"  # "first": the clip's start; "windows": every window of the recording, pooled
+    hop_seconds: Optional[float] = None  # window hop for "windows" (None: half a clip)
+
+    def __post_init__(self) -> None:
+        if self.long_audio not in ("first", "windows"):
+            raise ConfigError(f"long_audio must be 'first' or 'windows', got {self.long_audio!r}")
+        if self.hop_seconds is not None and self.hop_seconds <= 0:
+            raise ConfigError(f"the window hop must be positive, got {self.hop_seconds} s")
+
+    @property
+    def hop_samples(self) -> int:
+        hop = self.hop_seconds if self.hop_seconds is not None else self.clip_samples / self.sample_rate / 2
+        return max(1, round(hop * self.sample_rate))
 
 
 @dataclass
@@ -51,12 +64,15 @@ class EvalCollate:
     """Stack decoded clips and keep their keys and jsons (no tokenization: tasks build their own text)."""
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "audio": stack_for_transfer([s["audio"] for s in samples]),  # [B, T]
-            "audio_length": torch.tensor([s["length"] for s in samples]),  # [B] samples that are not padding
-            "key": [s["key"] for s in samples],
-            "meta": [s["meta"] for s in samples],
-        }
+        batch = {"key": [s["key"] for s in samples], "meta": [s["meta"] for s in samples]}
+        if samples[0]["audio"].dim() == 2:  # `WindowDecoder`: each clip is [W, T] windows
+            batch["audio"] = torch.cat([s["audio"] for s in samples])  # [sum W, T]
+            batch["audio_length"] = torch.cat([s["length"] for s in samples])
+            batch["windows"] = [len(s["audio"]) for s in samples]
+            return batch
+        batch["audio"] = stack_for_transfer([s["audio"] for s in samples])  # [B, T]
+        batch["audio_length"] = torch.tensor([s["length"] for s in samples])  # [B] samples that are not padding
+        return batch
 
 
 def build_eval_loader(urls: list[str], clip: ClipSettings, batch_size: int, num_workers: int,
@@ -69,7 +85,10 @@ def build_eval_loader(urls: list[str], clip: ClipSettings, batch_size: int, num_
     rule), so the validation callback gives identical metrics on every rank and, under ZeRO-3,
     every rank runs the same number of forward passes.
     """
-    decoder = ClipDecoder(clip.sample_rate, clip.clip_samples, clip.pad_mode, is_train=False)
+    if clip.long_audio == "windows":
+        decoder = WindowDecoder(clip.sample_rate, clip.clip_samples, clip.pad_mode, clip.hop_samples)
+    else:
+        decoder = ClipDecoder(clip.sample_rate, clip.clip_samples, clip.pad_mode, is_train=False)
     workers = max(0, min(num_workers, len(urls)))
     stream = ClapStream([urls], decoder, EvalCollate(), batch_size, is_train=False, name=name)
     return ClapLoader(stream, batch_size=None, num_workers=workers)
@@ -80,7 +99,10 @@ def embed_batches(model, batches: Iterator[dict[str, Any]]) -> EmbeddedSplit:
     embs, keys, metas, skipped = [], [], [], Counter()
     for batch in batches:
         if len(batch["audio"]):
-            embs.append(embed_clips(model, batch["audio"], batch["audio_length"], len(batch["audio"])).cpu())
+            emb = embed_clips(model, batch["audio"], batch["audio_length"], len(batch["audio"])).cpu()
+            if "windows" in batch:  # one row per clip: the normalised mean of its windows
+                emb = torch.stack([pool_windows(w) for w in emb.split(batch["windows"])])
+            embs.append(emb)
         keys += batch["key"]
         metas += batch["meta"]
         skipped.update(batch.get("skipped", {}))

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from clap_lightning.data.sources import is_shard_name, resolve_shards
 from clap_lightning.errors import ClapError, DataError, first_line
-from clap_lightning.models.clap import CLAP, embed_clips, frames_needed, prepare_audio, prepare_windows
+from clap_lightning.models.clap import CLAP, embed_clips, frames_needed, pool_windows, prepare_audio, prepare_windows
 
 log = logging.getLogger(__name__)
 
@@ -218,11 +218,6 @@ class PartWriter:
         for path, data in staged:  # the .csv is last: its presence marks the part complete
             write_atomic(path, data)
         return len(self.rows)
-
-
-def pool_windows(window_emb: torch.Tensor) -> torch.Tensor:
-    """A clip's embedding from its windows' [W, D]: the normalised mean of normalised embeddings."""
-    return F.normalize(F.normalize(window_emb, dim=-1).mean(dim=0), dim=-1)
 
 
 def array_bytes(array: np.ndarray) -> bytes:

@@ -195,7 +195,7 @@ class CLAP(nn.Module):
             return WindowedEmbeddings(empty, [], []) if return_windows else empty
         embs = embed_clips(self, torch.cat([p[0] for p in prepared]), torch.cat([p[1] for p in prepared]), batch_size)
         windows = list(torch.split(embs, [len(p[0]) for p in prepared]))
-        pooled = torch.stack([F.normalize(w.mean(dim=0), dim=-1) for w in windows])
+        pooled = torch.stack([pool_windows(w) for w in windows])
         if not return_windows:
             return pooled
         starts = [p[2] for p in prepared]
@@ -339,6 +339,11 @@ def is_frames_by_channels(shape: Sequence[int]) -> bool:
     return shape[1] <= MAX_CHANNELS and shape[0] > shape[1]
 
 
+def pool_windows(window_emb: torch.Tensor) -> torch.Tensor:
+    """A recording's embedding [D] from its windows' L2-normalised embeddings [W, D]: their normalised mean."""
+    return F.normalize(window_emb.mean(dim=0), dim=-1)
+
+
 @dataclass
 class WindowedEmbeddings:
     """`embed_audio(long_audio="windows", return_windows=True)`: pooled and per-window embeddings."""
@@ -374,20 +379,15 @@ def prepare_windows(wave: np.ndarray | torch.Tensor, sample_rate: int, target_ra
     Returns:
         (clips [W, num_samples], samples that are not padding [W], window starts in seconds [W]).
     """
-    from clap_lightning.audio.io import Resampler
+    from clap_lightning.audio.io import Resampler, cut_windows
 
     if hop_seconds <= 0:
         raise ValueError(f"window hop must be positive, got {hop_seconds} s")
     wave = Resampler(target_rate)(to_mono(wave), sample_rate)
     if not torch.isfinite(wave).all():
         raise ValueError("audio holds NaN or Inf samples")
-    if len(wave) <= num_samples:
-        clips, lengths = prepare_audio([wave], target_rate, target_rate, num_samples, pad_mode)
-        return clips, lengths, torch.zeros(1)
-    hop = max(1, round(hop_seconds * target_rate))
-    starts = list(range(0, len(wave) - num_samples, hop)) + [len(wave) - num_samples]
-    clips = torch.stack([wave[s:s + num_samples] for s in starts])
-    return clips, torch.full((len(starts),), num_samples), torch.tensor(starts, dtype=torch.float64) / target_rate
+    clips, lengths, starts = cut_windows(wave, num_samples, max(1, round(hop_seconds * target_rate)), pad_mode)
+    return clips, lengths, starts.double() / target_rate
 
 
 def trim_trailing_silence(wave: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Long audio (windows), the `embed` index (folders, lists, csv, shards; bad files; resume; kill -9) and `search`."""
 
 import csv
+import io
 import os
 import signal
 import subprocess
@@ -193,3 +194,23 @@ def test_cli_embed_kill9_then_resume_gives_every_row_once_and_search_prints(chec
     assert main(["embed", "--text", str(queries), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "t")]) == 0
     assert np.load(tmp_path / "t" / "text.npy").shape == (2, 128)
     assert main(["search", "--index", str(tmp_path / "nothing"), "x"]) == 2
+
+
+def test_eval_loader_windows_equal_embed_audio_windows(model, tmp_path):
+    from clap_lightning.eval.embed import ClipSettings, build_eval_loader, embed_batches
+    from tests.shard_factory import encode, meta_json, write_tar
+
+    waves = [sound(seconds, 300.0 + 100 * i, seed=i) for i, seconds in enumerate((5.3, 1.2, 9.0))]
+    flacs = [encode(w, RATE) for w in waves]
+    members = [m for i, data in enumerate(flacs) for m in ((f"k{i}.flac", data), (f"k{i}.json", meta_json(f"k{i}")))]
+    url = str(write_tar(tmp_path / "long-000000.tar", members))
+    settings = ClipSettings(RATE, model.config.clip_samples, model.pad_mode, long_audio="windows", hop_seconds=0.75)
+    split = embed_batches(model, build_eval_loader([url], settings, batch_size=2, num_workers=0))
+    assert split.keys == ["k0", "k1", "k2"]
+    decoded = [torch.from_numpy(sf.read(io.BytesIO(data), dtype="float32")[0]) for data in flacs]  # 16-bit, as stored
+    want = model.embed_audio(decoded, sample_rate=RATE, long_audio="windows", hop_seconds=0.75)
+    torch.testing.assert_close(split.audio_emb, want, atol=1e-4, rtol=0)
+    first = embed_batches(model, build_eval_loader([url], ClipSettings(RATE, model.config.clip_samples, model.pad_mode), 3, 0))
+    assert not torch.allclose(first.audio_emb[0], split.audio_emb[0], atol=1e-3)  # 5.3 s: windows see more
+    with pytest.raises(Exception, match="long_audio"):
+        ClipSettings(RATE, 100, long_audio="fusion")
