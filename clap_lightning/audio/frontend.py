@@ -245,7 +245,9 @@ def normalise_and_augment(
     # bn0 normalises each mel bin over batch and time (msclap: BatchNorm2d on [B, mel, T, 1]).
     # The fp32 features meet bn0 in its own dtype (bf16 when the whole model was cast).
     feats = feats.to(bn0.weight.dtype)
-    if valid is not None and not valid.all():
+    # In eval the masked form is the same arithmetic, so it needs no host-side `valid.all()` check
+    # (which also stops a graph export); in training all-valid batches keep BatchNorm's own kernel.
+    if valid is not None and (not bn0.training or not valid.all()):
         feats = masked_batch_norm(feats, valid, bn0)
     else:
         feats = bn0(feats.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
