@@ -104,6 +104,12 @@ class ModelConfig:
     audio_encoder: dict = field(default_factory=lambda: {"name": "htsat"})  # `name` + that encoder's config
     text_encoder: dict = field(default_factory=lambda: {"name": "gpt2"})  # `name` + that encoder's config
     audio_encoder_init: str = ""  # checkpoint (e.g. multi-task) whose audio encoder a fresh `fit` starts from
+    init_from: str = ""  # a whole model (.ckpt, or an exported folder) a fresh `fit` starts from; its architecture is the base
+
+    def __post_init__(self) -> None:
+        if self.init_from and self.audio_encoder_init:
+            raise ConfigError("model.init_from (a whole model) and model.audio_encoder_init (its audio encoder) "
+                              "both set: keep one")
 
     @property
     def clip_samples(self) -> int:
@@ -390,8 +396,19 @@ def load_config(schema: type[RunConfigT], path: str | Path | None = None,
     if not (isinstance(schema, type) and issubclass(schema, RunConfig)):
         raise TypeError(f"load_config(schema, path, overrides): schema must be a RunConfig such as ExperimentConfig, "
                         f"got {schema!r}")
-    merged = OmegaConf.structured(schema)
-    for origin, layer in compose_layers(Path(path)) if path else []:
+    layers = compose_layers(Path(path)) if path else []
+    merged = compose(schema, OmegaConf.structured(schema), layers, overrides)
+    init_from = OmegaConf.select(merged, "model.init_from", default="")
+    if init_from:  # the architecture comes from the weights; the run's own model keys apply on top
+        base = _merge(OmegaConf.structured(schema), {"model": read_model_section(init_from)}, init_from)
+        merged = compose(schema, base, layers, overrides)
+    return config_from(schema, merged)
+
+
+def compose(schema: type, merged: DictConfig, layers: Sequence[tuple[str, DictConfig]],
+            overrides: Sequence[str]) -> DictConfig:
+    """Merge YAML layers, then `key=value` overrides, onto `merged`."""
+    for origin, layer in layers:
         check_list_items(schema, layer, origin)
         merged = _merge(merged, layer, origin)
     for item in overrides:
@@ -403,7 +420,27 @@ def load_config(schema: type[RunConfigT], path: str | Path | None = None,
         except OmegaConfBaseException as err:
             raise ConfigError(f"override '{item}': bad config key '{getattr(err, 'full_key', None) or key}': "
                               f"{first_line(err)}") from None
-    return config_from(schema, merged)
+    return merged
+
+
+def read_model_section(source: str) -> dict:
+    """The model section of a whole model to start from: a clap-lightning checkpoint's stored config, an
+    exported folder's config.yaml, or a Hugging Face `ClapModel` folder's config.json (read, not its weights)."""
+    path = Path(source)
+    if path.is_dir() and (path / "config.json").is_file():
+        import json
+
+        from clap_lightning.convert.hf import model_config_from_hf
+
+        return model_config_from_hf(json.loads((path / "config.json").read_text()), str(path.resolve()))
+    if path.is_dir() and (path / "config.yaml").is_file():
+        return dict(OmegaConf.to_container(OmegaConf.load(path / "config.yaml"))).get("model", {})
+    if path.is_dir():
+        raise ConfigError(f"model.init_from: {path} holds neither config.yaml (clap-lightning export) "
+                          "nor config.json (Hugging Face ClapModel)")
+    from clap_lightning.checkpoint import read_lightning_checkpoint
+
+    return read_lightning_checkpoint(path)[1].get("model", {})
 
 
 def check_list_items(schema: type, layer: Any, origin: str, prefix: str = "") -> None:

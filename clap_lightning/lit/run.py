@@ -23,7 +23,7 @@ from clap_lightning.lit.monitor import TrainingMonitor
 from clap_lightning.lit.pretraining import ClapPretraining
 from clap_lightning.lit.slurm import cluster_callbacks, cluster_plugins
 from clap_lightning.lit.strategies import build_strategy
-from clap_lightning.models.encoder_init import init_audio_encoder
+from clap_lightning.models.encoder_init import init_audio_encoder, init_model
 from clap_lightning.outputs import check_writable
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,8 @@ def run_stage(stage: str, config: ExperimentConfig, ckpt_path: Optional[str] = N
         module = ClapPretraining(config)
         if config.model.audio_encoder_init and not ckpt_path:  # a resumed run has its own weights
             init_audio_encoder(module.model.audio_encoder, config.model.audio_encoder_init)
+        if config.model.init_from and not ckpt_path:
+            init_model(module.model, config.model.init_from)
         if ckpt_path:  # the checks validate/test make, plus what resuming needs: one line, not a traceback in fit
             check_resumable(ckpt_path, module, PRETRAINING)
     else:

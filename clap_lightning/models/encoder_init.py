@@ -1,4 +1,8 @@
-"""Initialise an audio encoder from another run's checkpoint (`model.audio_encoder_init`).
+"""Initialise a model, or its audio encoder, from other weights (`model.init_from`, `model.audio_encoder_init`).
+
+`init_model` fills a whole CLAP (both towers, projections, temperatures) from a clap-lightning
+checkpoint (trained, or written by `clap-lightning convert`) or an exported folder (ours or a
+Hugging Face `ClapModel`): a fine-tuning start, with a fresh optimizer and schedule, not a resume.
 
 A multi-task checkpoint (`clap-lightning multitask fit`) and a contrastive one both keep
 the encoder under `model.audio_encoder.` in their Lightning `state_dict`, so either can
@@ -13,9 +17,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from clap_lightning.checkpoint import read_lightning_checkpoint
+from clap_lightning.checkpoint import load_state_or_refuse, read_lightning_checkpoint
 from clap_lightning.encoders.registry import AUDIO_ENCODERS
 from clap_lightning.errors import CheckpointError
+from clap_lightning.models.clap import CLAP, read_checkpoint
 
 ENCODER_PREFIX = "model.audio_encoder."
 MAX_NAMED_KEYS = 3  # keys named in a mismatch message, per kind of difference
@@ -87,3 +92,13 @@ def init_audio_encoder(encoder: nn.Module, path: str | Path) -> None:
     if mismatch:
         raise CheckpointError(f"the audio encoder in {path} does not match model.audio_encoder: {mismatch}")
     encoder.load_state_dict(state, strict=True)
+
+
+def init_model(model: nn.Module, source: str | Path) -> None:
+    """Fill `model` (a CLAP) strictly from a whole model: a `.ckpt` or an exported folder."""
+    source = Path(source)
+    if source.is_dir():
+        state = CLAP.from_pretrained(source).state_dict()
+    else:
+        state = read_checkpoint(source)[0]
+    load_state_or_refuse(model, state, source, "the run's model (model.init_from)")

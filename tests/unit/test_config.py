@@ -173,3 +173,20 @@ def test_yaml_typos_name_the_key_in_every_schema(tmp_path):
     config = load_config(ExperimentConfig, None, ["data.train_sources=[{shards: a}, {shards: b}]",
                                                   "data.train_sources.1.weight=3"])
     assert [(s.shards, s.weight) for s in config.data.train_sources] == [("a", 1.0), ("b", 3.0)]
+
+
+def test_init_from_takes_the_architecture_from_the_weights_and_refuses_conflicts(tmp_path):
+    import torch
+
+    from clap_lightning.config import to_container
+    from clap_lightning.errors import CheckpointError
+
+    source = load_config(ExperimentConfig, None, ["model.d_proj=48", "model.projection=mlp"])
+    ckpt = tmp_path / "source.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"config": to_container(source)}}, ckpt)
+    config = load_config(ExperimentConfig, None, [f"model.init_from={ckpt}", "model.proj_dropout=0.2"])
+    assert (config.model.d_proj, config.model.projection, config.model.proj_dropout) == (48, "mlp", 0.2)
+    with pytest.raises(ConfigError, match="both set"):
+        load_config(ExperimentConfig, None, [f"model.init_from={ckpt}", "model.audio_encoder_init=x.ckpt"])
+    with pytest.raises(CheckpointError, match="not found"):
+        load_config(ExperimentConfig, None, [f"model.init_from={tmp_path / 'missing.ckpt'}"])
