@@ -81,30 +81,49 @@ def make_corpora(raw: Path) -> None:
         corpora.eval_set(Corpus(raw / source), source)
 
 
-def build_shards(raw: Path) -> None:
+def build_shards(raw: Path, jobs=None) -> None:
+    """Build every split the configs read; `jobs` (a SlurmJobs) submits each build as a job array instead."""
     from clap_lightning.data import schema
     from data_recipes import base
     from tests.rehearsal import corpora
+
+    merges: list[str] = []
+
+    def build(name: str, *args: str) -> None:
+        if jobs is None:
+            data_recipes("build", name, *args)
+        else:
+            merges.append(jobs.build(name, list(args)))
+
+    def wait_for_builds() -> None:  # a corpus' second array may start only after its first merge
+        if jobs is not None:
+            jobs.wait(merges)
+            merges.clear()
 
     exclude = Path("data/exclude/eval_test_ids.txt")
     exclude.parent.mkdir(parents=True, exist_ok=True)
     exclude.write_text(data_recipes("ids", "audiocaps", "--src", str(raw / "audiocaps" / "src"), "--split", "test")
                        + data_recipes("ids", "clotho", "--src", str(raw / "clotho" / "src"), "--split", "test"))
-    common = ["--out", "data/shards", "--sample-rate", str(RATE), "--no-progress", "--samples-per-shard", "2"]
+    common = ["--out", str(Path("data/shards").resolve()), "--sample-rate", str(RATE), "--no-progress",
+              "--samples-per-shard", "2"]
     for name in corpora.PRETRAINING:
         src = ["--src", str(raw / name / "src")]
         options = [f"-o{k}={v}" for k, v in corpora.OPTIONS.get(name, {}).items()]
-        data_recipes("build", name, *src, *common, *options, "--split", "train", "--exclude", str(exclude))
+        build(name, *src, *common, *options, "--split", "train", "--exclude", str(exclude.resolve()))
+    wait_for_builds()
+    for name in corpora.PRETRAINING:
         held_out = [s for s in base.get_recipe_class(name).splits if s in ("valid", "test")]
         if held_out and name not in corpora.OPTIONS:
-            data_recipes("build", name, *src, *common, *options, *[f"--split={s}" for s in held_out])
+            options = [f"-o{k}={v}" for k, v in corpora.OPTIONS.get(name, {}).items()]
+            build(name, "--src", str(raw / name / "src"), *common, *options, *[f"--split={s}" for s in held_out])
+    wait_for_builds()
+    for source in corpora.EVAL_ONLY:  # tiny tables through the generic csv recipe: built here in both modes
+        options = [f"-o{k}={v}" for k, v in corpora.eval_options(source).items()]
+        data_recipes("build", "csv", "--src", str(raw / source / "src"), *common, *options)
     for name, count in corpora.LEAKED.items():
         excluded = schema.read_manifest(schema.split_dir("data/shards", name, "train"))["excluded"]
         if excluded != count:
             raise SystemExit(f"leakage filter: {name}/train dropped {excluded} clips, expected {count}")
-    for source in corpora.EVAL_ONLY:
-        options = [f"-o{k}={v}" for k, v in corpora.eval_options(source).items()]
-        data_recipes("build", "csv", "--src", str(raw / source / "src"), *common, *options)
 
 
 def cli(*args: str, **popen) -> subprocess.Popen:
@@ -152,6 +171,8 @@ def source_shares(run_dir: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.rehearsal", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/rehearsal", help="working folder (deleted first if a rehearsal made it)")
+    parser.add_argument("--slurm", action="store_true",
+                        help="run the builds, both trainings and eval as SLURM jobs (slurm/rehearse.sh)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     out = Path(args.out).resolve()
@@ -167,20 +188,34 @@ def main(argv: list[str] | None = None) -> int:
 
     log("1/5 writing miniature corpora (20 pretraining corpora, evaluation sets)")
     make_corpora(out / "raw")
-    log("2/5 leakage list and shards, every corpus with its recipe")
-    build_shards(out / "raw")
-    log("3/5 HTSAT-22, tiny (configs/multitask/htsat22.yaml + size overrides)")
-    run("multitask", "fit", "--config", str(REPO / "configs/multitask/htsat22.yaml"), *overrides("model", "htsat22"))
-    log("4/5 CLAP pretraining (configs/experiment/clap2023.yaml + size overrides), killed and resumed")
     from clap_lightning.config import ExperimentConfig, load_config
+    from clap_lightning.lit.multitask_config import MultiTaskConfig
+    from tests.rehearsal.slurm import SlurmJobs
 
-    clap_args = overrides("model", "clap2023")
-    config = load_config(ExperimentConfig, REPO / "configs/experiment/clap2023.yaml", clap_args)
+    jobs = SlurmJobs(REPO, out / "logs") if args.slurm else None
+    log("2/5 leakage list and shards, every corpus with its recipe" + (" (job arrays)" if jobs else ""))
+    build_shards(out / "raw", jobs)
+    log("3/5 HTSAT-22, tiny (configs/multitask/htsat22.yaml + size overrides)")
+    htsat22, htsat_args = str(REPO / "configs/multitask/htsat22.yaml"), overrides("model", "htsat22")
+    if jobs:
+        jobs.multitask(htsat22, htsat_args, load_config(MultiTaskConfig, htsat22, htsat_args).run_dir)
+    else:
+        run("multitask", "fit", "--config", htsat22, *htsat_args)
+    log("4/5 CLAP pretraining (configs/experiment/clap2023.yaml + size overrides), interrupted and resumed")
+    clap2023, clap_args = str(REPO / "configs/experiment/clap2023.yaml"), overrides("model", "clap2023")
+    config = load_config(ExperimentConfig, clap2023, clap_args)
     run_dir = Path(config.run_dir)
-    killed_at = pretrain_with_a_kill(str(REPO / "configs/experiment/clap2023.yaml"), clap_args, run_dir)
+    if jobs:
+        killed_at = jobs.pretrain_with_a_requeue(clap2023, clap_args, run_dir.resolve())
+    else:
+        killed_at = pretrain_with_a_kill(clap2023, clap_args, run_dir)
     log("5/5 eval --tasks all")
-    run("eval", "--checkpoint", str(run_dir / "checkpoints" / "last.ckpt"), "--tasks", "all", "--data", "data/shards",
-        "--num-workers", "0")
+    eval_args = ["--checkpoint", str(run_dir / "checkpoints" / "last.ckpt"), "--tasks", "all", "--data", "data/shards",
+                 "--num-workers", "0"]
+    if jobs:
+        jobs.eval(eval_args)
+    else:
+        run("eval", *eval_args)
 
     shares = source_shares(run_dir)
     weights = {Path(s.shards).parent.name: s.weight for s in config.data.train_sources}
@@ -191,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
               f" / {weight / total_weight:.4f}")
     report = run_dir / "eval" / "results.md"
     print("\n" + report.read_text())
-    print(f"killed at step {killed_at} and resumed to step {config.trainer.max_steps}; "
+    print(f"interrupted at step {killed_at} and resumed to step {config.trainer.max_steps}; "
           f"report: {report}, results.csv, results.png")
     log(f"done in {time.monotonic() - started:.0f} s")
     return 0
