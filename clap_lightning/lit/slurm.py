@@ -137,6 +137,7 @@ class AttemptRecord(L.Callback):
             "cluster_environment": type(env).__name__, "host": socket.gethostname(),
             "local_rank": trainer.local_rank, "node_rank": trainer.node_rank, "world_size": trainer.world_size,
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "slurm_procid": os.environ.get("SLURM_PROCID"),
+            "slurm_node": os.environ.get("SLURMD_NODENAME"),  # the node's name in the cluster (host may be shared)
             "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
         })
 

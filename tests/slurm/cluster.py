@@ -29,17 +29,16 @@ SLURM_CONF = """\
 ClusterName=clapci
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={ctld_port}
-SlurmdPort={slurmd_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
+SlurmdSpoolDir={root}/spool-%n
 SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
+SlurmdPidFile={root}/slurmd-%n.pid
 SlurmctldLogFile={root}/slurmctld.log
-SlurmdLogFile={root}/slurmd.log
+SlurmdLogFile={root}/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
@@ -64,9 +63,13 @@ MinJobAge=3600
 DependencyParameters=kill_invalid_depend
 # Trust the CPU count below rather than the hardware's, so a bigger or smaller machine still works.
 SlurmdParameters=config_overrides
-NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} State=UNKNOWN
-PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+# Two nodes on this machine: one slurmd each (`slurmd -N`), on their own ports, spool and pid files.
+# Their names do not resolve, so jobs get MASTER_ADDR=127.0.0.1 (LocalCluster.env) for the rendezvous.
+{nodes}
+PartitionName=debug Nodes={node_list} Default=YES MaxTime=INFINITE State=UP
 """
+NODE_LINE = "NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={port} CPUs={cpus} State=UNKNOWN"
+NODE_NAMES = ("n1", "n2")
 
 
 class ClusterUnavailable(RuntimeError):
@@ -151,10 +154,10 @@ def stop_pid(pid: Optional[int], timeout: float = 15.0) -> None:
 
 
 class LocalCluster:
-    """slurmctld + slurmd for this host, configured under `root`."""
+    """slurmctld + two slurmd (nodes n1 and n2) on this host, configured under `root`."""
 
     def __init__(self, root: Path, cpus: int = 2, owns_munged: bool = False) -> None:
-        """`owns_munged`: munged was not running before this session (apt-get may have started it)."""
+        """`cpus`: per node; `owns_munged`: munged was not running before this session (apt-get may have started it)."""
         self.root = root
         self.conf = root / "slurm.conf"
         self.cpus = cpus
@@ -163,24 +166,29 @@ class LocalCluster:
         self.munged_pid: Optional[int] = None
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
         self.env["SLURM_CONF"] = str(self.conf)
+        # Lightning's SLURMEnvironment would resolve the first node's name (n1), which no DNS knows.
+        self.env["MASTER_ADDR"] = "127.0.0.1"
 
     def start(self) -> None:
         for sub in ("state", "spool"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(SLURM_CONF.format(host=self.host, root=self.root, cpus=self.cpus,
-                                               ctld_port=_free_port(), slurmd_port=_free_port(),
+        nodes = "\n".join(NODE_LINE.format(name=name, host=self.host, port=_free_port(), cpus=self.cpus)
+                           for name in NODE_NAMES)
+        self.conf.write_text(SLURM_CONF.format(host=self.host, root=self.root, nodes=nodes,
+                                               node_list=",".join(NODE_NAMES), ctld_port=_free_port(),
                                                first_job_id=random.randrange(1000, 9000) * 10))
         self.munged_pid = start_munged()
         if self.munged_pid is None and self.owns_munged and MUNGE_PID.exists():
             self.munged_pid = int(MUNGE_PID.read_text().strip())  # started by the package install
-        for daemon in ("/usr/sbin/slurmctld", "/usr/sbin/slurmd"):
-            result = _run([daemon, "-f", str(self.conf)], env=self.env, timeout=60)
+        daemons = [["/usr/sbin/slurmctld"]] + [["/usr/sbin/slurmd", "-N", name] for name in NODE_NAMES]
+        for daemon in daemons:
+            result = _run([*daemon, "-f", str(self.conf)], env=self.env, timeout=60)
             if result.returncode != 0:
-                raise RuntimeError(f"{daemon} failed: {result.stderr.strip()}\n{self.log_tail()}")
+                raise RuntimeError(f"{' '.join(daemon)} failed: {result.stderr.strip()}\n{self.log_tail()}")
         self.wait_node_idle()
 
     def stop(self) -> None:
-        for name in ("slurmd", "slurmctld"):
+        for name in (*(f"slurmd-{node}" for node in NODE_NAMES), "slurmctld"):
             pid_file = self.root / f"{name}.pid"
             if pid_file.exists():
                 stop_pid(int(pid_file.read_text().strip()))
@@ -188,7 +196,7 @@ class LocalCluster:
 
     def log_tail(self, lines: int = 15) -> str:
         out = []
-        for name in ("slurmctld.log", "slurmd.log"):
+        for name in ("slurmctld.log", *(f"slurmd-{node}.log" for node in NODE_NAMES)):
             path = self.root / name
             if path.exists():
                 out.append(f"--- {name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
@@ -199,11 +207,12 @@ class LocalCluster:
         state = ""
         while time.time() < deadline:
             result = self.command("sinfo", "-h", "-N", "-o", "%T", check=False)
-            state = result.stdout.strip()
-            if state == "idle":
+            state = " ".join(result.stdout.split())
+            if state == " ".join(["idle"] * len(NODE_NAMES)):
                 return
             time.sleep(0.5)
-        raise RuntimeError(f"node {self.host} not idle after {timeout:.0f} s (state '{state}')\n{self.log_tail()}")
+        raise RuntimeError(f"nodes {','.join(NODE_NAMES)} not idle after {timeout:.0f} s (state '{state}')\n"
+                           f"{self.log_tail()}")
 
     def command(self, *args: str, check: bool = True, env: Optional[dict] = None,
                 cwd: Optional[Path] = None) -> subprocess.CompletedProcess:

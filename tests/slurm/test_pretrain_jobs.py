@@ -33,8 +33,9 @@ def pretrain_overrides(shards: Path) -> list[str]:
                         "trainer.checkpoint_every_n_steps=2"]
 
 
-def submit_pretrain(cluster, env: dict, logs: Path, shards: Path, name: str) -> tuple[str, Path]:
-    job_id = cluster.sbatch(f"--job-name={name}", f"--output={logs}/%x-%j.out", *CPU_ALLOCATION,
+def submit_pretrain(cluster, env: dict, logs: Path, shards: Path, name: str,
+                    allocation: tuple[str, ...] = tuple(CPU_ALLOCATION)) -> tuple[str, Path]:
+    job_id = cluster.sbatch(f"--job-name={name}", f"--output={logs}/%x-%j.out", *allocation,
                             str(REPO / "slurm" / "pretrain.sbatch"), str(DEMO_EXPERIMENT),
                             *pretrain_overrides(shards), env=env, cwd=REPO)
     return job_id, Path(env["RUNS_ROOT"]) / f"{name}-{job_id}"  # the script's per-job run directory
@@ -169,3 +170,23 @@ def test_eval_job_scores_the_pretrained_checkpoint(slurm_cluster, job_env, job_l
     assert "zero-shot accuracy:" in log.read_text() and "42 held-out clips, 14 classes" in log.read_text()
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert rows[-1]["class"] == "ALL" and 0.0 <= float(rows[-1]["accuracy"]) <= 1.0
+
+
+def test_pretrain_job_spans_two_nodes(slurm_cluster, job_env, job_logs, demo_shards, cancel_on_failure):
+    """slurm/pretrain.sbatch unchanged on 2 nodes x 1 task: a rank per node, one gathered batch across both."""
+    allocation = ("--gres=none", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1", "--time=15")
+    job_id, run_dir = submit_pretrain(slurm_cluster, job_env, job_logs, demo_shards, "clap-2nodes", allocation)
+    cancel_on_failure.append(job_id)
+    info = slurm_cluster.wait_job(job_id, JOB_TIMEOUT_S)
+    assert_completed(slurm_cluster, job_id, info, job_logs / f"clap-2nodes-{job_id}.out")
+    assert info["NumNodes"] == "2"
+    attempts = read_attempts(run_dir)
+    assert sorted(attempts) == [0, 1]
+    starts = {rank: records[0] for rank, records in attempts.items()}
+    assert {starts[0]["slurm_node"], starts[1]["slurm_node"]} == {"n1", "n2"}  # one rank on each node
+    for rank, (start, end) in ((r, (records[0], records[-1])) for r, records in attempts.items()):
+        assert start["world_size"] == 2 and start["node_rank"] == rank and start["local_rank"] == 0
+        assert start["cluster_environment"] == "SLURMEnvironment" and start["slurm_procid"] == str(rank)
+        # Each node loaded 8 pairs; the contrastive batch (train/global_batch) gathered both nodes' 16.
+        assert end["event"] == "end" and end["local_batch"] == 8 and end["global_batch"] == 16
+        assert end["step"] == MAX_STEPS
