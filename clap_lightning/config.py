@@ -149,6 +149,7 @@ class DataConfig:
     train: str = ""  # train shards: a split dir with manifest.json, a brace pattern, or a .txt list
     train_sources: list[SourceConfig] = field(default_factory=list)  # weighted train sources (instead of data.train)
     exclude_list: str = ""  # leakage list every train split must have been built with (`build --exclude`); "" = no check
+    label_field: str = "labels"  # json field of a clip's class labels (label-aware negatives, mixup); `labels` falls back to LAION's `tag`
     seed: int = 0  # seeds the training streams with (seed, epoch, rank, worker, position)
     val: str = ""  # validation shards, same forms ("" = no validation)
     test: str = ""  # test shards, same forms

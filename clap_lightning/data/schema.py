@@ -148,9 +148,18 @@ def validate_sample_json(d: Any) -> list[str]:
     return problems
 
 
+# LAION-Audio-630K-style shards keep their labels in `tag`: read when the default `labels` is absent.
+LABEL_FALLBACKS = {"labels": "tag"}
+
+
 def read_labels(meta: dict, label_field: str) -> list[str]:
-    """A clip's labels as strings: a list field as is, a scalar (NSynth pitch 60) as one label."""
+    """A clip's labels as strings: a list field as is, a scalar (NSynth pitch 60) as one label.
+
+    With the default field `labels` absent, LAION-style `tag` is read instead (`LABEL_FALLBACKS`).
+    """
     value = meta.get(label_field)
+    if value is None and label_field in LABEL_FALLBACKS:
+        value = meta.get(LABEL_FALLBACKS[label_field])
     if value is None:
         return []
     return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]

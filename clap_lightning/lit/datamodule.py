@@ -50,7 +50,7 @@ class ClapDataModule(L.LightningDataModule):
         self.model_config = model  # text encoder (tokenizer), sample rate and clip length
         self.data_config = data
         self.batch_size = batch_size
-        self.label_field = label_field  # json field `meta` carries for zero-shot scoring
+        self.label_field = label_field  # json field of the class labels (`data.label_field`)
         self.tokenizer = None
         self.skipped: Counter = Counter()  # bad samples dropped by training workers, this rank
         self.samples_by_source: Counter = Counter()  # training samples per json `source`, this rank
@@ -61,7 +61,7 @@ class ClapDataModule(L.LightningDataModule):
     @classmethod
     def for_pretraining(cls, config: ExperimentConfig) -> ClapDataModule:
         """The DataModule of a contrastive pretraining run."""
-        return cls(config.model, config.data, pretraining_batch_size(config), config.zeroshot.label_field)
+        return cls(config.model, config.data, pretraining_batch_size(config), config.data.label_field)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.tokenizer is None:
