@@ -34,9 +34,11 @@ rehearsal: $(STAMP)
 	$(BIN)/python -m tests.rehearsal --out runs/rehearsal
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest
 
 test-fast: $(STAMP)
+	$(BIN)/ruff check .
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow and not slurm"
 
 clean:

@@ -28,7 +28,8 @@ from data_recipes.base import register_recipe
 from data_recipes.common import (BadRow, ClipItem, ClipRecipe, emotion_captions, missing_fields, parse_float, read_csv,
                                  read_text, row_error, sentiment_word)
 
-EMOTIONS = ("happy", "sad", "angry", "surprised", "disgusted", "fearful")  # happiness, sadness, anger, surprise, disgust, fear
+# happiness, sadness, anger, surprise, disgust, fear
+EMOTIONS = ("happy", "sad", "angry", "surprised", "disgusted", "fearful")
 _SPLITS = {"0": "train", "1": "valid", "2": "test"}
 
 

@@ -69,7 +69,8 @@ class GPT2TextEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # No key/value cache: an encoder never decodes (and the cache is refused under checkpointing).
-        hidden = self.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state  # [B, L, H]
+        # [B, L, H]
+        hidden = self.base(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         return gather_last_token(hidden, attention_mask)
 
     @staticmethod

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ModelSummary
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
 
 from clap_lightning.checkpoint import PRETRAINING, check_resumable, load_stored_state, read_lightning_checkpoint
 from clap_lightning.config import ExperimentConfig, RunConfig, pretraining_batch_size, save_config
@@ -27,6 +28,23 @@ from clap_lightning.models.encoder_init import init_audio_encoder, init_model
 from clap_lightning.outputs import check_writable
 
 log = logging.getLogger(__name__)
+
+
+class ParameterSummary(ModelSummary):
+    """Lightning's model summary without its FLOPs column and "Total Flops" line.
+
+    Lightning counts FLOPs only for a module with an `example_input_array`, which ours do not
+    set, so every fit printed "0 Total Flops"; lit/monitor.py reports throughput and MFU instead.
+    """
+
+    @staticmethod
+    def summarize(summary_data: list[tuple[str, list[str]]], total_parameters: int, trainable_parameters: int,
+                  model_size: float, total_training_modes: dict[str, int], total_flops: int, **kwargs) -> None:
+        columns = [column for column in summary_data if column[0] != "FLOPs"]
+        # Lightning 2.6's table formatter (callbacks/model_summary.py calls the same); its last line is the FLOPs total.
+        table = _format_summary_table(total_parameters, trainable_parameters, model_size, total_training_modes,
+                                      total_flops, *columns)
+        logging.getLogger(ModelSummary.__module__).info("\n" + table.rsplit("\n", 1)[0])
 
 
 def build_trainer(config: RunConfig, micro_batch_size: int, *, callbacks: Sequence[L.Callback] = (),
@@ -60,7 +78,8 @@ def build_trainer(config: RunConfig, micro_batch_size: int, *, callbacks: Sequen
         gradient_clip_val=None if is_gradcache else t.gradient_clip_val,
         log_every_n_steps=t.log_every_n_steps, val_check_interval=val_check_interval(t.val_check_interval),
         limit_val_batches=t.limit_val_batches, enable_progress_bar=t.enable_progress_bar,
-        default_root_dir=str(run_dir), callbacks=[checkpoint, monitor, *callbacks, *cluster_callbacks()],
+        default_root_dir=str(run_dir),
+        callbacks=[checkpoint, monitor, ParameterSummary(), *callbacks, *cluster_callbacks()],
         plugins=[AtomicCheckpointIO(), *cluster_plugins()],  # atomic checkpoint writes; SLURM ranks (+ requeue)
         logger=build_loggers(config), profiler=monitor.loader_wait,
         num_sanity_val_steps=0,

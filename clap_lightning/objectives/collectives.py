@@ -86,7 +86,8 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_gathered: Tensor) -> Tensor:  # [W*b, ...] -> [b, ...]
-        grad = grad_gathered.clone(memory_format=torch.contiguous_format)  # all_reduce is in place; autograd owns the input
+        # all_reduce is in place; autograd owns the input
+        grad = grad_gathered.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         start = ctx.rank * ctx.local_batch
         return grad[start : start + ctx.local_batch]

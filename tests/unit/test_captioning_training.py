@@ -3,6 +3,7 @@ its captions beat the constant most-common-caption baseline on CIDEr-D, measured
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -191,3 +192,31 @@ def test_captioning_trainer_takes_its_per_device_batch_from_its_own_data_section
     trainer = build_trainer(config, config.data.batch_size)
     assert trainer.strategy.config["train_micro_batch_size_per_gpu"] == 12
     assert trainer.strategy.config["zero_optimization"]["stage"] == 2
+
+
+def test_fit_prints_the_model_summary_without_a_flops_line(tmp_path, caplog):
+    """Lightning's summary printed "0 Total Flops" in every fit (no example_input_array); ours leaves FLOPs out."""
+    import logging
+
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelSummary
+    from lightning.pytorch.utilities.model_summary import summarize
+
+    from clap_lightning.lit.run import ParameterSummary, build_trainer
+
+    config = load_config(CaptioningConfig, None, ["trainer.accelerator=cpu", f"run_dir={tmp_path}"])
+    trainer = build_trainer(config, config.data.batch_size)
+    assert [type(c) for c in trainer.callbacks if isinstance(c, ModelSummary)] == [ParameterSummary]
+    module = L.LightningModule()
+    module.net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    summary = summarize(module)
+    args = (summary._get_summary_data(), summary.total_parameters, summary.trainable_parameters, summary.model_size,
+            summary.total_training_modes, summary.total_flops)
+    with caplog.at_level(logging.INFO):
+        ModelSummary.summarize(*args)
+    assert "Total Flops" in caplog.text  # Lightning's own summary
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        ParameterSummary.summarize(*args)
+    assert re.search(r"\n23 +Total params\n", caplog.text) and "Trainable params" in caplog.text
+    assert "flops" not in caplog.text.lower()
