@@ -29,7 +29,6 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from clap_lightning.data.sources import is_shard_name, resolve_shards
