@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from clap_lightning.commands import caption, convert, embed, export, multitask, report, search, stages, zeroshot
+from clap_lightning.commands import caption, convert, embed, export, finetune, multitask, report, search, stages, zeroshot
 from clap_lightning.commands import eval as eval_command
 from clap_lightning.errors import ClapError
 
@@ -20,6 +20,7 @@ VERBS = {
     "eval": (eval_command, "score a checkpoint on registry tasks vs the paper"),
     "caption": (caption, "caption audio files with a captioning checkpoint"),
     "convert": (convert, "import released weights"),
+    "finetune": (finetune, "supervised fine-tuning (or a linear probe) of the audio encoder on a labelled task"),
     "embed": (embed, "embed a sound library (folder, list, csv, shards) into a resumable index"),
     "search": (search, "the clips of an index nearest to a text query"),
     "export": (export, "export a model for use outside clap-lightning (ONNX)"),

@@ -4,6 +4,7 @@ the validation-time task callback, and fine-tuning on the demo corpus."""
 from __future__ import annotations
 
 import csv
+import json
 import dataclasses
 import shutil
 from pathlib import Path
@@ -122,3 +123,17 @@ def test_finetune_trains_a_copy_of_the_encoder(eval_run):
     spec = dataclasses.replace(get_task("demo"), fold_field="loudness")
     per_fold = finetune_task(encoder, spec, clip, eval_run["data"], config)
     assert sorted(per_fold) == ["loud", "quiet"] and all(0.0 <= acc <= 1.0 for acc in per_fold.values())
+
+
+def test_finetune_command_reports_folds_and_probe(eval_run, tmp_path, capsys):
+    common = ["--checkpoint", str(eval_run["checkpoint"]), "--data", str(eval_run["data"]), "--task", "demo",
+              "--batch-size", "16", "--num-workers", "0"]
+    assert main(["finetune", *common, "--epochs", "1", "--out", str(tmp_path / "ft")]) == 0
+    result = json.loads((tmp_path / "ft" / "results.json").read_text())
+    assert result["mode"] == "finetune" and list(result["folds"]) == ["test"] and 0 <= result["mean"] <= 1
+    assert main(["finetune", *common, "--probe"]) == 0
+    assert "mean accuracy" in capsys.readouterr().out
+    assert main(["finetune", *common[:4], "--task", "clotho_t2a", "--num-workers", "0"]) == 2
+    assert main(["finetune", *common[:4], "--task", "nosuchtask"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert "single-label" in errors[0] and "unknown task" in errors[1]
