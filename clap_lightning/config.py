@@ -21,6 +21,7 @@ name, before any data or model is touched.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import string
 import typing
@@ -429,9 +430,7 @@ def read_model_section(source: str) -> dict:
     exported folder's config.yaml, or a Hugging Face `ClapModel` folder's config.json (read, not its weights)."""
     path = Path(source)
     if path.is_dir() and (path / "config.json").is_file():
-        import json
-
-        from clap_lightning.convert.hf import model_config_from_hf
+        from clap_lightning.convert.hf import model_config_from_hf  # convert imports this module
 
         return model_config_from_hf(json.loads((path / "config.json").read_text()), str(path.resolve()))
     if path.is_dir() and (path / "config.yaml").is_file():
@@ -439,7 +438,7 @@ def read_model_section(source: str) -> dict:
     if path.is_dir():
         raise ConfigError(f"model.init_from: {path} holds neither config.yaml (clap-lightning export) "
                           "nor config.json (Hugging Face ClapModel)")
-    from clap_lightning.checkpoint import read_lightning_checkpoint
+    from clap_lightning.checkpoint import read_lightning_checkpoint  # torch: configs load without it
 
     return read_lightning_checkpoint(path)[1].get("model", {})
 
@@ -514,7 +513,7 @@ def validate_trainer(trainer: TrainerConfig) -> None:
 
 def validate_experiment(config: ExperimentConfig) -> None:
     """Check a pretraining run: encoders, data sources, objective and strategy switches."""
-    from clap_lightning.objectives import FALSE_NEGATIVE_MODES
+    from clap_lightning.objectives import FALSE_NEGATIVE_MODES  # torch: configs load without it
 
     validate_model(config.model)
     if config.data.train and config.data.train_sources:

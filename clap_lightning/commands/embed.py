@@ -18,25 +18,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="clips (windows) per forward pass")
     parser.add_argument("--num-workers", type=int, default=2, help="decoding processes")
     parser.add_argument("--part-size", type=int, default=1000, help="files per output part (the unit of resuming)")
-    parser.add_argument("--device", default="cuda" if _has_cuda() else "cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def run(args: argparse.Namespace) -> int:
     """Embed the inputs (and/or texts); prints counts and clips/s."""
+    import torch
+
     from clap_lightning.errors import ConfigError
     from clap_lightning.eval.index import IndexSettings, build_index, embed_texts_to
     from clap_lightning.models.clap import CLAP
 
     if args.inputs is None and args.text is None:
         raise ConfigError("embed needs audio inputs, --text, or both")
-    model = CLAP.from_checkpoint(args.checkpoint, map_location=args.device)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = CLAP.from_checkpoint(args.checkpoint, map_location=device)
     if args.text is not None:
         texts = [line.strip() for line in Path(args.text).read_text().splitlines() if line.strip()]
         print(f"embedded {embed_texts_to(model, texts, args.out)} texts into {args.out}/text.npy")

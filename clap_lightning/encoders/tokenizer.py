@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import torch
 
+from clap_lightning.data.schema import read_captions
+from clap_lightning.data.sources import resolve_shards
+from clap_lightning.data.stream import single_pass
 from clap_lightning.errors import ConfigError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -110,13 +116,6 @@ def iter_shard_captions(spec: str):
     Read with the loader's shard reader and caption rule; damaged shards and unreadable jsons
     are left out, as the loader would leave them out.
     """
-    import json
-    from collections import Counter
-
-    from clap_lightning.data.schema import read_captions
-    from clap_lightning.data.sources import resolve_shards
-    from clap_lightning.data.stream import single_pass
-
     for sample in single_pass(resolve_shards(spec).urls, Counter()):
         try:
             yield from read_captions(json.loads(sample["json"]))
@@ -126,8 +125,6 @@ def iter_shard_captions(spec: str):
 
 def main(argv=None) -> None:
     """`python -m clap_lightning.encoders.tokenizer SHARDS OUT_DIR [--vocab-size N]`."""
-    import argparse
-
     parser = argparse.ArgumentParser(description="Train a byte-level BPE tokenizer on the captions of shards.")
     parser.add_argument("shards", help="shard directory, brace pattern or list")
     parser.add_argument("out", help="directory to save the tokenizer to")

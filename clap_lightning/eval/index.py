@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
@@ -30,8 +31,11 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm import tqdm
 
+from clap_lightning.audio.io import read_clip
 from clap_lightning.data.sources import is_shard_name, resolve_shards
+from clap_lightning.data.stream import read_tar_samples
 from clap_lightning.errors import ClapError, DataError, first_line
 from clap_lightning.models.clap import CLAP, embed_clips, frames_needed, pool_windows, prepare_audio, prepare_windows
 
@@ -128,8 +132,6 @@ class EmbeddingInputs(IterableDataset):
             yield {"part": index, "end": True}
 
     def decode(self, item_id: str, path: str, data: Optional[bytes]) -> dict[str, Any]:
-        from clap_lightning.audio.io import read_clip
-
         record = {"id": item_id, "path": path}
         try:
             if data is None:
@@ -155,10 +157,6 @@ def iter_part(part: Part) -> Iterator[tuple[str, str, Optional[bytes]]]:
         for item_id, path in part.files:
             yield item_id, path, None
         return
-    from collections import Counter
-
-    from clap_lightning.data.stream import read_tar_samples
-
     skipped: Counter = Counter()
     for sample in read_tar_samples(part.shard, skipped):
         audio_ext = next((ext for ext in ("flac", "wav", "mp3", "ogg") if ext in sample), None)
@@ -342,8 +340,6 @@ def embed_queue(model: CLAP, queue: list[tuple[int, int, torch.Tensor, torch.Ten
 
 
 def make_progress(total: Optional[int], enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(total=total, unit="clip", disable=not enabled, dynamic_ncols=True, mininterval=1.0)
 
 

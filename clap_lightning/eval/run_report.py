@@ -20,6 +20,7 @@ from typing import Optional, Sequence
 
 from clap_lightning.errors import ConfigError
 from clap_lightning.eval.report import RESULT_COLUMNS, atomic_write_bytes, comparison_row, png_bytes, pyplot
+from clap_lightning.eval.tasks import TASKS
 
 REPORT_NAME = "report.html"
 ZEROSHOT_COLUMNS = ("class", "clips", "accuracy")
@@ -132,8 +133,6 @@ def read_table(path: Path) -> list[dict[str, str]]:
 
 def validation_rows(rows: Sequence[dict[str, float]]) -> list[dict[str, str]]:
     """The newest `val/<task>/<metric>` values logged during fit, beside the paper's numbers."""
-    from clap_lightning.eval.tasks import TASKS
-
     latest: dict[tuple[str, str], float] = {}
     for row in rows:
         for name, value in row.items():

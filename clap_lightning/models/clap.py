@@ -9,14 +9,18 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
+import soundfile as sf
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
 from torch import nn
 
+from clap_lightning.audio.io import Resampler, cut_windows, fit_length, read_clip
 from clap_lightning.config import ExperimentConfig, ModelConfig, config_from
 from clap_lightning.encoders.projection import build_projection
 from clap_lightning.encoders.registry import build_audio_encoder, build_caption_tokenizer, build_text_encoder
-from clap_lightning.checkpoint import load_state_or_refuse
+from clap_lightning.checkpoint import load_state_or_refuse, read_lightning_checkpoint
 from clap_lightning.errors import CheckpointError
 
 AudioInput = Union[str, Path, np.ndarray, torch.Tensor]
@@ -131,9 +135,6 @@ class CLAP(nn.Module):
         if not ((directory / "config.yaml").is_file() and (directory / "model.safetensors").is_file()):
             raise CheckpointError(f"{directory} holds neither config.yaml + model.safetensors (clap-lightning) "
                                   "nor config.json (Hugging Face ClapModel)")
-        from omegaconf import OmegaConf
-        from safetensors.torch import load_file
-
         config = config_from(ExperimentConfig, OmegaConf.to_container(OmegaConf.load(directory / "config.yaml")),
                              str(directory / "config.yaml")).model
         if tokenizer:
@@ -269,8 +270,6 @@ def embed_clips(model: nn.Module, clips: torch.Tensor, lengths: torch.Tensor, ba
 
 def read_checkpoint(path: str | Path, map_location="cpu") -> tuple[dict[str, torch.Tensor], dict]:
     """Return (CLAP state dict, stored experiment config) of a clap-lightning checkpoint."""
-    from clap_lightning.checkpoint import read_lightning_checkpoint
-
     checkpoint, stored = read_lightning_checkpoint(path, map_location)
     prefix = "model."
     return {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}, stored
@@ -286,8 +285,6 @@ def prepare_audio(audio: AudioInput | Sequence[AudioInput], sample_rate: Optiona
         (clips [N, num_samples], samples that are not padding [N]). With `pad_mode` "zero",
         trailing digital silence (exact zeros) counts as padding too.
     """
-    from clap_lightning.audio.io import Resampler, fit_length
-
     wave_rate = check_sample_rate(sample_rate) or target_rate
     items = split_clips(audio)
     resample = Resampler(target_rate)
@@ -355,8 +352,6 @@ class WindowedEmbeddings:
 
 def iter_recordings(audio: AudioInput | Sequence[AudioInput], sample_rate: Optional[int]):
     """(mono waveform, its rate) of each recording in an `embed_audio` input, files decoded whole."""
-    from clap_lightning.audio.io import read_clip
-
     rate = check_sample_rate(sample_rate)
     for item in split_clips(audio):
         if isinstance(item, (str, Path)):
@@ -379,8 +374,6 @@ def prepare_windows(wave: np.ndarray | torch.Tensor, sample_rate: int, target_ra
     Returns:
         (clips [W, num_samples], samples that are not padding [W], window starts in seconds [W]).
     """
-    from clap_lightning.audio.io import Resampler, cut_windows
-
     if hop_seconds <= 0:
         raise ValueError(f"window hop must be positive, got {hop_seconds} s")
     wave = Resampler(target_rate)(to_mono(wave), sample_rate)
@@ -427,10 +420,6 @@ def to_float(wave: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 def read_audio_file(path: str | Path, num_samples: int, target_rate: int) -> tuple[torch.Tensor, int]:
     """Decode from the start of a file what `num_samples` at `target_rate` need (mono, its own rate)."""
-    import soundfile as sf
-
-    from clap_lightning.audio.io import read_clip
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")

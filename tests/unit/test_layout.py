@@ -7,6 +7,8 @@ Dependencies point one way: commands -> lit -> eval / models -> encoders / objec
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,11 @@ def test_data_recipes_uses_only_schema_registry_and_audio(graph):
     used = {dst for src, targets in graph.items() if within(src, "data_recipes")
             for dst in targets if within(dst, "clap_lightning")}
     assert used and all(within(dst, *DATA_RECIPES_MAY_USE) for dst in used), sorted(used)
+
+
+def test_the_cli_parser_builds_without_torch_or_lightning():
+    """`clap-lightning --help` and a mistyped option answer at once: verbs import heavy packages only to run."""
+    probe = ("import sys; from clap_lightning.cli import build_parser; build_parser(); "
+             "print(sorted(m for m in ('torch', 'lightning', 'transformers', 'matplotlib') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == "[]"
