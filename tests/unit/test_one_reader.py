@@ -98,8 +98,9 @@ def test_the_eval_command_reports_what_it_left_out(tmp_path, capsys, monkeypatch
         return [TaskResult(spec, {"acc": 0.5}, len(embedded.keys), left_out=embedded.skipped)], [], evaluator
 
     monkeypatch.setattr(eval_cli, "run_eval", scored_by_the_suite)
-    eval_cli.run(argparse.Namespace(batch_size=2, num_workers=0, ensemble_prompts=False, linear_probe=False,
-                                             checkpoint="x", tasks="t", data=str(tmp_path), out=None, cache=None))
+    parser = argparse.ArgumentParser()
+    eval_cli.add_arguments(parser)  # the command's own options, defaults included
+    eval_cli.run(parser.parse_args(["--checkpoint", "x", "--tasks", "t", "--data", str(tmp_path), "--num-workers", "0"]))
     assert "t: acc 0.5000 (left out: bad_json=1, bad_tar=2, empty_shard=1)" in capsys.readouterr().out
 
 
