@@ -18,7 +18,7 @@ onto ours as follows; the map is one table read both ways, so import and export 
 Derived buffers (`relative_position_index`, Swin's `attn_mask`, RoBERTa's `position_ids` and
 `token_type_ids`) are recomputed, never copied. HTSAT's token-semantic head (`tscam_conv`,
 `head`) does not feed the embedding and `ClapModel` has none: on import it keeps its initial
-values (reported), on export it is left out. Fused models (`enable_fusion`) are refused for now.
+values (reported), on export it is left out. Fused models (`enable_fusion`, LAION's `aff_2d`) convert too.
 
 The front end is LAION's: 48 kHz, window 1024, hop 480, 64 mel bins over 50-14,000 Hz, 10-s
 clips. transformers' `ClapFeatureExtractor` computes it in numpy; `CLAP.encode_audio_features`
@@ -131,9 +131,9 @@ def to_hf_state(model: CLAP) -> dict[str, torch.Tensor]:
 def model_config_from_hf(config: Mapping, tokenizer: str) -> dict:
     """Our model section for a `ClapModel` `config.json` (unfused HTSAT + RoBERTa)."""
     audio, text = config.get("audio_config", {}), config.get("text_config", {})
-    if audio.get("enable_fusion"):
-        raise CheckpointError("fused ClapModel checkpoints (enable_fusion: true, e.g. laion/clap-htsat-fused) are "
-                              "not supported yet; use an unfused one (laion/clap-htsat-unfused)")
+    if audio.get("enable_fusion") and audio.get("fusion_type") not in (None, "aff_2d"):
+        raise CheckpointError(f"fusion_type {audio.get('fusion_type')!r} is not supported (only LAION's released "
+                              "aff_2d)")
     patch_stride = audio.get("patch_stride", [4, 4])
     patch_stride = patch_stride[0] if isinstance(patch_stride, (list, tuple)) else patch_stride
     patch_size = audio.get("patch_size", 4)
@@ -153,7 +153,8 @@ def model_config_from_hf(config: Mapping, tokenizer: str) -> dict:
             "embed_dim": embed_dim, "depths": depths, "num_heads": list(audio.get("num_attention_heads", [4, 8, 16, 32])),
             "window_size": audio.get("window_size", 8), "mlp_ratio": audio.get("mlp_ratio", 4.0),
             "drop_path_rate": audio.get("drop_path_rate", 0.0), "num_classes": audio.get("num_classes", 527),
-            "use_spec_augment": False,
+            "use_spec_augment": False, "enable_fusion": bool(audio.get("enable_fusion")),
+            "aff_block_r": audio.get("aff_block_r", 4),
         },
         "text_encoder": {
             "name": "roberta", "tokenizer": tokenizer, "pooling": "pooler", "max_length": 77,
@@ -227,7 +228,6 @@ LAION_RENAMES = (("audio_branch.", "audio_encoder."), ("text_branch.", "text_enc
 # torchlibrosa's STFT/mel matrices (recomputed by our front end) and the MLP-loss heads `*_transform`,
 # which LAION uses only in its loss with `--clap-mlploss`, never for embeddings.
 LAION_UNUSED = re.compile(r"^(audio_branch\.(spectrogram_extractor|logmel_extractor)\.|audio_transform\.|text_transform\.)")
-LAION_FUSION = re.compile(r"^audio_branch\.(patch_embed\.mel_conv2d|fusion_model|patch_embed\.fusion_model)")
 
 
 def read_laion_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -241,9 +241,7 @@ def read_laion_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 def laion_config_from_state(state: Mapping[str, torch.Tensor], tokenizer: str) -> dict:
     """Our model section for a LAION-CLAP state dict, its sizes read from the weight shapes."""
-    if any(LAION_FUSION.match(k) for k in state):
-        raise CheckpointError("fused LAION-CLAP checkpoints (e.g. 630k-audioset-fusion-best.pt) are not supported "
-                              "yet; use an unfused one (630k-audioset-best.pt)")
+    fusion = state.get("audio_branch.patch_embed.fusion_model.local_att.0.weight")  # [C / r, C, 1, 1]
     if not any(k.startswith("text_branch.encoder.layer.") for k in state):
         raise CheckpointError("only LAION-CLAP checkpoints with a RoBERTa text branch are supported")
     stages = sorted({int(m.group(1)) for k in state for m in [re.match(r"audio_branch\.layers\.(\d+)\.", k)] if m})
@@ -263,7 +261,9 @@ def laion_config_from_state(state: Mapping[str, torch.Tensor], tokenizer: str) -
                          "patch_size": int(proj.shape[2]), "patch_stride": int(proj.shape[2]),
                          "patch_embeds_hidden_size": int(proj.shape[0]), "depths": depths,
                          "num_attention_heads": heads, "window_size": window,
-                         "num_classes": int(state["audio_branch.head.weight"].shape[0])},
+                         "num_classes": int(state["audio_branch.head.weight"].shape[0]),
+                         "enable_fusion": fusion is not None,
+                         "aff_block_r": 4 if fusion is None else int(fusion.shape[1] // fusion.shape[0])},
         "text_config": {"vocab_size": int(state["text_branch.embeddings.word_embeddings.weight"].shape[0]),
                         "hidden_size": int(state["text_branch.embeddings.word_embeddings.weight"].shape[1]),
                         "num_hidden_layers": text_layers,

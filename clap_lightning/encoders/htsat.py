@@ -71,6 +71,8 @@ class HTSATConfig:
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)  # widths relative to the image
     use_checkpointing: bool = False  # activation checkpointing per Swin block (saves memory)
     mask_padding: bool = False  # given clip lengths: padding out of bn0 statistics and pooling (msclap: off)
+    enable_fusion: bool = False  # LAION's feature fusion: a whole-clip view + 3 crops for clips longer than the window
+    aff_block_r: int = 4  # channel reduction inside the attentional feature fusion block
 
     def __post_init__(self) -> None:
         self.depths = list(self.depths)
@@ -119,6 +121,29 @@ def check_htsat_shapes(cfg: HTSATConfig) -> None:
         _fail("spec_size", f"final grid divisible by freq_ratio={cfg.freq_ratio} for the TSCAM head", cfg.spec_size)
 
 
+class AFFBlock(nn.Module):
+    """LAION-CLAP's 2-D attentional feature fusion (Dai et al., 2021): a sigmoid gate, from local (1x1 convs)
+    and global (pooled) context of `x + residual`, mixes the whole-clip patches with the crops' patches.
+
+    Module layout (`local_att.0..4`, `global_att.1..5`) as LAION's `AFF` and transformers' `ClapAudioAFFBlock`.
+    """
+
+    def __init__(self, channels: int, reduction: int) -> None:
+        super().__init__()
+        inter = channels // reduction
+        self.local_att = nn.Sequential(
+            nn.Conv2d(channels, inter, 1), nn.BatchNorm2d(inter), nn.ReLU(inplace=True),
+            nn.Conv2d(inter, channels, 1), nn.BatchNorm2d(channels))
+        self.global_att = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, inter, 1), nn.BatchNorm2d(inter), nn.ReLU(inplace=True),
+            nn.Conv2d(inter, channels, 1), nn.BatchNorm2d(channels))
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        both = x + residual
+        gate = torch.sigmoid(self.local_att(both) + self.global_att(both))
+        return 2 * x * gate + 2 * residual * (1 - gate)
+
+
 class PatchEmbed(nn.Module):
     """Conv patch embedding of the spectrogram image, then LayerNorm (msclap: patch_norm=True).
 
@@ -134,14 +159,37 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, cfg.patch_stride, padding=pad)
         self.norm = nn.LayerNorm(cfg.embed_dim)
         self.as_matmul = cfg.patch_size == cfg.patch_stride
+        if cfg.enable_fusion:  # LAION: the 3 crops' patches (each a third as wide) are fused into the whole clip's
+            self.fusion_model = AFFBlock(cfg.embed_dim, cfg.aff_block_r)
+            self.mel_conv2d = nn.Conv2d(cfg.in_chans, cfg.embed_dim, (cfg.patch_size, cfg.patch_size * 3),
+                                        (cfg.patch_stride, cfg.patch_stride * 3), padding=pad)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, longer: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Image [B, 1, H, W] (with fusion: [B, 4, H, W], the whole clip then 3 crops) -> tokens [B, N, C].
+
+        `longer` [B] bool marks the clips (longer than the window) whose crops are fused in.
+        """
+        if hasattr(self, "fusion_model"):
+            return self.norm(self.fuse(image, longer).flatten(2).transpose(1, 2))
         if not self.as_matmul:
             return self.norm(self.proj(image).flatten(2).transpose(1, 2))  # [B, tokens, C]
         b, c, h, w = image.shape
         p = self.proj.kernel_size[0]
         patches = image.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // p) * (w // p), -1)
         return self.norm(F.linear(patches, self.proj.weight.flatten(1), self.proj.bias))  # [B, tokens, C]
+
+    def fuse(self, image: torch.Tensor, longer: Optional[torch.Tensor]) -> torch.Tensor:
+        """LAION's fusion patch embedding: [B, 4, H, W] -> [B, C, H/p, W/p]."""
+        whole = self.proj(image[:, :1])
+        if longer is None or not bool(longer.any()):
+            return whole
+        idx = longer.nonzero().flatten()
+        crops = image[idx, 1:]  # [b, 3, H, W]
+        b, n, h, w = crops.shape
+        local = self.mel_conv2d(crops.reshape(b * n, 1, h, w))  # [b*3, C, H/p, W/3p]
+        local = local.view(b, n, *local.shape[1:]).permute(0, 2, 3, 1, 4).flatten(3)  # the crops side by side
+        local = F.pad(local, (0, whole.shape[-1] - local.shape[-1]))
+        return whole.index_put((idx,), self.fusion_model(whole[idx], local))
 
 
 @register_audio_encoder("htsat", HTSATConfig)
@@ -248,11 +296,17 @@ class HTSATEncoder(nn.Module):
         """
         return self.tokens_from_logmel(self.compute_logmel(wave, valid), valid)
 
-    def tokens_from_logmel(self, feats: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """`encode_tokens` from a log-mel [B, frames, n_mels] that has been through bn0."""
+    def tokens_from_logmel(self, feats: torch.Tensor, valid: Optional[torch.Tensor] = None,
+                           longer: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`encode_tokens` from a log-mel [B, frames, n_mels] (fusion: [B, 4, frames, n_mels]) after bn0."""
         if valid is not None:
             feats, _ = self.pad_to_image(feats, valid)
-        x = self.pos_drop(self.patch_embed(self.reshape_wav2img(feats)))
+        if feats.dim() == 4:  # fusion's views: each folded into its own image channel
+            folded = self.reshape_wav2img(feats.flatten(0, 1))  # [B * 4, 1, S, S]
+            image = folded.view(feats.shape[0], feats.shape[1], *folded.shape[2:])
+        else:
+            image = self.reshape_wav2img(feats)
+        x = self.pos_drop(self.patch_embed(image, longer) if self.cfg.enable_fusion else self.patch_embed(image))
         for layer in self.layers:
             x = layer(x)
         x = self.norm(x)  # [B, tokens, C]
@@ -282,17 +336,42 @@ class HTSATEncoder(nn.Module):
         pooled = (tokens.mean(dim=2) * weight).sum(dim=2) / weight.sum(dim=2)
         return tokens, pooled, columns
 
-    def embed_logmel(self, logmel: torch.Tensor) -> torch.Tensor:
+    def embed_logmel(self, logmel: torch.Tensor, longer: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The embedding [B, out_dim] of log-mel features [B, frames, n_mels] computed elsewhere.
 
         For features made outside this model (Hugging Face's `ClapFeatureExtractor`, LAION's
-        torchlibrosa front end): they go through bn0 and on, skipping `frontend`.
+        torchlibrosa front end): they go through bn0 and on, skipping `frontend`. With fusion,
+        [B, 4, frames, n_mels] (the whole clip, then 3 crops) and `longer` [B] as LAION's `longer`.
         """
-        if logmel.dim() != 3 or logmel.shape[2] != self.cfg.n_mels or logmel.shape[1] > self.cfg.max_frames:
-            raise ValueError(f"expected log-mel [B, frames <= {self.cfg.max_frames}, {self.cfg.n_mels}]; "
-                             f"got {list(logmel.shape)}")
-        feats = normalise_and_augment(logmel, self.bn0, self.spec_augmenter, self.cfg.use_spec_augment, None)
-        return self.tokens_from_logmel(feats).flatten(2).mean(dim=2)
+        views = logmel.shape[1] if logmel.dim() == 4 else None
+        if (views not in (None, 4) or (views is None) == self.cfg.enable_fusion or logmel.shape[-1] != self.cfg.n_mels
+                or logmel.shape[-2] > self.cfg.max_frames):
+            shape = "[B, 4, frames, n_mels]" if self.cfg.enable_fusion else "[B, frames, n_mels]"
+            raise ValueError(f"expected log-mel {shape} with frames <= {self.cfg.max_frames} and n_mels = "
+                             f"{self.cfg.n_mels}; got {list(logmel.shape)}")
+        flat = logmel.flatten(0, 1) if views else logmel  # bn0's statistics span every view, as LAION's
+        feats = normalise_and_augment(flat, self.bn0, self.spec_augmenter, self.cfg.use_spec_augment, None)
+        feats = feats.view(logmel.shape) if views else feats
+        return self.tokens_from_logmel(feats, longer=longer).flatten(2).mean(dim=2)
+
+    def fusion_logmel(self, wave: torch.Tensor, clip_samples: int) -> tuple[torch.Tensor, bool]:
+        """LAION's fusion input of one whole recording [T] at the model rate: (log-mel [4, frames, n_mels], longer).
+
+        A recording longer than `clip_samples` gives the whole log-mel shrunk to one window's frames
+        (bilinear, as transformers' `ClapFeatureExtractor`) and three window-long crops from the
+        front, middle and back thirds of the possible starts; LAION draws each start at random,
+        here it is the middle of its third (deterministic). A shorter one is tiled to the window
+        and its log-mel repeated four times, `longer` False.
+        """
+        chunk = clip_samples // self.cfg.hop_length + 1
+        if len(wave) <= clip_samples:
+            tiled = wave.repeat(-(-clip_samples // max(len(wave), 1)))[:clip_samples]
+            return self.frontend(tiled[None])[0].expand(4, -1, -1), False
+        mel = self.frontend(wave[None])[0]  # [frames, n_mels]
+        shrunk = F.interpolate(mel[None, None], (chunk, mel.shape[1]), mode="bilinear", align_corners=False)[0, 0]
+        thirds = torch.arange(mel.shape[0] - chunk + 1).tensor_split(3)
+        starts = [int(third[len(third) // 2]) if len(third) else 0 for third in thirds]
+        return torch.stack([shrunk] + [mel[s:s + chunk] for s in starts]), True
 
     def forward(self, wave: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Return msclap's `latent_output`: the mean of the final normed tokens, [B, out_dim].

@@ -70,7 +70,7 @@ class CLAP(nn.Module):
         """Whether the audio encoder keeps padded frames out of its statistics and pooling."""
         return bool(getattr(self.audio_encoder.cfg, "mask_padding", False))
 
-    def encode_audio_features(self, logmel: torch.Tensor) -> torch.Tensor:
+    def encode_audio_features(self, logmel: torch.Tensor, longer: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Embed log-mel features [B, frames, n_mels] made outside the model into [B, d_proj].
 
         For inputs prepared by another front end (Hugging Face's `ClapFeatureExtractor`, LAION's);
@@ -78,7 +78,7 @@ class CLAP(nn.Module):
         """
         if not hasattr(self.audio_encoder, "embed_logmel"):
             raise ValueError(f"{type(self.audio_encoder).__name__} does not take log-mel features")
-        return self.audio_projection(self.audio_encoder.embed_logmel(logmel))
+        return self.audio_projection(self.audio_encoder.embed_logmel(logmel, longer))
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Embed token ids and attention mask [B, L] into [B, d_proj]."""
@@ -172,7 +172,7 @@ class CLAP(nn.Module):
             long_audio: "first" embeds the first `clip_seconds`; "windows" embeds overlapping
                 windows over the whole recording (`prepare_windows`) and pools them (the
                 normalised mean of their normalised embeddings); "fusion" is LAION's fusion of
-                a whole-clip view and crops, for audio encoders that have it.
+                a whole-clip view and three crops, for audio encoders built with it (`embed_fused`).
             hop_seconds: window hop for "windows" (default half a window).
             return_windows: with "windows", also return every window's embedding and times.
 
@@ -184,9 +184,10 @@ class CLAP(nn.Module):
             clips, lengths = prepare_audio(audio, sample_rate, self.config.sample_rate, self.config.clip_samples,
                                            self.pad_mode)
             return embed_clips(self, clips, lengths, batch_size) if len(clips) else torch.empty(0, self.config.d_proj)
+        if long_audio == "fusion":
+            return self.embed_fused(audio, sample_rate, batch_size)
         if long_audio != "windows":
-            raise ValueError(f"long_audio must be 'first' or 'windows' (this audio encoder has no fusion), "
-                             f"got {long_audio!r}")
+            raise ValueError(f"long_audio must be 'first', 'windows' or 'fusion', got {long_audio!r}")
         hop = hop_seconds if hop_seconds is not None else self.config.clip_seconds / 2
         prepared = [prepare_windows(wave, rate or self.config.sample_rate, self.config.sample_rate,
                                     self.config.clip_samples, hop, self.pad_mode)
@@ -206,6 +207,31 @@ class CLAP(nn.Module):
     def pad_mode(self) -> str:
         """How inference pads a short clip: zeros when the encoder masks padding, else tiling (msclap)."""
         return "zero" if self.masks_padding else "repeat"
+
+    @torch.no_grad()
+    def embed_fused(self, audio: AudioInput | Sequence[AudioInput], sample_rate: Optional[int] = None,
+                    batch_size: int = 32) -> torch.Tensor:
+        """`embed_audio(long_audio="fusion")`: LAION's fusion of a whole-clip view and three crops
+        (`HTSATEncoder.fusion_logmel`) for audio encoders built with `enable_fusion`."""
+        from clap_lightning.audio.io import Resampler
+
+        if not getattr(getattr(self.audio_encoder, "cfg", None), "enable_fusion", False):
+            raise ValueError("long_audio='fusion' needs an audio encoder with LAION's fusion (enable_fusion); "
+                             "use 'windows' for this model")
+        resample = Resampler(self.config.sample_rate)
+        views, longer = [], []
+        with eval_mode(self):
+            for wave, rate in iter_recordings(audio, sample_rate):
+                wave = resample(to_mono(wave), rate or self.config.sample_rate)
+                if not torch.isfinite(wave).all():
+                    raise ValueError("audio holds NaN or Inf samples")
+                mel, is_longer = self.audio_encoder.fusion_logmel(wave.to(self.logit_scale.device), self.config.clip_samples)
+                views.append(mel)
+                longer.append(is_longer)
+            mels, flags = torch.stack(views), torch.tensor(longer, device=self.logit_scale.device)
+            embs = [self.encode_audio_features(mels[i:i + batch_size], flags[i:i + batch_size])
+                    for i in range(0, len(mels), batch_size)]
+        return F.normalize(torch.cat(embs).float(), dim=-1)
 
     @torch.no_grad()
     def embed_text(self, captions: str | Sequence[str], batch_size: int = 256) -> torch.Tensor:

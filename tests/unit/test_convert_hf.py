@@ -92,10 +92,11 @@ def test_key_maps_are_inverse_and_refusals_name_the_difference(hf_folder, tokeni
         ours = hf_to_ours_key(key)
         if ours is not None:
             assert ours_to_hf_key(ours) == key
-    fused = tmp_path / "fused"
-    ClapModel(small_clap_config(fusion=True)).save_pretrained(fused)
-    with pytest.raises(CheckpointError, match="fused"):
-        build_from_hf(fused, tokenizer=tokenizer_dir)
+    channel_map = small_clap_config(fusion=True)
+    channel_map.audio_config.fusion_type = "channel_map"
+    ClapModel(channel_map).save_pretrained(tmp_path / "channel_map")
+    with pytest.raises(CheckpointError, match="channel_map"):
+        build_from_hf(tmp_path / "channel_map", tokenizer=tokenizer_dir)
     assert main(["convert", "hf", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.ckpt")]) == 2
 
 
@@ -186,3 +187,91 @@ def test_laion_checkpoint_converts_to_the_same_embeddings(hf_folder, tokenizer_d
     torch.save({"state_dict": {"module.visual.proj": torch.zeros(2)}}, tmp_path / "other.pt")
     assert main(["convert", "laion", str(tmp_path / "other.pt"), "--out", str(tmp_path / "o.ckpt")]) == 2
     assert "not a LAION-CLAP checkpoint" in capsys.readouterr().err
+
+
+def test_fused_model_matches_transformers_for_short_and_long_clips(tokenizer_dir, tmp_path):
+    torch.manual_seed(0)
+    config = small_clap_config(fusion=True)
+    config.audio_config.fusion_type = "aff_2d"
+    hf_model = ClapModel(config).eval()
+    with torch.no_grad():  # a gate that is not 0.5 everywhere, and trained-looking statistics
+        for module in hf_model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    hf_model.save_pretrained(tmp_path / "fused")
+    ours, model_config, _ = build_from_hf(tmp_path / "fused", tokenizer=tokenizer_dir)
+    assert model_config.model.audio_encoder["enable_fusion"] is True
+    generator = torch.Generator().manual_seed(5)
+    mel = -40 + 15 * torch.randn(4, 4, FRAMES, 16, generator=generator)  # whole clip + 3 crops
+    longer = torch.tensor([True, False, True, False])
+    with torch.no_grad():
+        want = hf_model.get_audio_features(input_features=mel, is_longer=longer[:, None]).pooler_output
+        got = torch.nn.functional.normalize(ours.encode_audio_features(mel, longer), dim=-1)
+        short = torch.nn.functional.normalize(ours.encode_audio_features(mel, torch.zeros(4, dtype=torch.bool)), dim=-1)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    assert not torch.allclose(got[0], short[0], atol=1e-3)  # the crops were fused in for a longer clip
+    torch.testing.assert_close(got[1], short[1])  # and not for a short one
+    out = export_hf(ours, tmp_path / "again")
+    reloaded = ClapModel.from_pretrained(out).eval()
+    with torch.no_grad():
+        again = reloaded.get_audio_features(input_features=mel, is_longer=longer[:, None]).pooler_output
+    torch.testing.assert_close(again, want, atol=1e-5, rtol=0)
+
+
+def test_embed_audio_fusion_views_are_deterministic_and_only_for_fused_models(tokenizer_dir, tmp_path):
+    torch.manual_seed(0)
+    config = small_clap_config(fusion=True)
+    config.audio_config.fusion_type = "aff_2d"
+    ClapModel(config).save_pretrained(tmp_path / "fused")
+    model, _, _ = build_from_hf(tmp_path / "fused", tokenizer=tokenizer_dir)
+    model.config.clip_seconds = 2.5  # 251 frames: this small image holds 256
+    rate = model.config.sample_rate
+    generator = torch.Generator().manual_seed(1)
+    long_wave, short_wave = 0.1 * torch.randn(6 * rate, generator=generator), 0.1 * torch.randn(rate, generator=generator)
+
+    views, longer = model.audio_encoder.fusion_logmel(long_wave, model.config.clip_samples)
+    full = model.audio_encoder.frontend(long_wave[None])[0]
+    assert longer and views.shape == (4, 251, 16)
+    starts = [int(t[len(t) // 2]) for t in torch.arange(full.shape[0] - 251 + 1).tensor_split(3)]
+    for view, start in zip(views[1:], starts):
+        torch.testing.assert_close(view, full[start:start + 251])  # front, middle and back crops
+    short_views, short_longer = model.audio_encoder.fusion_logmel(short_wave, model.config.clip_samples)
+    assert not short_longer and torch.equal(short_views[0], short_views[3])
+
+    fused = model.embed_audio([long_wave, short_wave], sample_rate=rate, long_audio="fusion", batch_size=1)
+    again = model.embed_audio([long_wave, short_wave], sample_rate=rate, long_audio="fusion", batch_size=2)
+    torch.testing.assert_close(fused, again, atol=1e-5, rtol=0)
+    direct = torch.nn.functional.normalize(model.encode_audio_features(views[None], torch.tensor([True])), dim=-1)
+    torch.testing.assert_close(fused[0], direct[0], atol=1e-5, rtol=0)
+
+    from omegaconf import OmegaConf
+
+    from clap_lightning.config import ExperimentConfig, config_from
+    from tests.unit.test_export_onnx import MODELS
+
+    tiny = CLAP(config_from(ExperimentConfig, {"model": OmegaConf.to_container(OmegaConf.load(MODELS / "tiny.yaml"))}).model)
+    with pytest.raises(ValueError, match="enable_fusion"):
+        tiny.embed_audio(short_wave, long_audio="fusion")
+
+
+def test_fused_laion_checkpoint_converts_to_the_same_embeddings(tokenizer_dir, tmp_path):
+    torch.manual_seed(0)
+    config = small_clap_config(fusion=True)
+    config.audio_config.fusion_type = "aff_2d"
+    hf_model = ClapModel(config).eval()
+    hf_model.save_pretrained(tmp_path / "fused")
+    ours, _, _ = build_from_hf(tmp_path / "fused", tokenizer=tokenizer_dir)
+    extra = {k[len("audio_encoder."):]: v.shape for k, v in ours.state_dict().items()
+             if k.startswith(("audio_encoder.tscam_conv.", "audio_encoder.head.")) or k.endswith("attn_mask")}
+    path = laion_checkpoint(hf_model, extra, tmp_path / "630k-fusion-small.pt")
+    assert main(["convert", "laion", str(path), "--out", str(tmp_path / "f.ckpt"), "--tokenizer", tokenizer_dir,
+                 "--text-heads", "2"]) == 0
+    converted = CLAP.from_checkpoint(tmp_path / "f.ckpt")
+    assert converted.config.audio_encoder["enable_fusion"] is True
+    mel = -40 + 15 * torch.randn(2, 4, FRAMES, 16, generator=torch.Generator().manual_seed(6))
+    longer = torch.tensor([True, False])
+    with torch.no_grad():
+        want = hf_model.get_audio_features(input_features=mel, is_longer=longer[:, None]).pooler_output
+        got = torch.nn.functional.normalize(converted.encode_audio_features(mel, longer), dim=-1)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
