@@ -62,7 +62,8 @@ def read_lightning_checkpoint(path: str | Path, map_location="cpu", kind: Option
         CheckpointError: missing, unreadable, not written by clap-lightning, or of another kind.
     """
     checkpoint = safe_load(path, map_location)
-    stored = checkpoint.get("hyper_parameters", {}).get("config") if isinstance(checkpoint, dict) else None
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    stored = hparams.get("config") if isinstance(hparams, dict) else None
     if not isinstance(stored, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         hint = (" (an msclap file? convert it with `clap-lightning convert msclap`)"
                 if isinstance(checkpoint, dict) and "model" in checkpoint else "")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, TypeVar, Union
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from clap_lightning.errors import ConfigError, first_line
@@ -339,6 +339,31 @@ def _merge(base: DictConfig, other: Any, origin: str) -> DictConfig:
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         raise ConfigError(f"{origin}: bad config key '{key}': {first_line(err)}") from None
+    except TypeError as err:  # OmegaConf: "Cannot merge incompatible container types", with no key
+        raise ConfigError(f"{origin}: bad config key '{_container_mismatch(base, other)}': {first_line(err)} "
+                          "(a list where a mapping belongs, or the reverse)") from None
+
+
+def _container_mismatch(base: Any, other: Any, prefix: str = "") -> str:
+    """The first dotted key where `other` holds a list and `base` a mapping, or the reverse ("?" if none)."""
+    def kind(value: Any) -> Optional[str]:
+        return "map" if isinstance(value, (dict, DictConfig)) else "list" if isinstance(value, (list, ListConfig)) else None
+
+    if kind(other) != "map" or kind(base) != "map":
+        return prefix.rstrip(".") or "?"
+    for key, value in other.items():
+        try:
+            have = base._get_node(key) if isinstance(base, DictConfig) else base.get(key)
+        except (KeyError, AttributeError, OmegaConfBaseException):
+            continue
+        have = have._value() if hasattr(have, "_value") and not isinstance(have, (DictConfig, ListConfig)) else have
+        if kind(value) and kind(have) and kind(value) != kind(have):
+            return f"{prefix}{key}"
+        if kind(value) == "map" and kind(have) == "map":
+            found = _container_mismatch(have, value, f"{prefix}{key}.")
+            if found != "?":
+                return found
+    return "?"
 
 
 def _read_yaml(path: Path) -> DictConfig:
@@ -416,12 +441,17 @@ def compose(schema: type, merged: DictConfig, layers: Sequence[tuple[str, DictCo
     for item in overrides:
         check_override(item)
         key, raw = item.split("=", 1)
-        value = OmegaConf.from_dotlist([f"value={raw}"]).value  # typed as YAML reads it
+        try:  # typed as YAML reads it; interpolations such as runs/${name} resolve later, in the whole config
+            value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]), resolve=False)["value"]
+        except Exception as err:  # yaml.YAMLError, OmegaConf grammar errors
+            raise ConfigError(f"override '{item}': cannot read the value: {first_line(err)}") from None
         try:
             OmegaConf.update(merged, key.strip(), value, merge=True)
         except OmegaConfBaseException as err:
             raise ConfigError(f"override '{item}': bad config key '{getattr(err, 'full_key', None) or key}': "
                               f"{first_line(err)}") from None
+        except TypeError as err:  # a list where a mapping belongs, or the reverse
+            raise ConfigError(f"override '{item}': bad config key '{key.strip()}': {first_line(err)}") from None
     return merged
 
 
@@ -453,7 +483,8 @@ def check_list_items(schema: type, layer: Any, origin: str, prefix: str = "") ->
         kind = hints[f.name]
         if dataclasses.is_dataclass(kind):
             check_list_items(kind, value, origin, f"{prefix}{f.name}.")
-        elif typing.get_origin(kind) is list and dataclasses.is_dataclass(item_kind := typing.get_args(kind)[0]):
+        elif (typing.get_origin(kind) is list and dataclasses.is_dataclass(item_kind := typing.get_args(kind)[0])
+              and isinstance(value, (list, ListConfig))):  # not a list at all: the merge names the key
             for i, item in enumerate(value):
                 try:
                     OmegaConf.merge(OmegaConf.structured(item_kind), item)

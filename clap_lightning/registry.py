@@ -45,7 +45,7 @@ class Registry(Generic[T]):
         return sorted(self._entries)
 
     def get(self, name: str) -> tuple[Callable[..., T], type]:
-        if name not in self._entries:
+        if not isinstance(name, str) or name not in self._entries:
             raise RegistryError(f"unknown {self.kind} '{name}'; known: {', '.join(self.names())}")
         return self._entries[name]
 
@@ -64,6 +64,10 @@ class Registry(Generic[T]):
             prefix = f"{where}." if where else ""
             reason = first_line(err)  # OmegaConf appends "full_key: ..." lines
             raise RegistryError(f"bad config key '{prefix}{key}' for {self.kind} '{name}': {reason}") from None
+        except TypeError as err:  # "Cannot merge incompatible container types": a list for a mapping or the reverse
+            key = next((k for k, v in dict(options or {}).items() if not _merges(schema, {k: v})), "?")
+            prefix = f"{where}." if where else ""
+            raise RegistryError(f"bad config key '{prefix}{key}' for {self.kind} '{name}': {first_line(err)}") from None
         return OmegaConf.to_object(merged)
 
     def build(self, name: str, options: Mapping[str, Any] | Any | None = None, where: str = "") -> T:
@@ -71,3 +75,11 @@ class Registry(Generic[T]):
         builder, config_cls = self.get(name)
         config = options if isinstance(options, config_cls) else self.parse_config(name, options, where)
         return builder(config)
+
+
+def _merges(schema: Any, options: dict) -> bool:
+    try:
+        OmegaConf.merge(schema, options)
+    except (OmegaConfBaseException, TypeError):
+        return False
+    return True

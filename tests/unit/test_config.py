@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,13 @@ def test_init_from_takes_the_architecture_from_the_weights_and_refuses_conflicts
         load_config(ExperimentConfig, None, [f"model.init_from={ckpt}", "model.audio_encoder_init=x.ckpt"])
     with pytest.raises(CheckpointError, match="not found"):
         load_config(ExperimentConfig, None, [f"model.init_from={tmp_path / 'missing.ckpt'}"])
+
+
+def test_override_may_interpolate_other_keys_and_bad_values_are_one_line():
+    assert load_config(ExperimentConfig, DEMO, ["name=x", "run_dir=runs/${name}/a"]).run_dir == "runs/x/a"
+    for override, message in [("name=${missing}", "missing"), ("trainer.devices=[1", "cannot read the value"),
+                              ("trainer.loggers={a: 1}", "trainer.loggers"),
+                              ("model.audio_encoder.num_heads={a: 1}", "model.audio_encoder.num_heads")]:
+        with pytest.raises(ConfigError, match=re.escape(message)) as err:
+            load_config(ExperimentConfig, DEMO, [override])
+        assert "\n" not in str(err.value)
