@@ -498,7 +498,9 @@ def config_from(schema: type[RunConfigT], data: Union[RunConfigT, DictConfig, di
     if isinstance(data, schema):
         config = data
     else:
-        merged = _merge(OmegaConf.structured(schema), data, origin)
+        # Already on the schema (load_config's result): no second merge, which costs as much as the first.
+        is_typed = isinstance(data, DictConfig) and OmegaConf.get_type(data) is schema
+        merged = data if is_typed else _merge(OmegaConf.structured(schema), data, origin)
         try:
             OmegaConf.resolve(merged)
             config = OmegaConf.to_object(merged)
