@@ -65,7 +65,7 @@ def run_mode(name: str, data: Path, steps: int, seed: int, workers: int, run_roo
     fit_seconds = time.perf_counter() - start
     result, _ = run_zeroshot(str(run_dir / "checkpoints" / "last.ckpt"), str(data / "test"),
                              out_dir=str(run_dir / "zeroshot"), num_workers=workers)
-    return {"mode": name, "accuracy": result.accuracy, "loss": train_loss(run_dir, steps), "seconds": fit_seconds}
+    return {"mode": name, "accuracy": result.metrics["acc"], "loss": train_loss(run_dir, steps), "seconds": fit_seconds}
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ def first_batch(split: Path, clip: ClipSettings, batch_size: int) -> tuple[torch
 
 
 def per_bin(values: torch.Tensor, where: torch.Tensor) -> tuple[float, float]:
-    """Mean and standard deviation per mel bin of values [B, frames, bins] at `where` [B, frames], averaged over bins."""
+    """Per-bin mean and standard deviation of values [B, frames, bins] at `where` [B, frames], averaged over bins."""
     picked = values[where]  # [N, bins]
     if picked.shape[0] < 2:
         return float("nan"), float("nan")
@@ -92,7 +92,8 @@ def main() -> None:
         clip = ClipSettings(config.model.sample_rate, config.model.clip_samples, mode.split("+")[0])
         audio, lengths = first_batch(args.data, clip, args.batch)  # a tiled clip has no padding
         s = measure(encoder, audio, lengths, mask=mode.endswith("+mask"))
-        print(f"{mode:9} {s['pad_share']:>10.2f} | {s['in_mean']:>12.1f} {s['in_std']:>6.1f} {s['sound_in_std']:>9.1f} | "
+        print(f"{mode:9} {s['pad_share']:>10.2f} | "
+              f"{s['in_mean']:>12.1f} {s['in_std']:>6.1f} {s['sound_in_std']:>9.1f} | "
               f"{s['sound_mean']:>19.2f} {s['sound_std']:>9.2f} {s['pad_mean']:>8.2f} | {s['spread']:>16.3f}")
 
 
