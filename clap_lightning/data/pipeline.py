@@ -60,13 +60,35 @@ class ClipDecoder:
         if self.skipped[reason] <= MAX_REPORTED_KEYS:
             log.warning("skipping sample %s: %s", key, reason)
 
-    def __call__(self, sample: dict[str, Any], rng: Optional[np.random.Generator] = None,
-                 out: Optional[torch.Tensor] = None) -> Optional[dict[str, Any]]:
-        """Decode one sample; `rng` (required in training) draws the crop and caption.
+    def __call__(self, sample: dict[str, Any], rng: Optional[np.random.Generator] = None) -> Optional[dict[str, Any]]:
+        """Decode one sample on its own (the clip gets a tensor of its own); see `decode_into`."""
+        return self._decode(sample, rng, None)
 
-        With `out` ([clip_samples], e.g. a row of the batch being built), the clip is written
-        into it and is `out`: a full-length clip is resampled straight into it, with no copy.
+    def decode_into(self, row: torch.Tensor, sample: dict[str, Any],
+                    rng: Optional[np.random.Generator] = None) -> Optional[dict[str, Any]]:
+        """Decode raw sample `sample` straight into `row`, a row of the batch being built.
+
+        The contract, which is all a caller needs of the zero-copy path:
+        - `row` is a 1-D float32 tensor of `clip_samples`, normally row i of the batch buffer
+          (`transfer_buffer((batch, clip_samples))`, in shared memory inside a loader worker).
+        - On success the whole row is written (clip, then padding) and the returned sample's
+          `audio` is `row` itself, so the rows of a batch are the batch: `stack_for_transfer`
+          (in `Collate`) returns the buffer's leading rows as they are, with no stack and no copy
+          to the main process. (`WindowDecoder` returns its own [W, T] windows instead and leaves
+          `row` alone; its batch is then stacked by copy.)
+        - On a skip (None, counted in `skipped`) the row's content is undefined: decode the next
+          sample into the same row.
+        - `rng` draws the crop and caption; it is required in training (one per sample, seeded
+          by the stream position, so a resumed run repeats them).
+        How it avoids copies, for the curious: the file is decoded from the crop's first frame
+        into an array that already holds the resampler's zero margins (`read_clip(margins=)`),
+        which the resampler reads in place (`padded=True`) and multiplies straight into the row
+        (`out=`); only a clip shorter than the row is padded first and then copied in.
         """
+        return self._decode(sample, rng, row)
+
+    def _decode(self, sample: dict[str, Any], rng: Optional[np.random.Generator],
+                out: Optional[torch.Tensor]) -> Optional[dict[str, Any]]:
         if self._resampler is None:  # built lazily, once per worker process
             self._resampler = Resampler(self.sample_rate)
         if self.is_train and rng is None:  # a fixed fallback would give every clip the same crop
@@ -153,8 +175,8 @@ def transfer_buffer(shape: Sequence[int], dtype: torch.dtype = torch.float32) ->
 def stack_for_transfer(tensors: list[torch.Tensor]) -> torch.Tensor:
     """torch.stack, into shared memory when called in a loader worker.
 
-    When the tensors already are the leading rows of one buffer, in order (as `ClapStream`
-    decodes clips into a `transfer_buffer`), those rows are returned: no copy.
+    When the tensors already are the leading rows of one buffer, in order (the rows
+    `ClipDecoder.decode_into` filled in a `transfer_buffer`), those rows are returned: no copy.
     """
     first = tensors[0]
     if first.is_contiguous() and all(
@@ -211,7 +233,7 @@ class Collate:
             "labels": labels,
             "captions": captions,
             # [B, 2] int64 keys: pairs sharing one are not each other's negatives (objective.false_negatives)
-            "group_ids": torch.tensor([compute_group_ids(c, l) for c, l in zip(captions, labels)], dtype=torch.int64),
+            "group_ids": torch.tensor([compute_group_ids(c, labs) for c, labs in zip(captions, labels)], dtype=torch.int64),
         }
 
 
@@ -280,7 +302,7 @@ class ClapStream(IterableDataset):
         for position, raw in mixed_stream(self.sources, self.weights, seed, self.shuffle_buffer, skipped, guard):
             if position < start:  # fast-forward on resume: seen before the checkpoint, not decoded again
                 continue
-            sample = self.decoder(raw, np.random.default_rng([*seed, position]), out=audio[len(samples)])
+            sample = self.decoder.decode_into(audio[len(samples)], raw, np.random.default_rng([*seed, position]))
             if sample is None:
                 guard.fail(skipped)
                 continue
@@ -302,8 +324,8 @@ class ClapStream(IterableDataset):
                 audio = self._audio_buffer()  # the batch yielded keeps its own
 
     def _audio_buffer(self) -> torch.Tensor:
-        """The next batch's audio [batch, clip samples]: each clip is decoded into its row, and
-        the collate's `stack_for_transfer` then finds them stacked already."""
+        """The next batch's audio [batch, clip samples]: each clip is decoded into its row
+        (`ClipDecoder.decode_into`), and the collate's `stack_for_transfer` finds them stacked already."""
         return transfer_buffer((self.batch_size, self.decoder.clip_samples))
 
     def _pass_batches(self, epoch: int, worker: int, workers: int) -> Iterator[dict[str, Any]]:
@@ -320,7 +342,7 @@ class ClapStream(IterableDataset):
         reported, samples, audio = Counter(skipped), [], self._audio_buffer()
         for position, raw in enumerate(raws):
             rng = np.random.default_rng([*seed, position]) if self.decoder.is_train else None
-            sample = self.decoder(raw, rng, out=audio[len(samples)])
+            sample = self.decoder.decode_into(audio[len(samples)], raw, rng)
             if sample is not None:
                 samples.append(sample)
             if len(samples) == self.batch_size:
