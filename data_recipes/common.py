@@ -46,6 +46,10 @@ class ClipItem:
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)  # extra json fields
     duration: float | None = None  # known duration in seconds, for --max-shard-bytes planning
 
+    def __post_init__(self) -> None:
+        if isinstance(self.text, str):  # one caption given as a string: never its letters
+            self.text = (self.text,)
+
 
 @dataclasses.dataclass
 class BadRow:

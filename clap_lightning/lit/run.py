@@ -64,6 +64,7 @@ def build_trainer(config: RunConfig, micro_batch_size: int, *, callbacks: Sequen
     """
     t = config.trainer
     run_dir = Path(config.run_dir)
+    loggers = build_loggers(config)  # a missing logger package fails before any folder is made
     check_writable(run_dir, run_dir / CHECKPOINT_DIR, run_dir / "logs")
     # Saved at every epoch end (which max_steps also triggers) and every N steps when configured.
     checkpoint = ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, save_last=True, save_top_k=1,
@@ -81,7 +82,7 @@ def build_trainer(config: RunConfig, micro_batch_size: int, *, callbacks: Sequen
         default_root_dir=str(run_dir),
         callbacks=[checkpoint, monitor, ParameterSummary(), *callbacks, *cluster_callbacks()],
         plugins=[AtomicCheckpointIO(), *cluster_plugins()],  # atomic checkpoint writes; SLURM ranks (+ requeue)
-        logger=build_loggers(config), profiler=monitor.loader_wait,
+        logger=loggers, profiler=monitor.loader_wait,
         num_sanity_val_steps=0,
     )
 

@@ -227,3 +227,10 @@ def test_cli_keeps_the_traceback_of_a_bug(tmp_path, monkeypatch):
     monkeypatch.setattr(writer, "build_corpus", broken)
     with pytest.raises(ValueError, match="cannot reshape"):
         cli.main(["build", "demo", "--out", str(tmp_path / "out")])
+
+
+def test_a_clip_item_caption_given_as_a_string_is_one_caption():
+    from data_recipes.common import ClipItem
+
+    assert ClipItem("x", "x.wav", "a dog barks").text == ("a dog barks",)
+    assert ClipItem("x", "x.wav", ("a", "b")).text == ("a", "b")
