@@ -1,4 +1,4 @@
-"""`python -m data_recipes`: list corpora, build shards, merge `--part` manifests, validate, stats, ids."""
+"""`python -m data_recipes`: list corpora, build shards, prepare a training format, merge `--part` manifests, validate, stats, ids."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from clap_lightning.data import schema
 from clap_lightning.registry import RegistryError
-from data_recipes import base, checks, writer
+from data_recipes import base, checks, prepare, writer
 from data_recipes.base import RecipeError
 
 # Bad input, reported in one line: the recipes' and the shard format's own errors, an unknown
@@ -62,6 +62,14 @@ def cmd_build(args: argparse.Namespace) -> None:
         excluded = f", {m['excluded']} excluded" if args.exclude else ""
         print(f"{recipe.name}/{split}{part}: {m['num_samples']} clips, {m['hours']:.3f} h, "
               f"{len(m['shards'])} shards{excluded}, {skipped} skipped {m['skipped'] or ''}".rstrip())
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    part = writer.parse_part(args.part) if args.part else None
+    for m in prepare.prepare(args.src, args.out, args.format, args.model_config, part, args.workers, not args.no_progress):
+        where = f" (part {m['part']['index']}/{m['part']['count']})" if m["part"] else ""
+        print(f"{m['source']}/{m['split']}{where} -> {args.format}: {m['num_samples']} clips, {m['hours']:.3f} h, "
+              f"{len(m['shards'])} shards, {sum(m['skipped'].values())} skipped {m['skipped'] or ''}".rstrip())
 
 
 def cmd_merge(args: argparse.Namespace) -> None:
@@ -130,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--exclude", help="file of ids/keys to leave out (evaluation sets): one per line or a json list")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
     build.set_defaults(func=cmd_build)
+
+    prep = sub.add_parser("prepare", help="convert archival shards into a training format (docs/data.md)")
+    prep.add_argument("src", help="archival shards: a split directory with manifest.json, or a root of them")
+    prep.add_argument("--out", required=True, help="output root; shards go to OUT/SOURCE/SPLIT/ under the same names")
+    prep.add_argument("--format", default="logmel", choices=prepare.FORMATS,
+                      help="logmel: fp16 log-mel features (default); pcm16: 16-bit WAV at the model rate")
+    prep.add_argument("--model-config", required=True,
+                      help="model YAML whose front end the features are made for, e.g. configs/model/msclap_2023.yaml")
+    prep.add_argument("--part", help="i/n: convert only shards with index %% n == i (SLURM arrays; then `merge`)")
+    prep.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
+    prep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    prep.set_defaults(func=cmd_prepare)
 
     merge = sub.add_parser("merge", help="merge the --part manifests of one split")
     merge.add_argument("out", help="output root given to build")

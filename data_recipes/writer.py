@@ -37,7 +37,7 @@ import tarfile
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -226,14 +226,17 @@ def _init_worker(counter: Any) -> None:
 class ShardTask:
     """Everything a worker needs to write one shard."""
 
-    recipe: Recipe
+    recipe: Recipe | None
     split: str
     index: int
-    items: list[Any]
+    items: Sequence[Any]
     path: Path
     sample_rate: int
     flac_level: int
     duplicates: dict[int, str] = dataclasses.field(default_factory=dict)  # {offset in items: key an earlier item holds}
+    # item -> (key, [(extension, bytes), ...], seconds, clipped); None: `encode_item` (FLAC + json).
+    # `prepare` converts archival shards to a training format through it (data_recipes.prepare).
+    encode: Callable[[Any], tuple[str, list[tuple[str, bytes]], float, bool]] | None = None
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -255,7 +258,12 @@ def _write_members(task: ShardTask, tar: tarfile.TarFile, stats: dict[str, Any])
         try:
             if offset in task.duplicates:
                 raise SkipSample("duplicate_key", f"{task.duplicates[offset]} (an earlier item of the split has it)")
-            key, flac, meta, seconds, clipped = encode_item(task.recipe, item, task.split, task.sample_rate, task.flac_level)
+            if task.encode is not None:
+                key, members, seconds, clipped = task.encode(item)
+            else:
+                key, flac, meta, seconds, clipped = encode_item(task.recipe, item, task.split, task.sample_rate,
+                                                                task.flac_level)
+                members = [(schema.AUDIO_EXT, flac), (schema.JSON_EXT, meta)]
             if key in keys:
                 raise SkipSample("duplicate_key", key)
         except SkipSample as err:
@@ -264,8 +272,8 @@ def _write_members(task: ShardTask, tar: tarfile.TarFile, stats: dict[str, Any])
             _record_skip(stats, f"error_{type(err).__name__}", item, str(err))
         else:
             keys.add(key)
-            _add_member(tar, f"{key}.{schema.AUDIO_EXT}", flac)
-            _add_member(tar, f"{key}.{schema.JSON_EXT}", meta)
+            for ext, data in members:
+                _add_member(tar, f"{key}.{ext}", data)
             stats["samples"] += 1
             stats["seconds"] += seconds
             stats["clipped"] += int(clipped)
@@ -431,7 +439,7 @@ def find_duplicate_keys(recipe: Recipe, items: list[Any]) -> dict[int, str]:
     return duplicates
 
 
-def _check_previous_build(directory: Path, current: dict[str, Any]) -> None:
+def check_previous_build(directory: Path, current: dict[str, Any]) -> None:
     """Refuse to add to a directory built with other parameters, then record the current ones.
 
     Complete shards are reused only when they were planned from the same items and
@@ -461,8 +469,10 @@ def _read_record(path: Path) -> dict[str, Any]:
     return record
 
 
-def _make_manifest(recipe: Recipe, split: str, build: dict[str, Any], stats: list[dict[str, Any]],
-                   part: tuple[int, int] | None, excluded: int = 0) -> dict[str, Any]:
+def make_manifest(recipe: Recipe | tuple[str, dict[str, Any]], split: str, build: dict[str, Any],
+                   stats: list[dict[str, Any]], part: tuple[int, int] | None, excluded: int = 0) -> dict[str, Any]:
+    """A split's (or part's) manifest from its shards' stats; `recipe` is a Recipe or (source, recipe info)."""
+    source, recipe_info = recipe if isinstance(recipe, tuple) else (recipe.name, _recipe_info(recipe))
     stats = sorted(stats, key=lambda s: s["index"])
     skipped: dict[str, int] = {}
     for shard in stats:
@@ -471,8 +481,8 @@ def _make_manifest(recipe: Recipe, split: str, build: dict[str, Any], stats: lis
     fields = ("name", "index", "samples", "seconds", "bytes")
     seconds = sum(s["seconds"] for s in stats)
     return {
-        "format": schema.MANIFEST_FORMAT, "source": recipe.name, "split": split,
-        "recipe": _recipe_info(recipe), "build": build,
+        "format": schema.MANIFEST_FORMAT, "source": source, "split": split,
+        "recipe": recipe_info, "build": build,
         "part": {"index": part[0], "count": part[1]} if part else None,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "shards": [{k: s[k] for k in fields} for s in stats if s["samples"] > 0],
@@ -510,7 +520,7 @@ def build_split(recipe: Recipe, split: str, out: str | Path, src: str | Path | N
     directory = schema.split_dir(out, recipe.name, split)
     directory.mkdir(parents=True, exist_ok=True)
     build = _build_params(recipe, config, len(items), len(plan), src)
-    _check_previous_build(directory, {"build": build, "recipe": _recipe_info(recipe)})
+    check_previous_build(directory, {"build": build, "recipe": _recipe_info(recipe)})
 
     indices = [i for i in range(len(plan)) if config.part is None or i % config.part[1] == config.part[0]]
     duplicates = find_duplicate_keys(recipe, items)
@@ -526,17 +536,22 @@ def build_split(recipe: Recipe, split: str, out: str | Path, src: str | Path | N
                                    shard_duplicates))
     stats += run_tasks(tasks, config.workers, f"{recipe.name}/{split}", config.show_progress)
 
-    manifest = _make_manifest(recipe, split, build, stats, config.part, excluded)
+    manifest = make_manifest(recipe, split, build, stats, config.part, excluded)
     if manifest["num_samples"] == 0 and config.part is None:
         _remove_empty_build(directory, stats)
         example = manifest["skipped_examples"][0]["detail"] if manifest["skipped_examples"] else ""
         raise RecipeError(f"corpus '{recipe.name}' split '{split}': no usable clips among {manifest['items']} items "
                          f"(skipped: {manifest['skipped']}); first problem: {example}")
-    if config.part is None:
+    write_manifest(directory, manifest, config.part)
+    return manifest
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any], part: tuple[int, int] | None) -> None:
+    """Write a split's `manifest.json` and `sizes.json`, or with `part` its part manifest (for `merge`)."""
+    if part is None:
         _write_final(directory, manifest)
     else:
-        write_json_atomic(directory / schema.part_manifest_name(*config.part), manifest)
-    return manifest
+        write_json_atomic(directory / schema.part_manifest_name(*part), manifest)
 
 
 def _remove_empty_build(directory: Path, stats: list[dict[str, Any]]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import torch
@@ -66,6 +66,37 @@ def compute_mel_filters(sample_rate: float, n_fft: int, n_mels: int, fmin: float
 def power_to_db(power: torch.Tensor, amin: float = 1e-10, ref: float = 1.0) -> torch.Tensor:
     """Convert power to dB as torchlibrosa's LogmelFilterBank with top_db=None."""
     return 10.0 * torch.log10(power.clamp(min=amin)) - 10.0 * math.log10(max(amin, ref))
+
+
+# The parameters that decide a log-mel front end's output: a training-format manifest records
+# them (`python -m data_recipes prepare`) and the loader refuses features made with others.
+FRONTEND_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "mel_sample_rate")
+# dB of silence: `power_to_db` of zero power (amin 1e-10); zero-padded audio gives this value.
+SILENCE_DB = -100.0
+
+
+def frontend_params(cfg: Any) -> dict[str, float | int]:
+    """The `FRONTEND_FIELDS` of an audio encoder config (a dataclass or a mapping), as plain numbers.
+
+    Raises:
+        ValueError: a field is missing (named).
+    """
+    get = cfg.get if isinstance(cfg, Mapping) else lambda name, default=None: getattr(cfg, name, default)
+    missing = [name for name in FRONTEND_FIELDS if get(name) is None]
+    if missing:
+        raise ValueError(f"the audio encoder config lacks front-end field(s) {', '.join(missing)}")
+    return {name: (float(get(name)) if name in ("fmin", "fmax") else int(get(name))) for name in FRONTEND_FIELDS}
+
+
+def frontend_differences(recorded: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """`n_mels 128 (model: 64)` for every front-end field whose recorded value differs from the expected one."""
+    return [f"{name} {recorded.get(name)!r} (model: {expected.get(name)!r})" for name in FRONTEND_FIELDS
+            if recorded.get(name) is None or float(recorded[name]) != float(expected[name])]
+
+
+def frames_for(samples: int, hop_length: int) -> int:
+    """STFT frames of `samples` with centre padding: `LogMelFrontEnd` gives 1 + samples // hop."""
+    return 1 + samples // hop_length
 
 
 class LogMelFrontEnd(nn.Module):

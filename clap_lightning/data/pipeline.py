@@ -10,6 +10,7 @@ small picklable class.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -20,8 +21,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from clap_lightning.audio.frontend import SILENCE_DB
 from clap_lightning.audio.io import cut_windows, Resampler, fit_length, read_clip
-from clap_lightning.data.schema import read_captions, read_labels
+from clap_lightning.data.schema import LOGMEL_EXT, read_captions, read_labels
 from clap_lightning.data.stream import (FailureGuard, format_skipped, mixed_stream, pass_share, shuffle_buffered,
                                         single_pass)
 from clap_lightning.errors import DataError
@@ -89,8 +91,6 @@ class ClipDecoder:
 
     def _decode(self, sample: dict[str, Any], rng: Optional[np.random.Generator],
                 out: Optional[torch.Tensor]) -> Optional[dict[str, Any]]:
-        if self._resampler is None:  # built lazily, once per worker process
-            self._resampler = Resampler(self.sample_rate)
         if self.is_train and rng is None:  # a fixed fallback would give every clip the same crop
             raise ValueError("a training ClipDecoder needs a generator for its crops and captions "
                              "(one per worker, seeded from the run's seed)")
@@ -104,6 +104,26 @@ class ClipDecoder:
             return self._skip("bad_json", key)
         if not texts:
             return self._skip("empty_text", key)
+        decoded = self._decode_clip(sample, key, rng, out)
+        if decoded is None:
+            return None
+        clip, length = decoded
+        caption = texts[int(rng.integers(len(texts)))] if self.is_train else texts[0]
+        return {self.output_key: clip, "length": length, "texts": texts, "caption": caption, "key": key, "meta": meta,
+                "source_index": sample.get("__source__", 0)}
+
+    output_key = "audio"  # the sample's (and batch's) key of what `_decode_clip` returns
+
+    @property
+    def clip_shape(self) -> tuple[int, ...]:
+        """Shape of one decoded clip: [clip_samples] (the rows of a batch's buffer)."""
+        return (self.clip_samples,)
+
+    def _decode_clip(self, sample: dict[str, Any], key: str, rng: Optional[np.random.Generator],
+                     out: Optional[torch.Tensor]) -> Optional[tuple[torch.Tensor, Any]]:
+        """(clip, samples that are not padding) of a sample's audio, or None (counted) when it is bad."""
+        if self._resampler is None:  # built lazily, once per worker process
+            self._resampler = Resampler(self.sample_rate)
         data = next((sample[ext] for ext in AUDIO_EXTENSIONS if ext in sample), None)
         if data is None:
             return self._skip("missing_audio", key)
@@ -119,10 +139,7 @@ class ClipDecoder:
             return self._skip("empty_audio", key)
         if not np.isfinite(audio).all():
             return self._skip("nan_audio", key)
-        clip, length = self._fit(torch.from_numpy(audio), rate, out)
-        caption = texts[int(rng.integers(len(texts)))] if self.is_train else texts[0]
-        return {"audio": clip, "length": length, "texts": texts, "caption": caption, "key": key, "meta": meta,
-                "source_index": sample.get("__source__", 0)}
+        return self._fit(torch.from_numpy(audio), rate, out)
 
     def _fit(self, audio: torch.Tensor, rate: int, out: Optional[torch.Tensor]) -> tuple[torch.Tensor, int]:
         """Resample decoded audio (between the resampler's margins) into one clip: (clip, samples not padding)."""
@@ -157,6 +174,59 @@ class WindowDecoder(ClipDecoder):
 
     def _frames_at(self, rate: int) -> None:
         return None  # the whole recording
+
+
+class LogMelDecoder(ClipDecoder):
+    """Decode a training-format sample of log-mel features (`<key>.logmel.npy`, fp16 [frames, n_mels]).
+
+    The clip is `frames` frames ([frames, n_mels] float32, under the sample's `logmel` key): a
+    random crop in frames in training, the first frames otherwise; shorter features are tiled
+    ("repeat") or padded with the dB of silence ("zero"/"none", as zero-padded audio gives), and
+    `length` counts the frames that are not padding. Bad samples are counted as by `ClipDecoder`
+    (a member that is not a float [frames, n_mels] array is bad_audio). `decode_into` takes a
+    [frames, n_mels] row (`clip_shape`) and writes the features into it, fp16 to fp32 on the way.
+    """
+
+    output_key = "logmel"
+
+    def __init__(self, frames: int, n_mels: int, pad_mode: str, is_train: bool) -> None:
+        super().__init__(0, 0, pad_mode, is_train)
+        self.frames, self.n_mels = frames, n_mels
+
+    @property
+    def clip_shape(self) -> tuple[int, ...]:
+        return (self.frames, self.n_mels)
+
+    def _decode_clip(self, sample: dict[str, Any], key: str, rng: Optional[np.random.Generator],
+                     out: Optional[torch.Tensor]) -> Optional[tuple[torch.Tensor, int]]:
+        data = sample.get(LOGMEL_EXT)
+        if data is None:
+            return self._skip("missing_audio", key)
+        try:
+            feats = np.load(io.BytesIO(data), allow_pickle=False)
+        except (ValueError, OSError, EOFError):
+            return self._skip("bad_audio", key)
+        if feats.ndim != 2 or feats.shape[1] != self.n_mels or feats.dtype.kind != "f":
+            return self._skip("bad_audio", key)
+        if feats.shape[0] == 0:
+            return self._skip("empty_audio", key)
+        start = 0
+        if self.is_train and feats.shape[0] > self.frames:
+            start = int(rng.integers(0, feats.shape[0] - self.frames + 1))
+        crop = feats[start:start + self.frames]  # a read-only view of the member's bytes
+        if not np.isfinite(crop).all():
+            return self._skip("nan_audio", key)
+        clip = out if out is not None else torch.empty(self.frames, self.n_mels)
+        rows, length = clip.numpy(), crop.shape[0]  # numpy writes the fp16 -> fp32 conversion into the buffer
+        if length == self.frames:
+            rows[:] = crop
+            return clip, length
+        if self.pad_mode == "repeat":  # tiled features are features the encoder is meant to see (as tiled audio)
+            rows[:] = np.tile(crop, (-(-self.frames // length), 1))[:self.frames]
+            return clip, self.frames
+        rows[:length] = crop
+        rows[length:] = SILENCE_DB
+        return clip, length
 
 
 def transfer_buffer(shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -220,11 +290,15 @@ class Collate:
         captions = [s.get("caption") or s["texts"][0] for s in samples]
         labels = [read_labels(s["meta"], self.label_field) for s in samples]
         tokens = self.tokenizer(captions)
-        audio = stack_for_transfer([s["audio"] for s in samples])  # [B, T]
-        lengths = torch.tensor([s["length"] for s in samples])  # [B] samples that are not padding
+        if "logmel" in samples[0]:  # log-mel training shards: features [B, frames, n_mels], frames not padding
+            clips = {"logmel": stack_for_transfer([s["logmel"] for s in samples]),
+                     "logmel_length": torch.tensor([s["length"] for s in samples])}
+        else:
+            audio = stack_for_transfer([s["audio"] for s in samples])  # [B, T]
+            lengths = torch.tensor([s["length"] for s in samples])  # [B] samples that are not padding
+            clips = {"audio": audio[:, :int(lengths.max())] if self.cut_to_longest else audio, "audio_length": lengths}
         return {
-            "audio": audio[:, :int(lengths.max())] if self.cut_to_longest else audio,
-            "audio_length": lengths,
+            **clips,
             "input_ids": tokens["input_ids"],  # [B, L]
             "attention_mask": tokens["attention_mask"],  # [B, L]
             "key": [s["key"] for s in samples],
@@ -324,9 +398,9 @@ class ClapStream(IterableDataset):
                 audio = self._audio_buffer()  # the batch yielded keeps its own
 
     def _audio_buffer(self) -> torch.Tensor:
-        """The next batch's audio [batch, clip samples]: each clip is decoded into its row
+        """The next batch's clips [batch, *clip shape]: each clip is decoded into its row
         (`ClipDecoder.decode_into`), and the collate's `stack_for_transfer` finds them stacked already."""
-        return transfer_buffer((self.batch_size, self.decoder.clip_samples))
+        return transfer_buffer((self.batch_size, *self.decoder.clip_shape))
 
     def _pass_batches(self, epoch: int, worker: int, workers: int) -> Iterator[dict[str, Any]]:
         urls = [u for urls in self.sources for u in urls]

@@ -35,6 +35,11 @@ MANIFEST_FORMAT = "clap-lightning-shards/1"
 # Extensions of the two tar members of every sample.
 AUDIO_EXT = "flac"
 JSON_EXT = "json"
+# Training formats (`python -m data_recipes prepare`), next to the archival FLAC: the member
+# extension each stores a clip under. `logmel`: fp16 log-mel [frames, n_mels] as a .npy file, made
+# by the front end the manifest records in `build.frontend`; `pcm16`: 16-bit WAV at the model rate.
+TRAINING_FORMATS = {"logmel": "logmel.npy", "pcm16": "wav"}
+LOGMEL_EXT = TRAINING_FORMATS["logmel"]
 
 # Labels of the built-in demo corpus (`data_recipes/demo.py` makes it, the eval task `demo` scores it).
 DEMO_CLASSES = (

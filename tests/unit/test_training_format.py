@@ -1,0 +1,195 @@
+"""Training-format shards: `python -m data_recipes prepare` and the log-mel decoder."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from clap_lightning.audio.frontend import SILENCE_DB, LogMelFrontEnd, frames_for, frontend_differences
+from clap_lightning.data import schema
+from clap_lightning.data.pipeline import LogMelDecoder
+from clap_lightning.data.stream import read_tar_samples
+from data_recipes import cli, prepare, writer
+from data_recipes.base import RecipeError
+from tests.unit.test_writer import ToyConfig, ToyRecipe, build
+
+FRONTEND = {"sample_rate": 8000, "n_fft": 256, "hop_length": 80, "n_mels": 16, "fmin": 0.0, "fmax": 4000.0,
+            "mel_sample_rate": 8000}
+
+
+def model_yaml(path: Path, **changes) -> Path:
+    encoder = "\n".join(f"  {k}: {v}" for k, v in {**FRONTEND, **changes}.items())
+    path.write_text(f"sample_rate: 8000\nclip_seconds: 0.05\naudio_encoder:\n  name: htsat\n{encoder}\n")
+    return path
+
+
+def archival(tmp_path: Path, **config) -> Path:
+    build(tmp_path / "arch", ToyRecipe(ToyConfig(**config)) if config else None)
+    return schema.split_dir(tmp_path / "arch", "toy", "train")
+
+
+def members(directory: Path) -> dict[str, dict]:
+    out = {}
+    for path in sorted(directory.glob("*.tar")):
+        for sample in read_tar_samples(str(path), Counter()):
+            out[sample["__key__"]] = sample
+    return out
+
+
+def test_logmel_prepare_matches_the_models_front_end(tmp_path):
+    src = archival(tmp_path)
+    [manifest] = prepare.prepare(src, tmp_path / "mel", "logmel", model_yaml(tmp_path / "m.yaml"), show_progress=False)
+    out = schema.split_dir(tmp_path / "mel", "toy", "train")
+    assert manifest["build"]["format"] == "logmel" and manifest["build"]["frontend"] == FRONTEND
+    assert schema.read_manifest(out) == manifest and manifest["num_samples"] == 10 and manifest["skipped"] == {}
+    assert sorted(p.name for p in out.glob("*.tar")) == sorted(p.name for p in src.glob("*.tar"))
+    front = LogMelFrontEnd(256, 80, 16, 0.0, 4000.0, 8000)
+    archived, prepared = members(src), members(out)
+    assert sorted(prepared) == sorted(archived)
+    for key, sample in prepared.items():
+        assert set(sample) - {"__key__", "__url__"} == {"logmel.npy", "json"}
+        feats = np.load(io.BytesIO(sample["logmel.npy"]))
+        wave, _ = sf.read(io.BytesIO(archived[key]["flac"]), dtype="float32")
+        expected = front(torch.from_numpy(wave)[None])[0].numpy()
+        assert feats.dtype == np.float16 and feats.shape == (frames_for(len(wave), 80), 16)
+        np.testing.assert_allclose(feats.astype(np.float32), expected, atol=0.05, rtol=1e-3)  # fp16 rounding
+        assert sample["json"] == archived[key]["json"]
+
+
+def test_pcm16_prepare_keeps_the_samples(tmp_path):
+    src = archival(tmp_path)
+    prepare.prepare(src, tmp_path / "pcm", "pcm16", model_yaml(tmp_path / "m.yaml"), show_progress=False)
+    archived, prepared = members(src), members(schema.split_dir(tmp_path / "pcm", "toy", "train"))
+    for key, sample in prepared.items():
+        pcm, rate = sf.read(io.BytesIO(sample["wav"]), dtype="int16")
+        flac, _ = sf.read(io.BytesIO(archived[key]["flac"]), dtype="int16")
+        assert rate == 8000
+        np.testing.assert_array_equal(pcm, flac)
+
+
+def test_prepare_resamples_to_the_model_rate(tmp_path):
+    src = archival(tmp_path)  # 8 kHz archival clips
+    yaml = model_yaml(tmp_path / "m.yaml", sample_rate=16000, mel_sample_rate=16000, fmax=8000.0)
+    [manifest] = prepare.prepare(src, tmp_path / "mel", "logmel", yaml, show_progress=False)
+    prepared = members(schema.split_dir(tmp_path / "mel", "toy", "train"))
+    sample = prepared["toy-clip003"]
+    assert json.loads(sample["json"])["sample_rate"] == 16000 and manifest["build"]["sample_rate"] == 16000
+    assert np.load(io.BytesIO(sample["logmel.npy"])).shape[0] == frames_for(2 * (800 + 30), 80)
+
+
+def test_prepare_resumes_and_refuses_another_front_end(tmp_path):
+    src, yaml = archival(tmp_path), model_yaml(tmp_path / "m.yaml")
+    prepare.prepare(src, tmp_path / "mel", "logmel", yaml, show_progress=False)
+    out = schema.split_dir(tmp_path / "mel", "toy", "train")
+    before = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    (out / "toy-train-000001.tar").unlink()
+    (out / "toy-train-000002.tar").rename(out / "toy-train-000002.tar.tmp")  # killed mid-shard
+    kept = (out / "toy-train-000000.tar").stat().st_mtime_ns
+    [manifest] = prepare.prepare(src, tmp_path / "mel", "logmel", yaml, show_progress=False)
+    assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == before and manifest["num_samples"] == 10
+    assert (out / "toy-train-000000.tar").stat().st_mtime_ns == kept  # complete shards are not rewritten
+    with pytest.raises(RecipeError, match="n_mels"):
+        prepare.prepare(src, tmp_path / "mel", "logmel", model_yaml(tmp_path / "other.yaml", n_mels=32),
+                        show_progress=False)
+
+
+def test_prepare_parts_merge_and_workers(tmp_path):
+    src, yaml = archival(tmp_path), model_yaml(tmp_path / "m.yaml")
+    for i in range(2):
+        [m] = prepare.prepare(src, tmp_path / "mel", "logmel", yaml, part=(i, 2), workers=2, show_progress=False)
+        assert m["part"] == {"index": i, "count": 2}
+    merged = writer.merge_parts(tmp_path / "mel", "toy", "train")
+    assert merged["num_samples"] == 10 and merged["build"]["format"] == "logmel"
+    [whole] = prepare.prepare(src, tmp_path / "whole", "logmel", yaml, show_progress=False)
+    assert [s["samples"] for s in merged["shards"]] == [s["samples"] for s in whole["shards"]]
+
+
+def test_prepare_counts_bad_clips_and_damaged_shards(tmp_path):
+    src = archival(tmp_path)
+    shard = src / "toy-train-000000.tar"
+    with tarfile.open(shard) as tar:
+        entries = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+    entries[0] = (entries[0][0], b"not flac at all")  # the first clip's audio
+    with tarfile.open(shard, "w") as tar:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    last = src / "toy-train-000002.tar"
+    last.write_bytes(last.read_bytes()[:700])  # cut inside the first member's data
+    [manifest] = prepare.prepare(src, tmp_path / "mel", "logmel", model_yaml(tmp_path / "m.yaml"), show_progress=False)
+    assert manifest["skipped"] == {"bad_audio": 1, "bad_tar": 1}
+    assert manifest["num_samples"] == 7  # 3 + 4 + none of the truncated shard's 2
+
+
+def test_prepare_cli(tmp_path, capsys):
+    src, yaml = archival(tmp_path), model_yaml(tmp_path / "m.yaml")
+    assert cli.main(["prepare", str(src), "--out", str(tmp_path / "mel"), "--model-config", str(yaml),
+                     "--no-progress"]) == 0
+    assert "toy/train -> logmel: 10 clips" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("audio_encoder:\n  name: htsat\n  n_fft: 256\n")
+    assert cli.main(["prepare", str(src), "--out", str(tmp_path / "x"), "--model-config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "sample_rate" in err[0]
+    # prepared shards are not archival ones
+    assert cli.main(["prepare", str(tmp_path / "mel"), "--out", str(tmp_path / "y"), "--model-config", str(yaml)]) == 2
+    assert "prepared shards" in capsys.readouterr().err
+
+
+def test_frontend_differences_name_the_parameter():
+    assert frontend_differences(FRONTEND, FRONTEND) == []
+    assert frontend_differences({**FRONTEND, "hop_length": 160}, FRONTEND) == ["hop_length 160 (model: 80)"]
+    assert frontend_differences({k: v for k, v in FRONTEND.items() if k != "fmax"}, FRONTEND) == [
+        "fmax None (model: 4000.0)"]
+
+
+def _sample(feats: np.ndarray, key: str = "k") -> dict:
+    return {"__key__": key, "json": json.dumps({"text": ["a", "b"]}).encode(), "logmel.npy": prepare.encode_logmel(feats)}
+
+
+def test_logmel_decoder_crops_in_frames():
+    feats = np.arange(100 * 4, dtype=np.float32).reshape(100, 4) / 8
+    decoder = LogMelDecoder(40, 4, "repeat", is_train=True)
+    starts = set()
+    for seed in range(8):
+        out = decoder(_sample(feats), np.random.default_rng(seed))
+        start = int(out["logmel"][0, 0] * 2)
+        np.testing.assert_array_equal(out["logmel"].numpy(), feats[start:start + 40])
+        assert out["length"] == 40 and out["logmel"].dtype == torch.float32
+        starts.add(start)
+    assert len(starts) > 1  # random crops
+    evaluation = LogMelDecoder(40, 4, "repeat", is_train=False)(_sample(feats))
+    np.testing.assert_array_equal(evaluation["logmel"].numpy(), feats[:40])
+
+
+def test_logmel_decoder_pads_short_clips_into_the_buffer():
+    feats = np.ones((15, 4), dtype=np.float32)
+    feats[:, 0] = np.arange(15)
+    buffer = torch.full((2, 40, 4), 7.0)
+    tiled = LogMelDecoder(40, 4, "repeat", is_train=True).decode_into(buffer[0], _sample(feats), np.random.default_rng(0))
+    assert tiled["logmel"].data_ptr() == buffer[0].data_ptr() and tiled["length"] == 40
+    np.testing.assert_array_equal(buffer[0, :, 0].numpy(), np.arange(40) % 15)
+    zero = LogMelDecoder(40, 4, "zero", is_train=True).decode_into(buffer[1], _sample(feats), np.random.default_rng(0))
+    assert zero["length"] == 15
+    assert (buffer[1, 15:] == SILENCE_DB).all() and (buffer[1, :15, 1] == 1).all()
+
+
+def test_logmel_decoder_counts_bad_members():
+    decoder = LogMelDecoder(10, 4, "repeat", is_train=False)
+    wrong_bins = _sample(np.zeros((20, 8), dtype=np.float16), "bins")
+    garbage = dict(_sample(np.zeros((20, 4))), **{"logmel.npy": b"garbage"})
+    nan = np.zeros((20, 4), dtype=np.float16)
+    nan[3, 1] = np.nan
+    missing = {"__key__": "m", "json": b'{"text": ["a"]}'}
+    for sample in (wrong_bins, garbage, _sample(nan, "nan"), missing, _sample(np.zeros((0, 4)), "empty")):
+        assert decoder(sample) is None
+    assert decoder.skipped == Counter(bad_audio=2, nan_audio=1, missing_audio=1, empty_audio=1)
