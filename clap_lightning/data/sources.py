@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +18,7 @@ class ShardSource:
 
     urls: list[str]
     num_samples: Optional[int] = None
+    builds: list[Optional[dict]] = field(default_factory=list)  # each part's manifest `build` (None: no manifest)
 
 
 def load_manifest(split_dir: Path) -> dict:
@@ -58,7 +59,29 @@ def _from_manifest(split_dir: Path) -> ShardSource:
     total = manifest.get("num_samples", manifest.get("samples"))
     if total is None and counts and None not in counts:
         total = sum(counts)
-    return ShardSource(urls, total)
+    build = manifest.get("build")
+    return ShardSource(urls, total, [build if isinstance(build, dict) else None])
+
+
+def feature_frontend(source: ShardSource, spec: str) -> Optional[dict]:
+    """The front end a source's log-mel shards were made with (manifest `build.frontend`), None for waveform shards.
+
+    Log-mel shards are known by their manifest (`python -m data_recipes prepare` writes
+    `build.format: logmel`), so they are given as split directories.
+
+    Raises:
+        DataError: the source mixes log-mel and other shards, or log-mel shards of two front ends.
+    """
+    logmel = [isinstance(b, dict) and b.get("format") == "logmel" for b in source.builds]
+    if not any(logmel):
+        return None
+    if not all(logmel):
+        raise DataError(f"{spec} mixes log-mel and waveform shards: give each kind its own source")
+    frontends = [b.get("frontend") for b in source.builds]
+    if not isinstance(frontends[0], dict) or any(f != frontends[0] for f in frontends):
+        raise DataError(f"{spec}: its log-mel shards record {'no' if not isinstance(frontends[0], dict) else 'different'} "
+                        "front ends (manifest build.frontend); prepare them again with one --model-config")
+    return frontends[0]
 
 
 def resolve_shards(spec: str) -> ShardSource:
@@ -76,13 +99,15 @@ def resolve_shards(spec: str) -> ShardSource:
         raise DataError("no shards given (empty shard specification)")
     urls: list[str] = []
     total: Optional[int] = 0
+    builds: list[Optional[dict]] = []
     for part in spec.split("::"):
         source = _resolve_one(part)
         urls += source.urls
         total = None if total is None or source.num_samples is None else total + source.num_samples
+        builds += source.builds or [None]
     if not urls:
         raise DataError(f"no shards found in {spec}")
-    return ShardSource(urls, total)
+    return ShardSource(urls, total, builds)
 
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")  # the tar reader takes gzipped shards as they are

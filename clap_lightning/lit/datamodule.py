@@ -6,16 +6,17 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import lightning as L
 import torch
 
 from clap_lightning.config import DataConfig, ExperimentConfig, ModelConfig, pretraining_batch_size
 from clap_lightning.data.augment import WaveAugment
-from clap_lightning.data.pipeline import ClapLoader, ClapStream, ClipDecoder, Collate
-from clap_lightning.data.sources import resolve_shards
-from clap_lightning.encoders.registry import build_caption_tokenizer
+from clap_lightning.audio.frontend import frames_for, frontend_differences, frontend_params
+from clap_lightning.data.pipeline import ClapLoader, ClapStream, ClipDecoder, Collate, LogMelDecoder
+from clap_lightning.data.sources import ShardSource, feature_frontend, resolve_shards
+from clap_lightning.encoders.registry import AUDIO_ENCODERS, build_caption_tokenizer, import_builtin_encoders
 from clap_lightning.errors import DataError
 from clap_lightning.models.clap import split_name
 
@@ -70,10 +71,55 @@ class ClapDataModule(L.LightningDataModule):
     def _rank_world(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
 
-    def _decoder_collate(self, is_train: bool) -> tuple[ClipDecoder, Collate]:
+    def _decoder_collate(self, is_train: bool, sources: Sequence[tuple[str, ShardSource]] = ()
+                         ) -> tuple[ClipDecoder, Collate]:
+        """The decoder of `sources` ((spec, resolved shards)): waveforms, or log-mel features when their
+        manifests say so (`python -m data_recipes prepare --format logmel`), for this model's front end only."""
         model = self.model_config
-        decoder = ClipDecoder(model.sample_rate, model.clip_samples, self.data_config.pad_mode, is_train)
+        frontend = self._feature_frontend(sources)
+        if frontend is not None:
+            decoder = LogMelDecoder(frames_for(model.clip_samples, frontend["hop_length"]), frontend["n_mels"],
+                                    self.data_config.pad_mode, is_train)
+        else:
+            decoder = ClipDecoder(model.sample_rate, model.clip_samples, self.data_config.pad_mode, is_train)
         return decoder, Collate(self.tokenizer, self.label_field, cut_to_longest=self.data_config.pad_mode == "none")
+
+    def _feature_frontend(self, sources: Sequence[tuple[str, ShardSource]]) -> Optional[dict]:
+        """The model's front end when `sources` are log-mel shards made by it; None for waveform shards.
+
+        Raises:
+            DataError: one line: sources that mix log-mel and waveform shards, features made by another
+                front end (naming each differing parameter), or settings the feature path cannot honour.
+        """
+        recorded = [(spec, feature_frontend(source, spec)) for spec, source in sources]
+        if all(frontend is None for _, frontend in recorded):
+            return None
+        if any(frontend is None for _, frontend in recorded):
+            raise DataError("the training sources mix log-mel and waveform shards: prepare every source "
+                            "(`python -m data_recipes prepare --format logmel`) or none")
+        import_builtin_encoders()
+        encoder = AUDIO_ENCODERS.parse_config(*split_name(self.model_config.audio_encoder), where="model.audio_encoder")
+        try:
+            expected = frontend_params(encoder)
+        except ValueError as err:
+            raise DataError(f"log-mel shards, but model.audio_encoder has no log-mel front end: {err}") from None
+        if expected["sample_rate"] != self.model_config.sample_rate:
+            raise DataError(f"model.sample_rate {self.model_config.sample_rate} differs from the audio encoder's "
+                            f"{expected['sample_rate']}: log-mel shards need them equal")
+        for spec, frontend in recorded:
+            differing = frontend_differences(frontend, expected)
+            if differing:
+                raise DataError(f"{spec} holds log-mel features of another front end than the model's: "
+                                f"{'; '.join(differing)}; prepare them again with this model's config "
+                                "(`python -m data_recipes prepare --model-config ...`) or train on the FLAC shards")
+        data = self.data_config
+        if self._wave_augment().is_active:
+            raise DataError("data.augment works on waveforms, and these shards hold log-mel features: "
+                            "turn the waveform augmentations off or train on the FLAC shards")
+        if data.pad_mode != "repeat" and getattr(encoder, "mask_padding", False):
+            raise DataError(f"data.pad_mode {data.pad_mode} with mask_padding needs waveform shards: the model does "
+                            "not mask padded log-mel frames; use data.pad_mode repeat")
+        return expected
 
     def _make_loader(self, stream: ClapStream, workers: int, persistent: bool) -> ClapLoader:
         return ClapLoader(stream, batch_size=None, num_workers=workers, persistent_workers=persistent and workers > 0,
@@ -94,7 +140,8 @@ class ClapDataModule(L.LightningDataModule):
         self._fingerprint = _fingerprint(urls, weights, world, workers, self.batch_size, batches_per_worker,
                                          data.seed, data.shuffle_buffer)
         start_epoch, resume = self._resume_point(rank, workers, batches_per_worker)
-        decoder, collate = self._decoder_collate(is_train=True)
+        decoder, collate = self._decoder_collate(True, [(s.shards, source) for s, (source, _) in
+                                                        zip(data.training_sources(), sources)])
         stream = ClapStream(urls, decoder, collate, self.batch_size, is_train=True, weights=weights, seed=data.seed,
                             rank=rank, world_size=world, shuffle_buffer=data.shuffle_buffer,
                             batches_per_worker=batches_per_worker, num_workers=workers, start_epoch=start_epoch,
@@ -165,9 +212,10 @@ class ClapDataModule(L.LightningDataModule):
     def _eval_loader(self, spec: str) -> ClapLoader:
         data = self.data_config
         rank, world = self._rank_world()
-        urls = resolve_shards(spec).urls
+        source = resolve_shards(spec)
+        urls = source.urls
         workers = min(data.num_workers, max(1, len(urls[rank::world])))
-        decoder, collate = self._decoder_collate(is_train=False)
+        decoder, collate = self._decoder_collate(False, [(spec, source)])
         stream = ClapStream([urls], decoder, collate, data.eval_batch_size, is_train=False, rank=rank,
                             world_size=world, name=spec)
         return self._make_loader(stream, workers, persistent=False)

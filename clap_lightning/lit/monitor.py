@@ -48,7 +48,7 @@ class LoaderWaitTimer(Profiler):
 def count_batch_samples(batch: Any) -> int:
     """Samples (audio-text pairs, clips) in a batch: the leading size of its audio tensor."""
     if isinstance(batch, dict):
-        for key in ("audio", "audio_emb"):
+        for key in ("audio", "logmel", "audio_emb"):
             if isinstance(batch.get(key), torch.Tensor):
                 return batch[key].shape[0]
         batch = [value for value in batch.values() if isinstance(value, torch.Tensor)]

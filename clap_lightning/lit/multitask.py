@@ -144,7 +144,8 @@ class MultiTaskDataModule(ClapDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         pass  # no tokenizer: targets come from the jsons
 
-    def _decoder_collate(self, is_train: bool) -> tuple[ClipDecoder, MultiTaskCollate]:
+    def _decoder_collate(self, is_train: bool, sources=()) -> tuple[ClipDecoder, MultiTaskCollate]:
+        # Multi-task training reads waveform shards only (its heads run the model's front end).
         model = self.model_config
         decoder = ClipDecoder(model.sample_rate, model.clip_samples, self.data_config.pad_mode, is_train)
         return decoder, MultiTaskCollate(label_specs(self.multitask, self.plan.train, "train"))

@@ -85,11 +85,16 @@ class CLAP(nn.Module):
         return self.text_projection(self.text_encoder(input_ids, attention_mask))
 
     def forward(
-        self, audio: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-        audio_length: Optional[torch.Tensor] = None,
+        self, audio: Optional[torch.Tensor], input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        audio_length: Optional[torch.Tensor] = None, logmel: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return (audio_emb [B, D], text_emb [B, D], logit_scale [1])."""
-        return self.encode_audio(audio, audio_length), self.encode_text(input_ids, attention_mask), self.logit_scale
+        """Return (audio_emb [B, D], text_emb [B, D], logit_scale [1]).
+
+        With `logmel` [B, frames, n_mels] (a batch from log-mel training shards) the audio embedding
+        comes from those features (`encode_audio_features`) and `audio` is not used.
+        """
+        audio_emb = self.encode_audio(audio, audio_length) if logmel is None else self.encode_audio_features(logmel)
+        return audio_emb, self.encode_text(input_ids, attention_mask), self.logit_scale
 
     def build_tokenizer(self):
         """The caption tokenizer that matches this model's text encoder."""

@@ -193,3 +193,88 @@ def test_logmel_decoder_counts_bad_members():
     for sample in (wrong_bins, garbage, _sample(nan, "nan"), missing, _sample(np.zeros((0, 4)), "empty")):
         assert decoder(sample) is None
     assert decoder.skipped == Counter(bad_audio=2, nan_audio=1, missing_audio=1, empty_audio=1)
+
+
+# --- the loader and the model on log-mel shards (the tiny model: 16 kHz, 2.04 s, 256 frames of 64 bins)
+
+TINY = Path(__file__).resolve().parents[2] / "configs" / "model" / "tiny.yaml"
+DEMO = Path(__file__).resolve().parents[2] / "configs" / "experiment" / "demo.yaml"
+
+
+def tiny_yaml(path: Path, **changes) -> Path:
+    import yaml
+
+    config = yaml.safe_load(TINY.read_text())
+    config["audio_encoder"].update(changes)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def datamodule(train: str, *overrides: str):
+    from clap_lightning.config import ExperimentConfig, load_config
+    from clap_lightning.lit.datamodule import ClapDataModule
+
+    config = load_config(ExperimentConfig, DEMO, [f"data.train={train}", "data.val=''", "data.num_workers=0",
+                                                  "data.global_batch_size=4", "data.shuffle_buffer=0", *overrides])
+    module = ClapDataModule.for_pretraining(config)
+    module.setup()
+    return config, module
+
+
+def test_loader_yields_logmel_batches_the_model_embeds(tmp_path, monkeypatch):
+    from clap_lightning.lit.pretraining import ClapPretraining
+
+    [manifest] = prepare.prepare(archival(tmp_path), tmp_path / "mel", "logmel", TINY, show_progress=False)
+    config, module = datamodule(str(schema.split_dir(tmp_path / "mel", "toy", "train")))
+    batch = next(iter(module.train_dataloader()))
+    assert "audio" not in batch and batch["logmel"].shape == (4, 256, 64) and batch["logmel"].dtype == torch.float32
+    assert batch["logmel_length"].tolist() == [256] * 4  # short clips tiled (data.pad_mode repeat)
+    assert batch["input_ids"].shape[0] == 4
+    lit = ClapPretraining(config)
+
+    def no_front_end(wave):
+        raise AssertionError("the model's front end ran on log-mel shards")
+
+    monkeypatch.setattr(lit.model.audio_encoder.frontend, "forward", no_front_end)
+    audio_emb, text_emb, _ = lit(batch)
+    assert audio_emb.shape == text_emb.shape == (4, 128) and torch.isfinite(audio_emb).all()
+    audio_emb.sum().backward()  # the audio tower trains from features
+    assert lit.model.audio_encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert lit.model.audio_encoder.bn0.weight.grad.abs().sum() > 0  # bn0 still applies to the features
+
+
+def test_features_give_the_waveform_paths_embedding():
+    from clap_lightning.config import ExperimentConfig, load_config
+    from clap_lightning.models.clap import CLAP
+
+    model = CLAP(load_config(ExperimentConfig, DEMO).model).eval()
+    wave = torch.randn(2, 32640) * 0.1
+    feats = torch.from_numpy(prepare.SampleConverter("logmel", prepare.read_frontend(TINY)).logmel(wave[0].numpy()))
+    with torch.no_grad():
+        expected = model.encode_audio(wave[:1])
+        got = model.encode_audio_features(feats[None])
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_loader_refuses_features_of_another_front_end(tmp_path):
+    from clap_lightning.errors import DataError
+
+    prepare.prepare(archival(tmp_path), tmp_path / "mel", "logmel", tiny_yaml(tmp_path / "m.yaml", fmax=7000.0),
+                    show_progress=False)
+    split = str(schema.split_dir(tmp_path / "mel", "toy", "train"))
+    _, module = datamodule(split)
+    with pytest.raises(DataError) as err:
+        module.train_dataloader()
+    message = str(err.value)
+    assert "fmax 7000.0 (model: 8000.0)" in message and len(message.splitlines()) == 1
+    assert not any(f"{name} " in message for name in ("n_mels", "hop_length", "n_fft", "mel_sample_rate"))
+    # waveform augmentations cannot run on features
+    prepare.prepare(archival(tmp_path), tmp_path / "ok", "logmel", TINY, show_progress=False)
+    _, module = datamodule(str(schema.split_dir(tmp_path / "ok", "toy", "train")), "data.augment.gain_prob=0.5")
+    with pytest.raises(DataError, match="data.augment"):
+        module.train_dataloader()
+    # nor can one run mix features and waveforms
+    both = f"{schema.split_dir(tmp_path / 'ok', 'toy', 'train')}::{schema.split_dir(tmp_path / 'arch', 'toy', 'train')}"
+    _, module = datamodule(both)
+    with pytest.raises(DataError, match="mixes log-mel and waveform"):
+        module.train_dataloader()
