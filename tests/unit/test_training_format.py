@@ -278,3 +278,26 @@ def test_loader_refuses_features_of_another_front_end(tmp_path):
     _, module = datamodule(both)
     with pytest.raises(DataError, match="mixes log-mel and waveform"):
         module.train_dataloader()
+
+
+def test_prepare_array_script_then_merge_match_one_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    src, yaml = archival(tmp_path), model_yaml(tmp_path / "m.yaml")
+    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=str(root), SLURM_ARRAY_TASK_COUNT="2",
+               SLURM_ARRAY_TASK_MIN="0", SLURM_ARRAY_TASK_MAX="1", SLURM_CPUS_PER_TASK="1")
+    for task in ("0", "1"):
+        done = subprocess.run(["bash", str(root / "slurm" / "prepare_shards.sbatch"), str(src), str(tmp_path / "arr"),
+                               "--model-config", str(yaml)], env=dict(env, SLURM_ARRAY_TASK_ID=task), cwd=root,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    merged = subprocess.run(["bash", str(root / "slurm" / "merge_shards.sbatch"), "toy", str(tmp_path / "arr")],
+                            env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert merged.returncode == 0, merged.stderr
+    [whole] = prepare.prepare(src, tmp_path / "one", "logmel", yaml, show_progress=False)
+    arr, one = schema.split_dir(tmp_path / "arr", "toy", "train"), schema.split_dir(tmp_path / "one", "toy", "train")
+    assert {p.name: p.read_bytes() for p in arr.glob("*.tar")} == {p.name: p.read_bytes() for p in one.glob("*.tar")}
+    assert schema.read_manifest(arr)["shards"] == whole["shards"]
