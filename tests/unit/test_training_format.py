@@ -238,7 +238,8 @@ def test_loader_yields_logmel_batches_the_model_embeds(tmp_path, monkeypatch):
     monkeypatch.setattr(lit.model.audio_encoder.frontend, "forward", no_front_end)
     audio_emb, text_emb, _ = lit(batch)
     assert audio_emb.shape == text_emb.shape == (4, 128) and torch.isfinite(audio_emb).all()
-    audio_emb.sum().backward()  # the audio tower trains from features
+    # the audio tower trains from features (a plain sum has no gradient through the projection's LayerNorm)
+    (audio_emb * torch.randn(audio_emb.shape, generator=torch.Generator().manual_seed(0))).sum().backward()
     assert lit.model.audio_encoder.patch_embed.proj.weight.grad.abs().sum() > 0
     assert lit.model.audio_encoder.bn0.weight.grad.abs().sum() > 0  # bn0 still applies to the features
 
