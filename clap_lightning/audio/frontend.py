@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 # Slaney's auditory-toolbox mel scale, as librosa.hz_to_mel(htk=False): linear below 1 kHz,
 # logarithmic above.
@@ -264,6 +265,25 @@ def masked_batch_norm(feats: torch.Tensor, valid: torch.Tensor, bn: nn.BatchNorm
     return normed * bn.weight + bn.bias if bn.affine else normed
 
 
+def batch_norm_bins(feats: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """`bn` (a BatchNorm2d over mel bins, msclap's layout) applied to [B, frames, n_mels] as one [B * frames, n_mels] batch.
+
+    The same statistics, running-stat update and output as `bn` on the [B, n_mels, frames, 1] view
+    msclap uses, but on a plain 2-D input: torch 2.11's CPU batch-norm backward on that 4-D view
+    gives wrong weight and bias gradients when the gradient arrives in another memory layout than
+    the input (the size-1 last dim makes the view look channels-last), as it does inside HTSAT.
+    """
+    momentum = bn.momentum if bn.momentum is not None else 0.0
+    if bn.training and bn.track_running_stats:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:  # cumulative average, as nn.BatchNorm2d
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    use_batch_stats = bn.training or bn.running_mean is None
+    flat = F.batch_norm(feats.reshape(-1, feats.shape[-1]), bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                        use_batch_stats, momentum, bn.eps)
+    return flat.view(feats.shape)
+
+
 def normalise_and_augment(
     feats: torch.Tensor, bn0: nn.BatchNorm2d, spec_augmenter: SpecAugment, use_spec_augment: bool,
     valid: Optional[torch.Tensor] = None,
@@ -281,5 +301,5 @@ def normalise_and_augment(
     if valid is not None and (not bn0.training or not valid.all()):
         feats = masked_batch_norm(feats, valid, bn0)
     else:
-        feats = bn0(feats.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
+        feats = batch_norm_bins(feats, bn0)
     return spec_augmenter(feats) if use_spec_augment else feats

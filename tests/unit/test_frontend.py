@@ -140,3 +140,30 @@ def test_spec_augment_widths_are_fractions_of_the_spectrogram():
     assert widths.max() <= 49 and widths.max() >= 30
     with pytest.raises(ValueError, match=r"spec_augment.time_width: expected a fraction in \[0, 1\]; got 64"):
         SpecAugmentConfig(time_width=64)
+
+
+def test_bn0_gradients_match_float64_whatever_layout_the_gradient_arrives_in():
+    # The gradient reaches bn0 laid out [B, n_mels, frames] (as from HTSAT's image); torch 2.11's CPU
+    # BatchNorm2d backward on msclap's [B, n_mels, frames, 1] view got bn0's weight and bias gradients wrong.
+    from clap_lightning.audio.frontend import SpecAugment, normalise_and_augment
+
+    torch.manual_seed(0)
+    feats = torch.randn(4, 256, 64) * 20 - 50
+    downstream = torch.randn(4, 64, 256)
+    bn = torch.nn.BatchNorm2d(64)
+    bn.weight.data.uniform_(0.5, 1.5)
+    out = normalise_and_augment(feats, bn, SpecAugment(), use_spec_augment=False)
+    (out.transpose(1, 2) * downstream).sum().backward()
+    x = feats.double()
+    normed = (x - x.mean((0, 1))) / (x.var((0, 1), unbiased=False) + bn.eps).sqrt()
+    torch.testing.assert_close(out.double(), normed * bn.weight.double() + bn.bias.double(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(bn.bias.grad.double(), downstream.double().sum((0, 2)), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(bn.weight.grad.double(), (normed.transpose(1, 2) * downstream.double()).sum((0, 2)),
+                               rtol=1e-5, atol=1e-3)
+    # the running statistics move as nn.BatchNorm2d's do (unbiased variance, momentum 0.1)
+    torch.testing.assert_close(bn.running_mean, 0.1 * feats.mean((0, 1)), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(bn.running_var, 0.9 + 0.1 * feats.var((0, 1)), rtol=1e-4, atol=1e-3)
+    assert int(bn.num_batches_tracked) == 1
+    bn.eval()  # eval: the running statistics apply
+    torch.testing.assert_close(normalise_and_augment(feats, bn, SpecAugment(), False),
+                               (feats - bn.running_mean) / (bn.running_var + bn.eps).sqrt() * bn.weight + bn.bias)
