@@ -106,6 +106,7 @@ class ModelConfig:
     text_encoder: dict = field(default_factory=lambda: {"name": "gpt2"})  # `name` + that encoder's config
     audio_encoder_init: str = ""  # checkpoint (e.g. multi-task) whose audio encoder a fresh `fit` starts from
     init_from: str = ""  # a whole model (.ckpt, or an exported folder) a fresh `fit` starts from; its architecture is the base
+    compile: bool = False  # torch.compile the audio and text encoders for training (in place: checkpoints unchanged)
 
     def __post_init__(self) -> None:
         if self.init_from and self.audio_encoder_init:

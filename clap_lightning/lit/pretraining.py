@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from clap_lightning.config import ExperimentConfig, config_from, to_container
 from clap_lightning.lit.gradcache import gradcache_backward, split_batch
 from clap_lightning.lit.optim import build_optimizer
-from clap_lightning.models.clap import CLAP
+from clap_lightning.models.clap import CLAP, compile_encoders
 from clap_lightning.objectives import (ContrastiveObjective, ContrastiveOutput, compute_logit_scale, compute_logits,
                                        symmetric_infonce)
 
@@ -30,6 +30,8 @@ class ClapPretraining(L.LightningModule):
         self.save_hyperparameters({"config": to_container(config)})
         self.config = config
         self.model = CLAP(config.model)
+        if config.model.compile:
+            compile_encoders(self.model)
         self.objective = ContrastiveObjective(use_local_loss=config.objective.use_local_loss,
                                               false_negatives=config.objective.false_negatives)
         self.frozen_towers = [name for name, is_frozen in (

@@ -264,6 +264,17 @@ class CLAP(nn.Module):
         return F.normalize(torch.cat(embs).float(), dim=-1)
 
 
+def compile_encoders(model: CLAP) -> CLAP:
+    """`torch.compile` the audio and text encoders in place (`model.compile: true`); returns `model`.
+
+    `nn.Module.compile` keeps the modules and their state-dict keys, so checkpoints of a compiled
+    run load into an eager model and the reverse. The first step pays the compilation.
+    """
+    model.audio_encoder.compile()
+    model.text_encoder.compile()
+    return model
+
+
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Put `model` in eval mode, then restore every submodule's own mode.
