@@ -13,7 +13,9 @@ MFU are printed against the device's dense peak for the variant's dtype, looked 
 device name (H100/H200/A100) or given with `--peak-tflops`: the same accounting as the live
 monitor of `clap-lightning fit` (`clap_lightning/flops.py`).
 
-Also printed, as checks of the switches on this device: the bf16 loss against the fp32
+Then the FLOPs per pair by component (audio tower, text tower, loss, optimizer), each counted
+on its own forward + backward, beside the whole step's count. Also printed, as checks of the
+switches on this device: the bf16 loss against the fp32
 loss on the same weights, and the largest gradient difference that checkpointing makes
 (it recomputes the same kernels, so it should be at float rounding).
 
@@ -81,6 +83,38 @@ def time_steps(model: CLAP, batch: dict, bf16: bool, steps: int) -> tuple[float,
     return steps * len(batch["audio"]) / seconds, peak_gib, flops.total, seconds / steps
 
 
+def component_flops(model: CLAP, batch: dict, bf16: bool) -> dict[str, int]:
+    """FLOPs of one training step by component, each forward + backward counted on its own.
+
+    FlopCounterMode's per-module attribution of backward FLOPs is unreliable (it charges them to
+    whichever module hook fired last), so each component runs separately on the real batch: the
+    audio tower (encoder + projection), the text tower, the loss (from leaf embeddings) and the
+    optimizer step (AdamW is element-wise: 0 counted FLOPs, as usual for MFU).
+    """
+    model.train()
+    counts = {}
+    with torch.autocast(batch["audio"].device.type, dtype=torch.bfloat16, enabled=bf16):
+        with count_flops() as flops:
+            audio = model.encode_audio(batch["audio"])
+            audio.backward(torch.ones_like(audio))
+        counts["audio encoder + projection"] = flops.total
+        with count_flops() as flops:
+            text = model.encode_text(batch["input_ids"], batch["attention_mask"])
+            text.backward(torch.ones_like(text))
+        counts["text encoder + projection"] = flops.total
+        audio, text = audio.detach().requires_grad_(), text.detach().requires_grad_()
+        with count_flops() as flops:
+            logits = compute_logits(audio, text, model.logit_scale)
+            symmetric_infonce(logits, torch.arange(len(logits), device=logits.device)).backward()
+        counts["contrastive loss"] = flops.total
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    with count_flops() as flops:
+        optim.step()
+    counts["optimizer (AdamW)"] = flops.total
+    model.zero_grad(set_to_none=True)
+    return counts
+
+
 def gradients(model: CLAP, batch: dict, bf16: bool) -> tuple[float, dict[str, torch.Tensor]]:
     model.eval()  # no dropout, no SpecAugment: the two runs must see the same function
     model.zero_grad(set_to_none=True)
@@ -142,6 +176,12 @@ def main() -> None:
         mfu = f"{tflops / peak:7.1%}" if peak else f"{'n/a':>7}"
         print(f"{name:<12} {rate:9.1f} {rate / base_rate:7.2f}x {mem:9.2f} {mem / base_mem:7.2f}x "
               f"{flops / args.batch / 1e9:11.2f} {tflops:8.3g} {mfu}")
+    split = component_flops(copy.deepcopy(model), batch, bf16=True)
+    step_flops = rows[1][4]  # the bf16 step, counted whole
+    print(f"FLOPs per pair by component (bf16, forward + backward, each counted on its own; the whole step: "
+          f"{step_flops / args.batch / 1e9:.2f} GFLOP/pair, the parts sum to {sum(split.values()) / step_flops:.1%}):")
+    for name, count in split.items():
+        print(f"  {name:<28} {count / args.batch / 1e9:9.2f} GFLOP/pair {count / step_flops:7.1%}")
     print(f"checks: loss fp32 {fp32_loss:.5f} vs bf16 {bf16_loss:.5f} (|diff| {abs(fp32_loss - bf16_loss):.2e}); "
           f"checkpointing changes bf16 gradients by at most {ckpt_diff:.2e} (largest gradient {grad_scale:.2e})")
 
