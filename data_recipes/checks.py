@@ -20,6 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 import soundfile as sf
 
+from clap_lightning.audio.frontend import frames_for
 from clap_lightning.data import schema
 
 _MAX_PROBLEMS = 20  # problems listed per split; the count is always complete
@@ -73,8 +74,10 @@ class SplitReport:
 
 def _check_sample(report: SplitReport, manifest: dict, shard: str, key: str, parts: dict[str, bytes]) -> float:
     where = f"{shard}:{key}"
-    if set(parts) != {schema.AUDIO_EXT, schema.JSON_EXT}:
-        report.add(f"{where}: members {sorted(parts)}, expected flac and json")
+    fmt = manifest["build"].get("format")  # a training format made by `prepare`, or None (archival FLAC)
+    audio_ext = schema.TRAINING_FORMATS.get(fmt, schema.AUDIO_EXT)
+    if set(parts) != {audio_ext, schema.JSON_EXT}:
+        report.add(f"{where}: members {sorted(parts)}, expected {audio_ext} and json")
         return 0.0
     try:
         meta = json.loads(parts[schema.JSON_EXT].decode("utf-8"))
@@ -83,15 +86,17 @@ def _check_sample(report: SplitReport, manifest: dict, shard: str, key: str, par
         return 0.0
     for problem in schema.validate_sample_json(meta):
         report.add(f"{where}: {problem}")
-    try:
-        audio, rate = sf.read(io.BytesIO(parts[schema.AUDIO_EXT]), dtype="int16", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as err:
-        report.add(f"{where}: flac does not decode ({err})")
-        return 0.0
     expected = {"source": manifest["source"], "split": manifest["split"], "sample_rate": manifest["build"]["sample_rate"]}
     for field, value in expected.items():
         if meta.get(field) != value:
             report.add(f"{where}: json {field} {meta.get(field)!r}, manifest says {value!r}")
+    if fmt == "logmel":
+        return _check_logmel(report, where, parts[audio_ext], meta, manifest["build"]["frontend"])
+    try:
+        audio, rate = sf.read(io.BytesIO(parts[audio_ext]), dtype="int16", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as err:
+        report.add(f"{where}: {audio_ext} does not decode ({err})")
+        return 0.0
     if rate != manifest["build"]["sample_rate"] or audio.shape[1] != 1:
         report.add(f"{where}: flac is {audio.shape[1]} channel(s) at {rate} Hz, expected mono at {manifest['build']['sample_rate']}")
     seconds = audio.shape[0] / rate
@@ -99,6 +104,25 @@ def _check_sample(report: SplitReport, manifest: dict, shard: str, key: str, par
         report.add(f"{where}: decoded {seconds:.4f} s, json duration {meta.get('duration')}")
     if isinstance(meta.get("id"), str) and meta["id"] and schema.sample_key(manifest["source"], meta["id"]) != key:
         report.add(f"{where}: key does not match source-id {manifest['source']}-{meta['id']}")
+    return seconds
+
+
+def _check_logmel(report: SplitReport, where: str, data: bytes, meta: dict, frontend: dict) -> float:
+    """Check a `logmel.npy` member: fp16 [frames, n_mels] of finite values, as many frames as its duration gives."""
+    try:
+        feats = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        report.add(f"{where}: logmel.npy does not load ({err})")
+        return 0.0
+    if feats.dtype != np.float16 or feats.ndim != 2 or feats.shape[1] != frontend["n_mels"]:
+        report.add(f"{where}: logmel.npy is {feats.dtype} {list(feats.shape)}, expected float16 [frames, {frontend['n_mels']}]")
+        return 0.0
+    if not np.isfinite(feats).all():
+        report.add(f"{where}: logmel.npy holds NaN or infinite values")
+    seconds = float(meta.get("duration") or 0)
+    frames = frames_for(round(seconds * frontend["sample_rate"]), frontend["hop_length"])
+    if abs(frames - feats.shape[0]) > 1:
+        report.add(f"{where}: {feats.shape[0]} frames, json duration {meta.get('duration')} gives {frames}")
     return seconds
 
 

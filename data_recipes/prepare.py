@@ -122,10 +122,10 @@ class SampleConverter:
         model_rate = self.frontend["sample_rate"]
         if rate != model_rate:
             audio = _resample(np.ascontiguousarray(audio), rate, model_rate)
-        meta = raw["json"]
-        if rate != model_rate:  # the json states the rate of the audio it travels with
-            meta = json.dumps(dict(json.loads(meta), sample_rate=model_rate), ensure_ascii=False, sort_keys=True).encode()
-        seconds = audio.size / model_rate
+        meta, seconds = raw["json"], audio.size / model_rate
+        if rate != model_rate:  # the json states the rate and length of the audio it travels with
+            meta = json.dumps(dict(json.loads(meta), sample_rate=model_rate, duration=round(seconds, 6)),
+                              ensure_ascii=False, sort_keys=True).encode()
         return key, [(schema.TRAINING_FORMATS[self.format], self._encode(audio)), (schema.JSON_EXT, meta)], seconds, False
 
     def _encode(self, audio: np.ndarray) -> bytes:

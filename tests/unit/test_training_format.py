@@ -302,3 +302,28 @@ def test_prepare_array_script_then_merge_match_one_process(tmp_path):
     arr, one = schema.split_dir(tmp_path / "arr", "toy", "train"), schema.split_dir(tmp_path / "one", "toy", "train")
     assert {p.name: p.read_bytes() for p in arr.glob("*.tar")} == {p.name: p.read_bytes() for p in one.glob("*.tar")}
     assert schema.read_manifest(arr)["shards"] == whole["shards"]
+
+
+@pytest.mark.parametrize("fmt,rate", [("logmel", 8000), ("pcm16", 8000), ("logmel", 16000), ("pcm16", 16000)])
+def test_validate_checks_prepared_splits(tmp_path, fmt, rate):
+    from data_recipes import checks
+
+    src = archival(tmp_path)
+    yaml = model_yaml(tmp_path / "m.yaml", sample_rate=rate, mel_sample_rate=rate, fmax=rate / 2)
+    prepare.prepare(src, tmp_path / "p", fmt, yaml, show_progress=False)
+    out = schema.split_dir(tmp_path / "p", "toy", "train")
+    report = checks.validate_split(out)
+    assert report.problems == [] and report.samples == 10
+    if fmt == "logmel":  # a member cut to half its frames is reported
+        shard = out / "toy-train-000000.tar"
+        with tarfile.open(shard) as tar:
+            entries = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]
+        feats = np.load(io.BytesIO(entries[0][1]))
+        entries[0] = (entries[0][0], prepare.encode_logmel(feats[: len(feats) // 2]))
+        with tarfile.open(shard, "w") as tar:
+            for name, data in entries:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        [problem] = checks.validate_split(out).problems
+        assert "toy-clip000" in problem and "frames" in problem
