@@ -36,12 +36,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="average the embeddings of every prompt template of a task (default: the first)")
     parser.add_argument("--linear-probe", action="store_true",
                         help="also report a logistic-regression probe on single-label tasks (folds or train split)")
+    parser.add_argument("--captioner", default=None,
+                        help="a captioning checkpoint trained on this CLAP's audio embeddings: scores the captioning "
+                             "tasks (CIDEr-D, BLEU-4, ROUGE-L; not SPIDEr, which needs SPICE); without it they are skipped")
 
 
 def run_eval(checkpoint: str, tasks: str, data: str, out: Optional[str] = None, cache: Optional[str] = None,
              options: Optional[EvalOptions] = None, long_audio: str = "first",
-             hop_seconds: Optional[float] = None) -> tuple[list[TaskResult], list[Path], TaskEvaluator]:
+             hop_seconds: Optional[float] = None,
+             captioner: Optional[str] = None) -> tuple[list[TaskResult], list[Path], TaskEvaluator]:
     """Evaluate `checkpoint` on `tasks`; returns the results, the report files and the evaluator (for counts).
+
+    `captioner` (a captioning checkpoint) scores the captioning tasks with its own decoding settings.
 
     Raises:
         ConfigError: an unknown task name (the message lists the known ones).
@@ -70,10 +76,28 @@ def run_eval(checkpoint: str, tasks: str, data: str, out: Optional[str] = None, 
     clip = ClipSettings(config.model.sample_rate, config.model.clip_samples, config.data.pad_mode, long_audio,
                         hop_seconds)
     digest = checkpoint_digest(checkpoint) + ("" if long_audio == "first" else f"-windows{clip.hop_samples}")
-    evaluator = TaskEvaluator(model, model.build_tokenizer(), clip, data, EmbeddingCache(cache_dir, digest), options)
+    caption_model, decoding = _load_captioner(captioner, checkpoint, model, device) if captioner else (None, None)
+    evaluator = TaskEvaluator(model, model.build_tokenizer(), clip, data, EmbeddingCache(cache_dir, digest), options,
+                              caption_model, decoding)
     results = evaluator.evaluate_all(specs)
     paths = write_eval_report(results, out_dir, f"CLAP evaluation of {Path(checkpoint).name} vs the paper")
     return results, paths, evaluator
+
+
+def _load_captioner(path: str, checkpoint: str, model, device: str):
+    """The captioner of `path` on `device` and its decoding settings; refuses one sized for another CLAP."""
+    import logging
+
+    from clap_lightning.lit.captioning import load_captioner
+
+    captioner, config = load_captioner(path)
+    if captioner.config.mapper.d_audio != model.config.d_proj:
+        raise ConfigError(f"captioner {path} reads {captioner.config.mapper.d_audio}-d audio embeddings; "
+                          f"{checkpoint} makes {model.config.d_proj}-d ones")
+    if config.clap_checkpoint and Path(config.clap_checkpoint).resolve() != Path(checkpoint).resolve():
+        logging.getLogger(__name__).warning("captioner %s was trained on the embeddings of %s, not of %s",
+                                            path, config.clap_checkpoint, checkpoint)
+    return captioner.to(device).eval(), config.decoding
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,10 +108,10 @@ def run(args: argparse.Namespace) -> int:
     options = EvalOptions(batch_size=args.batch_size, num_workers=args.num_workers,
                           ensemble_prompts=args.ensemble_prompts, linear_probe=args.linear_probe)
     results, paths, evaluator = run_eval(args.checkpoint, args.tasks, args.data, args.out, args.cache, options,
-                                         args.long_audio, args.hop)
+                                         args.long_audio, args.hop, args.captioner)
     for result in results:
         spec = result.spec
-        shown = result.status or f"{spec.metric} {result.metrics[spec.result_key(spec.metric)]:.4f}"
+        shown = result.status or "{} {:.4f}".format(*spec.headline(result.metrics))
         left_out = f" (left out: {format_skipped(result.left_out)})" if result.left_out else ""
         print(f"{spec.name}: {shown}{left_out}")
     print(f"audio embeddings: {evaluator.num_embedded} split(s) computed, {evaluator.num_from_cache} from cache")

@@ -118,6 +118,13 @@ def result_rows(results: Sequence) -> list[dict]:
                          "paper": _fmt(spec.paper.get(spec.metric)), "delta": "", "clips": 0})
             continue
         names = [spec.metric] + [m for m in (*spec.paper, *KIND_METRICS[spec.kind]) if m != spec.metric]
+        for paper_metric, ours_metric in spec.stand_in.items():  # ours beside the paper's, labelled, no delta
+            if spec.result_key(ours_metric) in result.metrics:
+                row = comparison_row(spec.name, f"{ours_metric} (paper: {paper_metric})",
+                                     result.metrics[spec.result_key(ours_metric)], spec.paper.get(paper_metric),
+                                     result.num_clips)
+                rows.append({**row, "delta": ""})  # different metrics: no difference is meaningful
+                names = [m for m in names if m != ours_metric]
         shown = [m for m in dict.fromkeys(names) if spec.result_key(m) in result.metrics]
         if PROBE_METRIC in result.metrics:
             shown.append(PROBE_METRIC)
@@ -128,19 +135,20 @@ def result_rows(results: Sequence) -> list[dict]:
 
 
 def plot_comparison(rows: Sequence[dict], path: Path, title: str) -> Path:
-    """Horizontal bars, ours vs the paper, for every scored row (a row without a paper number has one bar)."""
+    """Horizontal bars, ours vs the paper, for every scored row (a row without a comparable paper number has one)."""
     plt = pyplot()
     scored = [row for row in rows if row["ours"] and not row["ours"].startswith("skipped")]
     fig, ax = plt.subplots(figsize=(8, max(2.5, 0.45 * len(scored) + 1.5)))
     if scored:
         y = torch.arange(len(scored), dtype=torch.float64).numpy()
         ours = [float(row["ours"]) for row in scored]
-        paper = [float(row["paper"]) if row["paper"] else float("nan") for row in scored]
+        # A paper bar only where the metrics are the same (a delta is shown): none beside a stand-in.
+        paper = [float(row["paper"]) if row["paper"] and row["delta"] else float("nan") for row in scored]
         ax.barh(y - 0.2, ours, height=0.4, label="ours", color="tab:blue")
         ax.barh(y + 0.2, paper, height=0.4, label="paper", color="tab:gray")
         ax.set_yticks(y, [f"{row['task']} {row['metric']}" for row in scored], fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlim(0, 1)
+        ax.set_xlim(0, max(1.0, *ours))  # CIDEr-D may exceed 1
         ax.legend(loc="lower right")
     else:
         ax.text(0.5, 0.5, "no task was scored", ha="center", va="center")

@@ -12,19 +12,26 @@ from clap_lightning.data.schema import read_labels
 from clap_lightning.eval.zeroshot import embed_texts
 
 
-def caption_table(metas: Sequence[dict[str, Any]], text_field: str = "text") -> tuple[list[str], torch.Tensor]:
-    """Flatten every clip's captions (5 for AudioCaps / Clotho) into a list and the clip each describes.
-
-    Returns:
-        captions, and `[n_text]` long: row of the clip that caption `i` describes.
-    """
-    captions, owner = [], []
+def clip_captions(metas: Sequence[dict[str, Any]], text_field: str = "text") -> list[list[str]]:
+    """Each clip's non-empty captions (5 for AudioCaps / Clotho); a clip without one is a DataError naming it."""
+    per_clip = []
     for row, meta in enumerate(metas):
         texts = [t for t in read_labels(meta, text_field) if t.strip()]
         if not texts:
             raise DataError(f"clip {meta.get('id', row)} has no caption in its '{text_field}' field")
-        captions += texts
-        owner += [row] * len(texts)
+        per_clip.append(texts)
+    return per_clip
+
+
+def caption_table(metas: Sequence[dict[str, Any]], text_field: str = "text") -> tuple[list[str], torch.Tensor]:
+    """Flatten every clip's captions into a list and the clip each describes.
+
+    Returns:
+        captions, and `[n_text]` long: row of the clip that caption `i` describes.
+    """
+    per_clip = clip_captions(metas, text_field)
+    captions = [text for texts in per_clip for text in texts]
+    owner = [row for row, texts in enumerate(per_clip) for _ in texts]
     return captions, torch.tensor(owner, dtype=torch.long)
 
 

@@ -1,4 +1,5 @@
-"""Score registry tasks with one model: zero-shot classification, retrieval, optional linear probe.
+"""Score registry tasks with one model: zero-shot classification, retrieval, optional linear probe,
+and captioning when a captioner is given (its captions of the CLAP audio embeddings, CIDEr-D etc.).
 
 Each task reads `<data>/<task.source>/<task.split>/`; a task whose split has no shards becomes
 a "skipped: no shards at <dir>" result instead of an error, so one missing corpus does not
@@ -19,8 +20,9 @@ from clap_lightning.errors import DataError
 from clap_lightning.eval.embed import (ClipSettings, EmbeddedSplit, EmbeddingCache, build_eval_loader, embed_batches,
                                        split_urls)
 from clap_lightning.data.schema import read_labels
+from clap_lightning.eval.caption_metrics import compute_caption_metrics
 from clap_lightning.eval.linear_probe import cross_validate_probe, train_test_probe
-from clap_lightning.eval.retrieval import score_retrieval
+from clap_lightning.eval.retrieval import clip_captions, score_retrieval
 from clap_lightning.eval.tasks import TaskSpec, order_discovered_classes
 from clap_lightning.eval.zeroshot import (build_targets, confusion_matrix, embed_class_prompt_sets, model_logit_scale,
                                           score_zero_shot)
@@ -60,16 +62,21 @@ class TaskEvaluator:
         clip: sample rate / clip length / padding of the model's input.
         data_root: directory holding `<source>/<split>/` shard folders.
         cache: on-disk embedding cache, or None.
+        captioner: a `Captioner` reading this model's audio embeddings, for captioning tasks
+            (without one they are skipped); it decodes with `decoding` (default: its own).
     """
 
     def __init__(self, model, tokenizer, clip: ClipSettings, data_root: str | Path,
-                 cache: Optional[EmbeddingCache] = None, options: Optional[EvalOptions] = None) -> None:
+                 cache: Optional[EmbeddingCache] = None, options: Optional[EvalOptions] = None,
+                 captioner=None, decoding=None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.clip = clip
         self.data_root = Path(data_root)
         self.cache = cache
         self.options = options or EvalOptions()
+        self.captioner = captioner
+        self.decoding = decoding
         self.num_embedded = 0  # splits run through the audio encoder
         self.num_from_cache = 0  # splits read from the disk cache
         self._memory: dict[tuple[str, str], EmbeddedSplit] = {}
@@ -77,6 +84,7 @@ class TaskEvaluator:
             "single_label": self._score_classification,
             "multi_label": self._score_classification,
             "retrieval": self._score_retrieval,
+            "captioning": self._score_captioning,
         }
 
     def split_dir(self, spec: TaskSpec) -> Path:
@@ -112,6 +120,8 @@ class TaskEvaluator:
         scorer = self._scorers.get(spec.kind)
         if scorer is None:
             return TaskResult(spec, status=f"skipped: {spec.kind} is not implemented yet")
+        if spec.kind == "captioning" and self.captioner is None:
+            return TaskResult(spec, status="skipped: captioning needs a captioner (eval --captioner CKPT)")
         split_dir = self.split_dir(spec)
         if not urls:
             try:
@@ -149,6 +159,17 @@ class TaskEvaluator:
     def _score_retrieval(self, spec: TaskSpec, embedded: EmbeddedSplit, result: TaskResult) -> None:
         result.metrics = score_retrieval(self.model, self.tokenizer, embedded.audio_emb, embedded.metas,
                                          spec.label_field)
+
+    def _score_captioning(self, spec: TaskSpec, embedded: EmbeddedSplit, result: TaskResult) -> None:
+        """Caption each clip from its audio embedding; CIDEr-D, BLEU-4, ROUGE-L against its captions."""
+        from clap_lightning.models.captioner import caption_audio
+
+        references = clip_captions(embedded.metas, spec.label_field)
+        captions = caption_audio(self.captioner, audio_emb=embedded.audio_emb, decoding=self.decoding,
+                                 batch_size=self.options.batch_size)
+        scores = compute_caption_metrics(captions, references)
+        result.metrics = {m: scores[m] for m in ("CIDEr-D", "BLEU_4", "ROUGE_L")}
+        log.info("%s: first captions %s", spec.name, captions[:3])
 
     def _linear_probe(self, spec: TaskSpec, embedded: EmbeddedSplit, classes: list[str],
                       targets: torch.Tensor) -> dict[str, float]:

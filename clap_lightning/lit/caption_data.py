@@ -64,13 +64,44 @@ def write_embedding_cache(clap: torch.nn.Module, clips: Iterable[dict[str, Any]]
     clap.train(was_training)
     if not keys:
         raise DataError(f"no clips to cache for {path}")
+    return save_embedding_cache(path, torch.cat(embeddings), captions, keys, clap_checkpoint)
+
+
+def save_embedding_cache(path: str | Path, audio_emb: torch.Tensor, captions: list[list[str]], keys: list[str],
+                         clap_checkpoint: str = "") -> int:
+    """Write embeddings [N, D] + each clip's captions and key to `path` atomically; returns N."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"format": CACHE_FORMAT, "audio_emb": torch.cat(embeddings), "captions": captions, "keys": keys,
+    torch.save({"format": CACHE_FORMAT, "audio_emb": audio_emb.float().cpu(), "captions": captions, "keys": keys,
                 "clap_checkpoint": clap_checkpoint}, tmp)
     tmp.replace(path)
     return len(keys)
+
+
+def cache_from_shards(clap_checkpoint: str | Path, urls: list[str], path: str | Path, batch_size: int = 32,
+                      text_field: str = "text") -> int:
+    """Embed captioned shards as `eval` does (its reader, `embed_clips`) and cache them at `path` for training.
+
+    Args:
+        clap_checkpoint: the CLAP pretraining checkpoint; recorded in the cache (and so in the
+            captioner's config) so `eval --captioner` and `caption` find the matching CLAP.
+        urls: shard paths (any number of corpora's splits); each clip's captions are its `text_field`.
+
+    Returns:
+        The number of clips written (L2-normalised embeddings, the ones `eval` captions from).
+    """
+    from clap_lightning.eval.embed import ClipSettings, build_eval_loader, embed_batches
+    from clap_lightning.eval.retrieval import clip_captions
+    from clap_lightning.lit.run import load_pretraining
+
+    module = load_pretraining(str(clap_checkpoint))
+    config = module.config
+    clip = ClipSettings(config.model.sample_rate, config.model.clip_samples, config.data.pad_mode)
+    model = module.model.to("cuda" if torch.cuda.is_available() else "cpu")
+    embedded = embed_batches(model, build_eval_loader(urls, clip, batch_size, 0, name=str(path)))
+    captions = clip_captions(embedded.metas, text_field)
+    return save_embedding_cache(path, embedded.audio_emb, captions, list(embedded.keys), str(clap_checkpoint))
 
 
 def read_embedding_cache(path: str | Path) -> dict[str, Any]:

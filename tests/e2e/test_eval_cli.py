@@ -6,13 +6,14 @@ from __future__ import annotations
 import csv
 import json
 import dataclasses
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
 from clap_lightning.cli import main
-from tests.e2e.conftest import DEMO_EXPERIMENT, demo_overrides
+from tests.e2e.conftest import DEMO_EXPERIMENT, REPO, demo_overrides
 
 RETRIEVAL_METRICS = ["R@1", "R@5", "R@10", "mAP@10"]
 
@@ -92,6 +93,66 @@ def test_unknown_task_is_one_line_listing_the_known_tasks(eval_run, tmp_path, ca
     assert len(err.splitlines()) == 1 and err.startswith("error: unknown task 'esc5'; known: ")
     assert all(name in err for name in ("demo", "esc50", "clotho_a2t", "libricount10"))
     assert not (tmp_path / "bad").exists()  # nothing written
+
+
+def _rows(out: Path, task: str) -> list[dict]:
+    return [row for row in csv.DictReader(open(out / "results.csv")) if row["task"] == task]
+
+
+def test_eval_with_a_captioner_scores_captioning_and_without_one_names_the_option(eval_run, tmp_path, capsys):
+    import torch
+
+    from clap_lightning.config import load_config, to_container
+    from clap_lightning.eval.embed import split_urls
+    from clap_lightning.lit.caption_data import cache_from_shards, read_embedding_cache
+    from clap_lightning.lit.captioning import CaptioningModule, evaluate_captioning, fit_captioning, load_captioner
+    from clap_lightning.lit.captioning_config import CaptioningConfig
+    from clap_lightning.lit.run import load_pretraining
+
+    assert _eval(eval_run, tmp_path / "plain", "clotho_captioning") == 0
+    assert [(r["metric"], r["ours"], r["paper"]) for r in _rows(tmp_path / "plain", "clotho_captioning")] == [
+        ("SPIDEr", "skipped: captioning needs a captioner (eval --captioner CKPT)", "0.2710")]
+
+    # A captioner trained a few steps, as the rehearsal trains one: the CLAP's embeddings of captioned shards.
+    checkpoint, cache = eval_run["checkpoint"], tmp_path / "train.pt"
+    assert cache_from_shards(checkpoint, split_urls(eval_run["data"] / "demo" / "train"), cache, batch_size=16) == 112
+    stored = read_embedding_cache(cache)
+    assert torch.allclose(stored["audio_emb"].norm(dim=1), torch.ones(112), atol=1e-5)  # what eval captions from
+    assert all(stored["captions"]) and stored["clap_checkpoint"] == str(checkpoint)
+    d_proj = load_pretraining(str(checkpoint)).config.model.d_proj
+    config = load_config(CaptioningConfig, REPO / "configs" / "rehearsal" / "captioning.yaml", [
+        f"run_dir={tmp_path / 'cap'}", f"data.train={cache}", f"clap_checkpoint={checkpoint}",
+        f"captioner.mapper.d_audio={d_proj}", "trainer.max_steps=3"])
+    fit_captioning(config)
+    captioner = tmp_path / "cap" / "checkpoints" / "last.ckpt"
+
+    out = tmp_path / "captioned"
+    assert _eval(eval_run, out, "clotho_captioning,clotho_a2t", "--captioner", str(captioner)) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"^clotho_captioning: CIDEr-D \(paper: SPIDEr\) \d+\.\d{4}$", printed, re.M)
+    rows = _rows(out, "clotho_captioning")
+    assert [r["metric"] for r in rows] == ["CIDEr-D (paper: SPIDEr)", "BLEU_4", "ROUGE_L"]
+    assert rows[0]["paper"] == "0.2710" and rows[0]["delta"] == ""  # never a CIDEr-D minus SPIDEr difference
+    assert all(r["paper"] == "" and r["clips"] == "42" for r in rows[1:])
+    # The same numbers as captioning those clips' embeddings outside the suite (lit/captioning.py).
+    test_cache = tmp_path / "test.pt"
+    cache_from_shards(checkpoint, split_urls(eval_run["data"] / "clotho" / "test"), test_cache)
+    model, stored_config = load_captioner(captioner)
+    expected, captions = evaluate_captioning(model, test_cache, stored_config.decoding)
+    assert len(captions) == 42
+    for row, metric in zip(rows, ("CIDEr-D", "BLEU_4", "ROUGE_L")):
+        assert float(row["ours"]) == pytest.approx(expected[metric], abs=1e-4)
+    assert [r["metric"] for r in _rows(out, "clotho_a2t")] == RETRIEVAL_METRICS  # the other rows as before
+
+    # A captioner sized for another CLAP: one error line, exit 2.
+    wrong = CaptioningModule(load_config(CaptioningConfig, REPO / "configs" / "rehearsal" / "captioning.yaml",
+                                         [f"captioner.mapper.d_audio={d_proj + 1}"]))
+    torch.save({"hyper_parameters": {"config": to_container(wrong.config)}, "state_dict": wrong.state_dict()},
+               tmp_path / "wrong.ckpt")
+    assert _eval(eval_run, tmp_path / "wrong", "clotho_captioning", "--captioner", str(tmp_path / "wrong.ckpt")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: captioner {tmp_path / 'wrong.ckpt'} reads {d_proj + 1}-d audio embeddings; "
+                   f"{checkpoint} makes {d_proj}-d ones")
 
 
 def test_callback_logs_demo_accuracy_during_validation(eval_run):

@@ -168,6 +168,20 @@ def test_result_rows_compare_with_the_paper():
                        "paper": "0.8000", "delta": "", "clips": 0}
 
 
+def test_captioning_rows_put_cider_beside_the_papers_spider_without_a_delta(tmp_path):
+    from clap_lightning.eval.report import plot_comparison
+
+    spec = get_task("audiocaps_captioning")
+    result = TaskResult(spec, {"CIDEr-D": 1.25, "BLEU_4": 0.2, "ROUGE_L": 0.4}, num_clips=7)
+    rows = result_rows([result])
+    assert rows[0] == {"task": "audiocaps_captioning", "metric": "CIDEr-D (paper: SPIDEr)", "ours": "1.2500",
+                       "paper": "0.4550", "delta": "", "clips": 7}
+    assert [(r["metric"], r["paper"], r["delta"]) for r in rows[1:]] == [("BLEU_4", "", ""), ("ROUGE_L", "", "")]
+    assert spec.headline(result.metrics) == ("CIDEr-D (paper: SPIDEr)", 1.25)
+    assert get_task("esc50").headline({"acc": 0.9}) == ("acc", 0.9)
+    assert plot_comparison(rows, tmp_path / "r.png", "t").read_bytes()[:4] == b"\x89PNG"  # CIDEr-D > 1 fits
+
+
 def test_callback_log_keys_and_config_errors():
     sim = torch.tensor([[0.9, 0.1, 0.2], [0.3, 0.8, 0.7]])
     metrics = retrieval_metrics(sim, torch.tensor([0, 1, 1]))
