@@ -29,18 +29,20 @@ def test_miniature_corpora_build_with_their_recipes(tmp_path, monkeypatch):
     assert {k: v for k, v in excluded.items() if v} == corpora.LEAKED
 
 
-def test_report_check_wants_a_number_in_every_scorable_row(tmp_path):
-    from tests.rehearsal.__main__ import KNOWN_UNSCORED, check_report
+def test_report_check_wants_a_number_in_every_row_captioning_included(tmp_path):
+    from tests.rehearsal.__main__ import check_report
 
     def write(rows):
         path = tmp_path / "results.csv"
         path.write_text("task,metric,ours\n" + "".join(f"{task},m,{ours}\n" for task, ours in rows))
         return path
 
-    scored = [(name, "0.5" if name not in KNOWN_UNSCORED else "skipped: captioning is not implemented yet")
-              for name in TASKS]
-    assert check_report(write(scored)) == sorted(KNOWN_UNSCORED)
+    scored = [(name, "0.5") for name in TASKS]
+    assert check_report(write(scored)) == 26
     with pytest.raises(SystemExit, match=r"without a number \[.*'esc50'"):
         check_report(write([(n, "skipped: no shards" if n == "esc50" else v) for n, v in scored]))
+    skipped = "skipped: captioning needs a captioner (eval --captioner CKPT)"
+    with pytest.raises(SystemExit, match=r"without a number \['audiocaps_captioning', 'clotho_captioning'\]"):
+        check_report(write([(n, skipped if n.endswith("_captioning") else v) for n, v in scored]))
     with pytest.raises(SystemExit, match=r"tasks missing \['sesa'\]"):
         check_report(write([row for row in scored if row[0] != "sesa"]))
