@@ -23,7 +23,8 @@ def step(lit: ClapPretraining, batch: dict) -> tuple[torch.Tensor, dict[str, tor
 @pytest.mark.filterwarnings("ignore:Torchinductor does not support code generation for complex operators")
 def test_compiled_encoders_match_eager_values_and_gradients():
     # No dropout, so both runs draw nothing at random; training mode, so bn0 uses the batch's statistics.
-    overrides = ["model.proj_dropout=0.0"]
+    # The plain objective: this batch has no labels for the demo's multi_positive one.
+    overrides = ["model.proj_dropout=0.0", "objective.false_negatives=keep"]
     eager = ClapPretraining(load_config(ExperimentConfig, DEMO, overrides)).train()
     compiled = ClapPretraining(load_config(ExperimentConfig, DEMO, [*overrides, "model.compile=true"])).train()
     compiled.load_state_dict(eager.state_dict())  # same weights; compile keeps the state-dict keys
