@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from clap_lightning.cli import main
 from clap_lightning.config import ExperimentConfig, config_from, to_container
-from clap_lightning.eval.index import IndexSettings, build_index, load_index, search_index
+from clap_lightning.eval.index import IndexSettings, build_index, bundle, load_index, search_index, unbundle
 from clap_lightning.models.clap import CLAP
 from tests.shard_factory import write_good_shards
 
@@ -214,3 +214,20 @@ def test_eval_loader_windows_equal_embed_audio_windows(model, tmp_path):
     assert not torch.allclose(first.audio_emb[0], split.audio_emb[0], atol=1e-3)  # 5.3 s: windows see more
     with pytest.raises(Exception, match="long_audio"):
         ClipSettings(RATE, 100, long_audio="fusion")
+
+
+def test_bundles_carry_each_files_windows_and_errors_in_order():
+    records = [{"part": 0, "id": "a", "path": "a", "duration": 9.0, "clips": torch.full((3, 4), 1.0),
+                "lengths": torch.tensor([4, 4, 2]), "starts": torch.tensor([0.0, 1.0, 2.0])},
+               {"part": 0, "id": "bad", "path": "bad", "error": "RuntimeError: not audio"},
+               {"part": 0, "id": "b", "path": "b", "duration": 1.0, "clips": torch.full((1, 4), 2.0),
+                "lengths": torch.tensor([3]), "starts": torch.tensor([0.0])},
+               {"part": 0, "end": True}]
+    expected = [{k: (v.clone() if torch.is_tensor(v) else v) for k, v in r.items()} for r in records]
+    bundled = bundle(records)
+    assert bundled["clips"].shape == (4, 4)  # one tensor per field for the whole bundle
+    out = list(unbundle(bundled))
+    assert [r.keys() for r in out] == [r.keys() for r in expected]
+    for got, want in zip(out, expected):
+        for key, value in want.items():
+            assert torch.equal(got[key], value) if torch.is_tensor(value) else got[key] == value
