@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from typing import Optional, Sequence
 
 from clap_lightning.commands import caption, convert, embed, export, finetune, multitask, report, search, stages, zeroshot
@@ -23,7 +24,7 @@ VERBS = {
     "finetune": (finetune, "supervised fine-tuning (or a linear probe) of the audio encoder on a labelled task"),
     "embed": (embed, "embed a sound library (folder, list, csv, shards) into a resumable index"),
     "search": (search, "the clips of an index nearest to a text query"),
-    "export": (export, "export a model for use outside clap-lightning (ONNX)"),
+    "export": (export, "export a model for use outside clap-lightning (ONNX, Hugging Face, safetensors)"),
     "report": (report, "write RUN_DIR/report.html: config, training curves, eval vs the paper"),
     "multitask": (multitask, "supervised multi-task pretraining of the audio encoder"),
 }
@@ -37,9 +38,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_output() -> None:
+    """One line per log record, and none of the third-party warnings that say nothing to a user."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Lightning prints its records with a handler of its own (set up again as it imports its parts);
+    # passed on to ours as well, each of its lines appeared twice.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lambda record: not record.name.startswith("lightning"))
+    for message in (
+        r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning 2.6 on torch 2.11, not ours to fix
+        r"Your `IterableDataset` has `__len__` defined",  # our loader states its exact batches per worker
+    ):
+        warnings.filterwarnings("ignore", message=message)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_output()
     try:
         return VERBS[args.command][0].run(args)
     except ClapError as err:

@@ -142,3 +142,16 @@ def test_corrupt_manifest_is_one_line(capsys, tmp_path):
 def test_zeroshot_arguments_are_checked_before_the_checkpoint_is_read(capsys, extra, message):
     assert main(["zeroshot", "--checkpoint", "/no/such.ckpt", "--data", "/tmp", *extra]) == 2
     assert_one_line_error(capsys, message)
+
+
+def test_lightning_log_lines_print_once_and_known_warnings_are_quiet():
+    script = ("import warnings\n"
+              "from clap_lightning.cli import configure_output\n"
+              "from lightning.pytorch.utilities import rank_zero_info\n"
+              "configure_output()\n"
+              "rank_zero_info('GPU available: hello')\n"
+              "warnings.warn('Your `IterableDataset` has `__len__` defined. In combination ...')\n"
+              "warnings.warn('something else')\n")
+    err = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True).stderr
+    assert err.count("GPU available: hello") == 1, err
+    assert "IterableDataset" not in err and "something else" in err, err
