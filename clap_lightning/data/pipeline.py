@@ -34,6 +34,7 @@ AUDIO_EXTENSIONS = ("flac", "wav", "ogg", "mp3")
 MAX_REPORTED_KEYS = 5  # bad samples named in a warning, per reason and worker
 AUGMENT_STREAM = 1  # appended to a sample's seed: its augmentation draws are independent of its crop and caption
 MIXUP_STREAM = 2  # appended to a batch's seed for its mixup draws
+BUCKET_STREAM = 3  # appended to a pool's seed for the order of its duration-bucketed batches
 
 
 class ClipDecoder:
@@ -323,6 +324,11 @@ class ClapStream(IterableDataset):
     `augment` (a `data.augment.WaveAugment`) augments each training clip with draws seeded
     by its position and mixes each batch with draws seeded by the batch's last position, so a
     resumed run repeats them.
+    `bucket_batches` > 1 (with `data.pad_mode: none`) decodes that many batches' worth of
+    samples as a pool, sorts it by clip length, cuts it into batches of similar lengths and
+    yields them in an order drawn from (seed, epoch, rank, worker, the pool's first position):
+    a batch cut to its longest clip then holds little padding. A resume inside a pool decodes
+    the pool again and yields only its batches not yet consumed (the third resume number).
 
     Otherwise (`is_train=False`) each `iter()` is one pass over every sample, split over ranks
     and workers by `pass_share`, keeping the last partial batch unless `drop_last`. This is the
@@ -339,7 +345,7 @@ class ClapStream(IterableDataset):
                  world_size: int = 1, shuffle_buffer: int = 0, batches_per_worker: int = 0, num_workers: int = 0,
                  start_epoch: int = 0, resume: Optional[dict] = None, name: str = "the shards",
                  augment: Optional[Any] = None, select: Optional[Callable[[dict[str, Any]], bool]] = None,
-                 drop_last: bool = False) -> None:
+                 drop_last: bool = False, bucket_batches: int = 0) -> None:
         self.sources = [list(urls) for urls in sources]
         self.weights = list(weights) if weights is not None else [1.0] * len(self.sources)
         self.decoder, self.collate, self.batch_size = decoder, collate, batch_size
@@ -347,7 +353,7 @@ class ClapStream(IterableDataset):
         self.shuffle_buffer, self.batches_per_worker = shuffle_buffer, batches_per_worker
         self.num_workers, self.epoch, self.resume, self.name = max(1, num_workers), start_epoch, resume, name
         self.augment = augment if augment is not None and augment.is_active else None  # a WaveAugment (training)
-        self.select, self.drop_last = select, drop_last
+        self.select, self.drop_last, self.bucket_batches = select, drop_last, bucket_batches
 
     def __len__(self) -> int:
         if not self.is_train:
@@ -363,9 +369,19 @@ class ClapStream(IterableDataset):
         return self._pass_batches(self.epoch - 1, worker, workers)
 
     def _train_batches(self, epoch: int, worker: int) -> Iterator[dict[str, Any]]:
-        done, start = 0, 0
+        if self.bucket_batches > 1:
+            return self._bucketed_batches(epoch, worker)
+        return self._plain_batches(epoch, worker)
+
+    def _resume_at(self, epoch: int, worker: int) -> tuple[int, int, int]:
+        """(batches done, first stream position to decode, batches of that position's pool done)."""
         if self.resume is not None and self.resume["epoch"] == epoch and worker < len(self.resume["workers"]):
-            done, start = self.resume["workers"][worker]
+            done, start, *in_pool = self.resume["workers"][worker]
+            return done, start, (in_pool[0] if in_pool else 0)
+        return 0, 0, 0
+
+    def _plain_batches(self, epoch: int, worker: int) -> Iterator[dict[str, Any]]:
+        done, start, _ = self._resume_at(epoch, worker)
         seed = (self.seed, epoch, self.rank, worker)
         skipped = self.decoder.skipped
         guard = FailureGuard(self.name)
@@ -396,6 +412,68 @@ class ClapStream(IterableDataset):
                 if done >= self.batches_per_worker:
                     return
                 audio = self._audio_buffer()  # the batch yielded keeps its own
+
+    def _bucketed_batches(self, epoch: int, worker: int) -> Iterator[dict[str, Any]]:
+        """Training batches cut from pools of `bucket_batches` batches sorted by clip length."""
+        done, start, in_pool = self._resume_at(epoch, worker)
+        seed = (self.seed, epoch, self.rank, worker)
+        skipped = self.decoder.skipped
+        guard = FailureGuard(self.name)
+        reported = Counter(skipped)
+        stream = mixed_stream(self.sources, self.weights, seed, self.shuffle_buffer, skipped, guard)
+        while done < self.batches_per_worker:
+            pool_batches = min(self.bucket_batches, self.batches_per_worker - done + in_pool)
+            pool_start, end, samples = self._decode_pool(stream, seed, start, pool_batches * self.batch_size, guard)
+            if in_pool:  # a resume inside this pool: its skips were reported before the checkpoint
+                reported = Counter(skipped)
+            order = sorted(range(len(samples)), key=lambda i: samples[i]["length"])  # stable: ties by position
+            cuts = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(pool_batches)]
+            for index in np.random.default_rng([*seed, pool_start, BUCKET_STREAM]).permutation(pool_batches)[in_pool:]:
+                in_pool += 1
+                done += 1
+                batch_samples = self._into_batch_buffer([samples[i] for i in cuts[index]])
+                if self.augment is not None:
+                    self.augment.mix_batch(batch_samples,
+                                           np.random.default_rng([*seed, pool_start, int(index), MIXUP_STREAM]))
+                batch = self.collate(batch_samples)
+                last = in_pool == pool_batches  # a checkpoint after the pool's last batch resumes after the pool
+                batch["stream"] = {"epoch": epoch, "worker": worker, "batches": done,
+                                   "position": end if last else pool_start, "pool": 0 if last else in_pool}
+                batch["skipped"], reported = dict(skipped - reported), Counter(skipped)
+                yield batch
+            start, in_pool = end, 0
+
+    def _decode_pool(self, stream: Iterator[tuple[int, dict]], seed: tuple, start: int, size: int,
+                     guard: FailureGuard) -> tuple[int, int, list[dict[str, Any]]]:
+        """(first position, position after the last, `size` decoded samples) from `stream`, skipping
+        positions before `start`; each clip is decoded into its row of one pool buffer."""
+        pool = torch.empty((size, *self.decoder.clip_shape))
+        samples: list[dict[str, Any]] = []
+        first = None
+        for position, raw in stream:
+            if position < start:
+                continue
+            first = position if first is None else first
+            sample = self.decoder.decode_into(pool[len(samples)], raw, np.random.default_rng([*seed, position]))
+            if sample is None:
+                guard.fail(self.decoder.skipped)
+                continue
+            guard.ok()
+            if self.augment is not None:
+                self.augment.augment_clip(sample["audio"], np.random.default_rng([*seed, position, AUGMENT_STREAM]),
+                                          sample["length"])
+            samples.append(sample)
+            if len(samples) == size:
+                return first, position + 1, samples
+        raise DataError(f"{self.name}: the training stream ended inside a pool of {size} samples")
+
+    def _into_batch_buffer(self, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The samples with their clips copied into consecutive rows of a fresh transfer buffer."""
+        key = "logmel" if "logmel" in samples[0] else "audio"
+        rows = transfer_buffer((len(samples), *self.decoder.clip_shape))
+        for row, sample in zip(rows, samples):
+            row.copy_(sample[key])
+        return [{**sample, key: row} for row, sample in zip(rows, samples)]
 
     def _audio_buffer(self) -> torch.Tensor:
         """The next batch's clips [batch, *clip shape]: each clip is decoded into its row

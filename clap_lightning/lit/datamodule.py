@@ -138,7 +138,7 @@ class ClapDataModule(L.LightningDataModule):
         urls = [source.urls for source, _ in sources]
         weights = [weight for _, weight in sources]
         self._fingerprint = _fingerprint(urls, weights, world, workers, self.batch_size, batches_per_worker,
-                                         data.seed, data.shuffle_buffer)
+                                         data.seed, data.shuffle_buffer, self._bucket_batches())
         start_epoch, resume = self._resume_point(rank, workers, batches_per_worker)
         decoder, collate = self._decoder_collate(True, [(s.shards, source) for s, (source, _) in
                                                         zip(data.training_sources(), sources)])
@@ -146,9 +146,13 @@ class ClapDataModule(L.LightningDataModule):
                             rank=rank, world_size=world, shuffle_buffer=data.shuffle_buffer,
                             batches_per_worker=batches_per_worker, num_workers=workers, start_epoch=start_epoch,
                             resume=resume, name=" + ".join(s.shards for s in data.training_sources()),
-                            augment=self._wave_augment())
+                            augment=self._wave_augment(), bucket_batches=self._bucket_batches())
         # Persistent workers keep their stream's epoch counter (and resampler) between epochs.
         return self._make_loader(stream, workers, persistent=True)
+
+    def _bucket_batches(self) -> int:
+        """Batches per duration-sorted pool: only batches cut to their longest clip gain from it."""
+        return self.data_config.bucket_batches if self.data_config.pad_mode == "none" else 0
 
     def _wave_augment(self) -> WaveAugment:
         augment, model = self.data_config.augment, self.model_config
@@ -166,7 +170,7 @@ class ClapDataModule(L.LightningDataModule):
                         "instead of fast-forwarding epoch %d", epoch + 1, epoch)
             return epoch + 1, None
         consumed = [list(state["ranks"][rank].get(w, (0, 0))) for w in range(max(1, workers))]
-        if all(batches >= batches_per_worker for batches, _ in consumed):
+        if all(worker[0] >= batches_per_worker for worker in consumed):
             return epoch + 1, None  # the checkpoint closed the epoch
         return epoch, {"epoch": epoch, "workers": consumed}
 
@@ -176,7 +180,7 @@ class ClapDataModule(L.LightningDataModule):
             where = batch.pop("stream")
             if where["epoch"] != self._progress["epoch"]:
                 self._progress = {"epoch": where["epoch"], "workers": {}}
-            self._progress["workers"][where["worker"]] = (where["batches"], where["position"])
+            self._progress["workers"][where["worker"]] = (where["batches"], where["position"], where.get("pool", 0))
             self.skipped.update(batch.get("skipped", {}))
             batch["skipped"] = dict(self.skipped)  # running totals, logged as data/skipped_<reason>
             self.samples_by_source.update(batch.get("source", []))
@@ -184,7 +188,7 @@ class ClapDataModule(L.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        """Per rank and worker: (batches consumed, stream position) in the current epoch.
+        """Per rank and worker: (batches consumed, stream position, batches of its pool consumed) this epoch.
 
         Lightning calls this on every rank while saving a checkpoint, so the ranks' positions
         are gathered here; only rank 0 writes the file.

@@ -1,4 +1,4 @@
-"""Mid-epoch resume through Lightning: no batch of the epoch is replayed or lost, augmented or not."""
+"""Mid-epoch resume through Lightning: no batch of the epoch is replayed or lost (augmented, bucketed or not)."""
 
 from __future__ import annotations
 
@@ -53,8 +53,12 @@ AUGMENT = ["data.augment.gain_prob=0.5", "data.augment.shift_prob=0.5", "data.au
            "data.augment.mixup_prob=0.5"]
 
 
-@pytest.mark.parametrize("is_augmented", [False, True])
-def test_mid_epoch_resume_neither_replays_nor_loses_batches(tmp_path, is_augmented):
+BUCKETED = ["data.pad_mode=none", "data.bucket_batches=4"]  # pools of 4 batches; the checkpoint falls inside one
+
+
+@pytest.mark.parametrize("variant", ["plain", "augmented", "bucketed"])
+def test_mid_epoch_resume_neither_replays_nor_loses_batches(tmp_path, variant):
+    is_augmented = variant == "augmented"
     shards = tmp_path / "shards"
     write_good_shards(shards, "a", n_shards=3, per_shard=6)
     write_tar(shards / "z-bad.tar", good_members("z-0") + bad_members()["bad_json"])
@@ -62,14 +66,15 @@ def test_mid_epoch_resume_neither_replays_nor_loses_batches(tmp_path, is_augment
     config = load_config(ExperimentConfig, DEMO_EXPERIMENT, [
         f"data.train={shards}", 'data.val=""', "data.global_batch_size=4", "data.num_workers=2",
         "data.epoch_samples=48", "data.shuffle_buffer=8", f"run_dir={tmp_path / 'run'}",
-        *([*AUGMENT, f"data.augment.noise_shards={noise}"] if is_augmented else [])])
+        *([*AUGMENT, f"data.augment.noise_shards={noise}"] if is_augmented else []),
+        *(BUCKETED if variant == "bucketed" else [])])
     full = fit(config, tmp_path / "full")
     assert len(full.batches) == STEPS and len(set(full.batches)) > BATCHES_PER_EPOCH  # epoch 1 differs
     captions = [caption for _, batch_captions, _ in full.batches for caption in batch_captions]
     assert any(" and " in caption for caption in captions) == is_augmented  # mixup joined some captions
     checkpoint = torch.load(tmp_path / "full" / f"step={CHECKPOINT_AT}.ckpt", weights_only=False)
     state = checkpoint["ClapDataModule"]
-    assert state["epoch"] == 0 and sum(b for b, _ in state["ranks"][0].values()) == CHECKPOINT_AT
+    assert state["epoch"] == 0 and sum(b for b, *_ in state["ranks"][0].values()) == CHECKPOINT_AT
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
