@@ -128,9 +128,12 @@ def print_table(rows: list[tuple[int, str, dict | None]], args: argparse.Namespa
               f"{measured['peak_bytes'] / mib:>9.1f} {measured['wall_s'] * 1e3:>8.1f} {measured['cpu_s'] * 1e3:>7.1f}")
         if mode == "local":
             base = next(m for w, md, m in rows if w == world_size and md == "global")
-            print(f"{'':>2} {'':>5} {'ratio':>6} {logits / (analytic_logits_bytes(world_size, args.local_batch, False) / mib):>10.2f} "
-                  f"{measured['peak_bytes'] / base['peak_bytes']:>9.2f} {measured['wall_s'] / base['wall_s']:>8.2f} "
-                  f"{measured['cpu_s'] / base['cpu_s']:>7.2f}   (local / global)")
+            print(
+                f"{'':>2} {'':>5} {'ratio':>6} "
+                f"{logits / (analytic_logits_bytes(world_size, args.local_batch, False) / mib):>10.2f} "
+                f"{measured['peak_bytes'] / base['peak_bytes']:>9.2f} {measured['wall_s'] / base['wall_s']:>8.2f} "
+                f"{measured['cpu_s'] / base['cpu_s']:>7.2f}   (local / global)"
+            )
 
 
 def main() -> None:

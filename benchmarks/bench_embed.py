@@ -63,7 +63,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     torch.manual_seed(0)
-    config = config_from(ExperimentConfig, {"model": OmegaConf.to_container(OmegaConf.load(ROOT / "configs/model/tiny.yaml"))})
+    config = config_from(
+        ExperimentConfig, {"model": OmegaConf.to_container(OmegaConf.load(ROOT / "configs/model/tiny.yaml"))}
+    )
     model = CLAP(config.model).eval()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

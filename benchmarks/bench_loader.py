@@ -135,7 +135,10 @@ def format_table(tmp: Path, clips: int, repeats: int, tokenizer) -> None:
         "FLAC level 0": (dict(flac_level=0), None),
         "PCM16 WAV at model rate (prepare --format pcm16)": (dict(convert=SampleConverter("pcm16", frontend)), None),
         "log-mel fp16 (prepare --format logmel)": (dict(convert=SampleConverter("logmel", frontend)), logmel),
-        "log-mel fp16, gzipped shards (.tar.gz)": (dict(convert=SampleConverter("logmel", frontend), gzipped=True), logmel),
+        "log-mel fp16, gzipped shards (.tar.gz)": (
+            dict(convert=SampleConverter("logmel", frontend), gzipped=True),
+            logmel,
+        ),
     }
     paths, sizes = {}, {}
     for n, (name, (options, decoder)) in enumerate(formats.items()):

@@ -53,9 +53,18 @@ class AudioEmbedder(torch.nn.Module):
 
 def build_configs(data: Path, steps: int, batch: int, run_root: Path) -> dict[str, MultiTaskConfig]:
     """The multi-task and single-task runs: same everything but the task list; no validation."""
-    base = load_config(MultiTaskConfig, DEMO3, [f"trainer.max_steps={steps}", f"data.global_batch_size={batch}",
-                                                    "data.num_workers=0", "trainer.enable_progress_bar=false",
-                                                    "trainer.log_every_n_steps=50", f"data.epoch_samples={steps * batch}"])
+    base = load_config(
+        MultiTaskConfig,
+        DEMO3,
+        [
+            f"trainer.max_steps={steps}",
+            f"data.global_batch_size={batch}",
+            "data.num_workers=0",
+            "trainer.enable_progress_bar=false",
+            "trainer.log_every_n_steps=50",
+            f"data.epoch_samples={steps * batch}",
+        ],
+    )
     tasks = [dataclasses.replace(t, shards=str(data / "train"), val="") for t in base.tasks]
     single = [t for t in tasks if t.name == "sound_class"]
     return {name: config_from(MultiTaskConfig, dataclasses.replace(base, tasks=chosen, name=name,

@@ -8,7 +8,18 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
-from clap_lightning.commands import caption, convert, embed, export, finetune, multitask, report, search, stages, zeroshot
+from clap_lightning.commands import (
+    caption,
+    convert,
+    embed,
+    export,
+    finetune,
+    multitask,
+    report,
+    search,
+    stages,
+    zeroshot,
+)
 from clap_lightning.commands import eval as eval_command
 from clap_lightning.errors import ClapError
 

@@ -105,7 +105,9 @@ class ModelConfig:
     audio_encoder: dict = field(default_factory=lambda: {"name": "htsat"})  # `name` + that encoder's config
     text_encoder: dict = field(default_factory=lambda: {"name": "gpt2"})  # `name` + that encoder's config
     audio_encoder_init: str = ""  # checkpoint (e.g. multi-task) whose audio encoder a fresh `fit` starts from
-    init_from: str = ""  # a whole model (.ckpt, or an exported folder) a fresh `fit` starts from; its architecture is the base
+    init_from: str = (
+        ""  # a whole model (.ckpt, or an exported folder) a fresh `fit` starts from; its architecture is the base
+    )
     compile: bool = False  # torch.compile the audio and text encoders for training (in place: checkpoints unchanged)
 
     def __post_init__(self) -> None:
@@ -150,8 +152,9 @@ class DataConfig:
 
     train: str = ""  # train shards: a split dir with manifest.json, a brace pattern, or a .txt list
     train_sources: list[SourceConfig] = field(default_factory=list)  # weighted train sources (instead of data.train)
-    exclude_list: str = ""  # leakage list every train split must have been built with (`build --exclude`); "" = no check
-    label_field: str = "labels"  # json field of a clip's class labels (label-aware negatives, mixup); `labels` falls back to LAION's `tag`
+    exclude_list: str = ""
+    # json field of a clip's class labels (label-aware negatives, mixup); `labels` falls back to LAION's `tag`
+    label_field: str = "labels"
     seed: int = 0  # seeds the training streams with (seed, epoch, rank, worker, position)
     val: str = ""  # validation shards, same forms ("" = no validation)
     test: str = ""  # test shards, same forms
@@ -349,7 +352,13 @@ def _merge(base: DictConfig, other: Any, origin: str) -> DictConfig:
 def _container_mismatch(base: Any, other: Any, prefix: str = "") -> str:
     """The first dotted key where `other` holds a list and `base` a mapping, or the reverse ("?" if none)."""
     def kind(value: Any) -> Optional[str]:
-        return "map" if isinstance(value, (dict, DictConfig)) else "list" if isinstance(value, (list, ListConfig)) else None
+        return (
+            "map"
+            if isinstance(value, (dict, DictConfig))
+            else "list"
+            if isinstance(value, (list, ListConfig))
+            else None
+        )
 
     if kind(other) != "map" or kind(base) != "map":
         return prefix.rstrip(".") or "?"
@@ -491,11 +500,15 @@ def check_list_items(schema: type, layer: Any, origin: str, prefix: str = "") ->
                 try:
                     OmegaConf.merge(OmegaConf.structured(item_kind), item)
                 except OmegaConfBaseException as err:
-                    raise ConfigError(f"{origin}: bad config key '{prefix}{f.name}[{i}].{getattr(err, 'full_key', '?')}': "
-                                      f"{first_line(err)}") from None
+                    raise ConfigError(
+                        f"{origin}: bad config key '{prefix}{f.name}[{i}].{getattr(err, 'full_key', '?')}': "
+                        f"{first_line(err)}"
+                    ) from None
 
 
-def config_from(schema: type[RunConfigT], data: Union[RunConfigT, DictConfig, dict], origin: str = "config") -> RunConfigT:
+def config_from(
+    schema: type[RunConfigT], data: Union[RunConfigT, DictConfig, dict], origin: str = "config"
+) -> RunConfigT:
     """Build and validate a `schema` instance from plain dicts (e.g. a checkpoint's), a DictConfig or an instance."""
     if isinstance(data, schema):
         config = data
@@ -572,7 +585,9 @@ def validate_experiment(config: ExperimentConfig) -> None:
                           f"got '{objective.false_negatives}'")
     validate_trainer(trainer)
     if config.report and "csv" not in trainer.loggers:
-        raise ConfigError("report is true but trainer.loggers has no csv: the report draws its curves from the CSV logs")
+        raise ConfigError(
+            "report is true but trainer.loggers has no csv: the report draws its curves from the CSV logs"
+        )
     if objective.accumulation == "gradcache" and trainer.strategy.startswith("deepspeed"):
         raise ConfigError("objective.accumulation=gradcache runs under DDP only; "
                           f"found trainer.strategy={trainer.strategy}")

@@ -27,5 +27,7 @@ def check_writable(*directories: str | Path) -> None:
             os.unlink(probe)
         except OSError as err:
             reason = err.strerror or first_line(err)
-            raise OutputError(f"output folder {directory} is not writable: {reason}"
-                              + (f" ({err.filename})" if err.filename and Path(err.filename) != directory else "")) from None
+            raise OutputError(
+                f"output folder {directory} is not writable: {reason}"
+                + (f" ({err.filename})" if err.filename and Path(err.filename) != directory else "")
+            ) from None

@@ -73,7 +73,9 @@ class AudioSetRecipe(ClipRecipe):
             items += [self._item(src, name, path, i, row, names) for i, row in enumerate(rows, 1)]
         return items
 
-    def _item(self, src: Path, name: str, path: Path, index: int, row: dict, names: dict[str, str]) -> ClipItem | BadRow:
+    def _item(
+        self, src: Path, name: str, path: Path, index: int, row: dict, names: dict[str, str]
+    ) -> ClipItem | BadRow:
         missing = missing_fields(row, ("YTID", "start_seconds", "end_seconds", "positive_labels"))
         start, end = parse_float(row.get("start_seconds")), parse_float(row.get("end_seconds"))
         if missing or start is None or end is None:
@@ -81,7 +83,9 @@ class AudioSetRecipe(ClipRecipe):
         mids = [m.strip() for m in row["positive_labels"].split(",") if m.strip()]
         unknown = [m for m in mids if m not in names]
         if unknown or not mids:
-            return BadRow("unknown_label", f"{path.name} row {index}: MIDs {unknown or mids} not in class_labels_indices.csv")
+            return BadRow(
+                "unknown_label", f"{path.name} row {index}: MIDs {unknown or mids} not in class_labels_indices.csv"
+            )
         ytid = row["YTID"]
         labels = tuple(names[m] for m in mids)
         folder = src / self.config.audio_dir / _LISTS[name]
@@ -90,4 +94,6 @@ class AudioSetRecipe(ClipRecipe):
         key = f"{ytid}_{start:.0f}"
         captions = pick_captions(TEMPLATES, key, 2, labels=join_words(labels))
         meta = {"mids": mids, "ytid": ytid, "start_seconds": start, "segment_list": _LISTS[name]}
-        return ClipItem(key, str(audio), captions, labels, alt_ids=(f"youtube:{ytid}",), meta=meta, duration=end - start)
+        return ClipItem(
+            key, str(audio), captions, labels, alt_ids=(f"youtube:{ytid}",), meta=meta, duration=end - start
+        )

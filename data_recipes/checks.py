@@ -86,7 +86,11 @@ def _check_sample(report: SplitReport, manifest: dict, shard: str, key: str, par
         return 0.0
     for problem in schema.validate_sample_json(meta):
         report.add(f"{where}: {problem}")
-    expected = {"source": manifest["source"], "split": manifest["split"], "sample_rate": manifest["build"]["sample_rate"]}
+    expected = {
+        "source": manifest["source"],
+        "split": manifest["split"],
+        "sample_rate": manifest["build"]["sample_rate"],
+    }
     for field, value in expected.items():
         if meta.get(field) != value:
             report.add(f"{where}: json {field} {meta.get(field)!r}, manifest says {value!r}")
@@ -98,7 +102,10 @@ def _check_sample(report: SplitReport, manifest: dict, shard: str, key: str, par
         report.add(f"{where}: {audio_ext} does not decode ({err})")
         return 0.0
     if rate != manifest["build"]["sample_rate"] or audio.shape[1] != 1:
-        report.add(f"{where}: flac is {audio.shape[1]} channel(s) at {rate} Hz, expected mono at {manifest['build']['sample_rate']}")
+        report.add(
+            f"{where}: flac is {audio.shape[1]} channel(s) at {rate} Hz, "
+            f"expected mono at {manifest['build']['sample_rate']}"
+        )
     seconds = audio.shape[0] / rate
     if audio.shape[0] == 0 or abs(seconds - float(meta.get("duration") or 0)) > _DURATION_TOLERANCE:
         report.add(f"{where}: decoded {seconds:.4f} s, json duration {meta.get('duration')}")
@@ -115,7 +122,9 @@ def _check_logmel(report: SplitReport, where: str, data: bytes, meta: dict, fron
         report.add(f"{where}: logmel.npy does not load ({err})")
         return 0.0
     if feats.dtype != np.float16 or feats.ndim != 2 or feats.shape[1] != frontend["n_mels"]:
-        report.add(f"{where}: logmel.npy is {feats.dtype} {list(feats.shape)}, expected float16 [frames, {frontend['n_mels']}]")
+        report.add(
+            f"{where}: logmel.npy is {feats.dtype} {list(feats.shape)}, expected float16 [frames, {frontend['n_mels']}]"
+        )
         return 0.0
     if not np.isfinite(feats).all():
         report.add(f"{where}: logmel.npy holds NaN or infinite values")
@@ -135,7 +144,9 @@ def validate_split(directory: Path) -> SplitReport:
         report.add(str(err))
         return report
     listed = [s["name"] for s in manifest["shards"]]
-    for extra in sorted({p.name for p in directory.glob("*.tar")} - set(listed) - {s["name"] for s in manifest.get("empty_shards", [])}):
+    for extra in sorted(
+        {p.name for p in directory.glob("*.tar")} - set(listed) - {s["name"] for s in manifest.get("empty_shards", [])}
+    ):
         report.add(f"{extra}: shard not listed in the manifest")
     for leftover in sorted(directory.glob("*.tmp")):
         report.add(f"{leftover.name}: unfinished shard (rerun the build)")
@@ -188,12 +199,21 @@ def split_stats(directory: Path) -> dict[str, Any]:
     labels = collections.Counter(label for m in metas for label in m.get("labels", []))
     manifest = schema.read_manifest(directory)
     return {
-        "split": f"{manifest['source']}/{manifest['split']}", "clips": len(metas), "hours": float(durations.sum() / 3600),
-        "captions_per_clip": {"mean": float(captions.mean()) if len(metas) else 0.0,
-                              "min": int(captions.min()) if len(metas) else 0, "max": int(captions.max()) if len(metas) else 0},
-        "duration_s": {q: float(np.percentile(durations, p)) if len(metas) else 0.0
-                       for q, p in (("min", 0), ("median", 50), ("p95", 95), ("max", 100))},
-        "distinct_labels": len(labels), "skipped": manifest.get("skipped", {}), "excluded": manifest.get("excluded", 0),
+        "split": f"{manifest['source']}/{manifest['split']}",
+        "clips": len(metas),
+        "hours": float(durations.sum() / 3600),
+        "captions_per_clip": {
+            "mean": float(captions.mean()) if len(metas) else 0.0,
+            "min": int(captions.min()) if len(metas) else 0,
+            "max": int(captions.max()) if len(metas) else 0,
+        },
+        "duration_s": {
+            q: float(np.percentile(durations, p)) if len(metas) else 0.0
+            for q, p in (("min", 0), ("median", 50), ("p95", 95), ("max", 100))
+        },
+        "distinct_labels": len(labels),
+        "skipped": manifest.get("skipped", {}),
+        "excluded": manifest.get("excluded", 0),
         "durations": durations.tolist(),
     }
 

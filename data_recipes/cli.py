@@ -1,4 +1,5 @@
-"""`python -m data_recipes`: list corpora, build shards, prepare a training format, merge `--part` manifests, validate, stats, ids."""
+"""`python -m data_recipes`: list corpora, build shards, prepare a training format, merge `--part`
+manifests, validate, stats, ids."""
 
 from __future__ import annotations
 
@@ -66,7 +67,9 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     part = writer.parse_part(args.part) if args.part else None
-    for m in prepare.prepare(args.src, args.out, args.format, args.model_config, part, args.workers, not args.no_progress):
+    for m in prepare.prepare(
+        args.src, args.out, args.format, args.model_config, part, args.workers, not args.no_progress
+    ):
         where = f" (part {m['part']['index']}/{m['part']['count']})" if m["part"] else ""
         print(f"{m['source']}/{m['split']}{where} -> {args.format}: {m['num_samples']} clips, {m['hours']:.3f} h, "
               f"{len(m['shards'])} shards, {sum(m['skipped'].values())} skipped {m['skipped'] or ''}".rstrip())
@@ -104,7 +107,9 @@ def cmd_ids(args: argparse.Namespace) -> None:
 
 def cmd_stats(args: argparse.Namespace) -> None:
     stats = [checks.split_stats(d) for d in checks.find_split_dirs(args.out)]
-    print(f"{'split':32s} {'clips':>8s} {'hours':>9s} {'capt/clip':>9s} {'median s':>9s} {'labels':>7s} {'excluded':>8s}")
+    print(
+        f"{'split':32s} {'clips':>8s} {'hours':>9s} {'capt/clip':>9s} {'median s':>9s} {'labels':>7s} {'excluded':>8s}"
+    )
     for s in stats:
         print(f"{s['split']:32s} {s['clips']:8d} {s['hours']:9.3f} {s['captions_per_clip']['mean']:9.2f} "
               f"{s['duration_s']['median']:9.2f} {s['distinct_labels']:7d} {s['excluded']:8d}")
@@ -128,8 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--src", help="directory of the downloaded corpus (not needed by 'demo')")
     build.add_argument("--split", action="append", help="split to build (repeatable; default: all)")
     build.add_argument("--sample-rate", type=int, default=44100, help="rate of the written FLAC (default 44100)")
-    build.add_argument("--flac-level", type=int, default=writer.DEFAULT_FLAC_LEVEL, choices=range(9), metavar="0-8",
-                       help="FLAC compression level (default %(default)s; 0 decodes ~7-9%% faster for ~1-4%% more bytes)")
+    build.add_argument(
+        "--flac-level",
+        type=int,
+        default=writer.DEFAULT_FLAC_LEVEL,
+        choices=range(9),
+        metavar="0-8",
+        help="FLAC compression level (default %(default)s; 0 decodes ~7-9%% faster for ~1-4%% more bytes)",
+    )
     build.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
     build.add_argument("--samples-per-shard", type=int, help="clips per shard (default: the recipe's)")
     build.add_argument("--max-shard-bytes", help="also cut shards by estimated size, e.g. 1G")

@@ -63,5 +63,7 @@ class ClothoRecipe(ClipRecipe):
             if meta_row.get("keywords"):
                 meta["tags"] = [k.strip() for k in meta_row["keywords"].split(";") if k.strip()]
             alt = (f"freesound:{sound_id}",) if sound_id.isdigit() else ()
-            items.append(ClipItem(Path(file_name).stem, str(src / folder / file_name), captions, alt_ids=alt, meta=meta))
+            items.append(
+                ClipItem(Path(file_name).stem, str(src / folder / file_name), captions, alt_ids=alt, meta=meta)
+            )
         return items

@@ -86,7 +86,11 @@ class DemoItem:
 
 def class_attributes(label: str) -> tuple[str, ...]:
     """Return the attribute names a class has."""
-    names = ("loudness", "length", "background") if label in NOISE_CLASSES else ("pitch", "loudness", "length", "background")
+    names = (
+        ("loudness", "length", "background")
+        if label in NOISE_CLASSES
+        else ("pitch", "loudness", "length", "background")
+    )
     return names + (("rhythm",) if label in RHYTHM_CLASSES else ())
 
 
@@ -207,7 +211,9 @@ def _vibrato(t, sr, f0, rate, rng):
     depth = rng.uniform(0.12, 0.18)
     phase = 2 * np.pi * f0 * t - depth * f0 / rate * np.cos(2 * np.pi * rate * t)
     top = min(_MAX_PARTIAL_HZ, 0.45 * sr) / (1 + depth)
-    return sum(a * np.sin(k * phase + rng.uniform(0, 6.3)) for k, a in enumerate((1.0, 0.5, 0.3, 0.2), 1) if k * f0 < top)
+    return sum(
+        a * np.sin(k * phase + rng.uniform(0, 6.3)) for k, a in enumerate((1.0, 0.5, 0.3, 0.2), 1) if k * f0 < top
+    )
 
 
 _SYNTHS: dict[str, Callable[..., np.ndarray]] = {
@@ -246,7 +252,10 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 
 def _fade(n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
     env = np.ones(n)
-    for length, sl in ((int(rng.uniform(0.01, 0.04) * sr), slice(None)), (int(rng.uniform(0.03, 0.08) * sr), slice(None, None, -1))):
+    for length, sl in (
+        (int(rng.uniform(0.01, 0.04) * sr), slice(None)),
+        (int(rng.uniform(0.03, 0.08) * sr), slice(None, None, -1)),
+    ):
         ramp = 0.5 - 0.5 * np.cos(np.pi * np.arange(length) / max(1, length))
         env[sl][:length] *= ramp
     return env
@@ -290,14 +299,21 @@ _SYNONYMS = {
 }
 _WORDS = {
     "loudness": {"quiet": ("quiet", "soft", "faint"), "loud": ("loud", "strong", "powerful")},
-    "pitch": {"low": ("low", "low-pitched", "deep"), "mid": ("mid-pitched", "medium-pitched", "middle-register"),
-              "high": ("high", "high-pitched", "shrill")},
+    "pitch": {
+        "low": ("low", "low-pitched", "deep"),
+        "mid": ("mid-pitched", "medium-pitched", "middle-register"),
+        "high": ("high", "high-pitched", "shrill"),
+    },
     "rhythm": {"slow": ("slow", "leisurely"), "fast": ("fast", "rapid", "quick")},
     "length": {"short": ("short", "brief"), "long": ("long", "sustained", "drawn-out")},
     "background": {
         "none": ("", " in silence", " with nothing in the background", " on its own"),
         "hum": (" over a low hum", " with an electrical hum in the background", " over a faint mains hum"),
-        "wind": (" with soft wind in the background", " over a gentle wind-like whoosh", " with wind blowing behind it"),
+        "wind": (
+            " with soft wind in the background",
+            " over a gentle wind-like whoosh",
+            " with wind blowing behind it",
+        ),
         "rain": (" with light rain in the background", " over a rain-like crackle", " with rain pattering behind it"),
     },
 }
@@ -380,7 +396,9 @@ class DemoRecipe(Recipe):
 
     def captions(self, item: DemoItem) -> list[str]:
         """Return the item's 2-3 captions (deterministic, independent of the sample rate)."""
-        rng = np.random.default_rng([self.config.seed, _SPLIT_CODES[item.split], DEMO_CLASSES.index(item.label), item.index, 2])
+        rng = np.random.default_rng(
+            [self.config.seed, _SPLIT_CODES[item.split], DEMO_CLASSES.index(item.label), item.index, 2]
+        )
         return make_captions(item.label, dict(item.attributes), rng)
 
     def estimate_bytes(self, item: DemoItem, sample_rate: int) -> int:

@@ -61,14 +61,19 @@ class EpicSoundsRecipe(ClipRecipe):
         items: list[ClipItem | BadRow] = []
         for index, row in enumerate(read_csv(path), 1):
             missing = missing_fields(row, ("annotation_id", "participant_id", "video_id", "class"))
-            start, stop = parse_timestamp(row.get("start_timestamp", "")), parse_timestamp(row.get("stop_timestamp", ""))
+            start, stop = (
+                parse_timestamp(row.get("start_timestamp", "")),
+                parse_timestamp(row.get("stop_timestamp", "")),
+            )
             if missing or start is None or stop is None or stop <= start:
                 items.append(row_error(path, index, f"missing {missing} or bad timestamps"))
                 continue
             candidates = [src / p.format(**row) for p in patterns]
             audio = first_existing(candidates) or candidates[0]
             label = clean_text(row["class"])
-            captions = unique([row.get("description", ""), *pick_captions(TEMPLATES, row["annotation_id"], 1, label=label)])
+            captions = unique(
+                [row.get("description", ""), *pick_captions(TEMPLATES, row["annotation_id"], 1, label=label)]
+            )
             meta = {"video_id": row["video_id"], "participant_id": row["participant_id"],
                     "class_id": row.get("class_id", ""), "description": row.get("description", "")}
             items.append(ClipItem(row["annotation_id"], str(audio), captions, (label,), start, stop, meta=meta))

@@ -114,7 +114,9 @@ class CsvRecipe(ClipRecipe):
         cfg = self.config
         if row.get(EXTRA_CELLS):
             extra = len(row[EXTRA_CELLS])
-            return row_error(path, index, f"{extra} cell(s) beyond the header's {len(row) - 1} columns (an unquoted delimiter?)")
+            return row_error(
+                path, index, f"{extra} cell(s) beyond the header's {len(row) - 1} columns (an unquoted delimiter?)"
+            )
         audio = row.get(cfg.audio_column) or ""
         if not audio:
             return row_error(path, index, f"empty {cfg.audio_column}")

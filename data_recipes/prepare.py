@@ -126,7 +126,12 @@ class SampleConverter:
         if rate != model_rate:  # the json states the rate and length of the audio it travels with
             meta = json.dumps(dict(json.loads(meta), sample_rate=model_rate, duration=round(seconds, 6)),
                               ensure_ascii=False, sort_keys=True).encode()
-        return key, [(schema.TRAINING_FORMATS[self.format], self._encode(audio)), (schema.JSON_EXT, meta)], seconds, False
+        return (
+            key,
+            [(schema.TRAINING_FORMATS[self.format], self._encode(audio)), (schema.JSON_EXT, meta)],
+            seconds,
+            False,
+        )
 
     def _encode(self, audio: np.ndarray) -> bytes:
         if self.format == "pcm16":
@@ -175,9 +180,15 @@ def prepare_split(src_dir: Path, out: str | Path, fmt: str, frontend: dict[str, 
         raise RecipeError(f"--out {out} would overwrite the archival shards in {src_dir}: give another directory")
     directory.mkdir(parents=True, exist_ok=True)
     # The archival build's parameters (the exclusion list's digest among them) stay: the leakage check reads them.
-    build = dict(source["build"], src=str(Path(src_dir).resolve()), format=fmt, dtype="float16" if fmt == "logmel" else "int16",
-                 frontend=frontend if fmt == "logmel" else {"sample_rate": frontend["sample_rate"]},
-                 sample_rate=frontend["sample_rate"], planned_shards=len(shards))
+    build = dict(
+        source["build"],
+        src=str(Path(src_dir).resolve()),
+        format=fmt,
+        dtype="float16" if fmt == "logmel" else "int16",
+        frontend=frontend if fmt == "logmel" else {"sample_rate": frontend["sample_rate"]},
+        sample_rate=frontend["sample_rate"],
+        planned_shards=len(shards),
+    )
     check_previous_build(directory, {"build": build, "recipe": source["recipe"]})
     converter = SampleConverter(fmt, frontend)
     stats, tasks = [], []
@@ -189,8 +200,18 @@ def prepare_split(src_dir: Path, out: str | Path, fmt: str, frontend: dict[str, 
         if path.is_file():
             stats.append(load_shard_stats(path, index, shard["samples"]))
         else:
-            tasks.append(ShardTask(None, source["split"], index, ShardSamples(Path(src_dir) / shard["name"], shard["samples"]),
-                                   path, frontend["sample_rate"], 0, encode=converter))
+            tasks.append(
+                ShardTask(
+                    None,
+                    source["split"],
+                    index,
+                    ShardSamples(Path(src_dir) / shard["name"], shard["samples"]),
+                    path,
+                    frontend["sample_rate"],
+                    0,
+                    encode=converter,
+                )
+            )
     stats += run_tasks(tasks, workers, f"{source['source']}/{source['split']} -> {fmt}", show_progress)
     manifest = make_manifest((source["source"], source["recipe"]), source["split"], build, stats, part,
                              source.get("excluded", 0))

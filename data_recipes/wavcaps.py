@@ -31,7 +31,12 @@ from typing import Any
 from data_recipes.base import RecipeError, register_recipe
 from data_recipes.common import BadRow, ClipItem, ClipRecipe, clean_text, parse_float, read_json
 
-SOURCES = {"FreeSound": "freesound", "BBC_Sound_Effects": "bbc", "SoundBible": "soundbible", "AudioSet_SL": "audioset_sl"}
+SOURCES = {
+    "FreeSound": "freesound",
+    "BBC_Sound_Effects": "bbc",
+    "SoundBible": "soundbible",
+    "AudioSet_SL": "audioset_sl",
+}
 _KEEP = ("title", "description", "author", "tags", "href", "license")  # raw source fields copied to the json
 
 

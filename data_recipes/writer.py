@@ -70,7 +70,9 @@ class WriterConfig:
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0 or self.samples_per_shard <= 0:
-            raise RecipeError(f"sample rate and samples per shard must be > 0, got {self.sample_rate}, {self.samples_per_shard}")
+            raise RecipeError(
+                f"sample rate and samples per shard must be > 0, got {self.sample_rate}, {self.samples_per_shard}"
+            )
         if self.flac_level not in range(9):
             raise RecipeError(f"FLAC compression level must be an integer 0-8, got {self.flac_level}")
         if self.max_shard_bytes is not None and self.max_shard_bytes <= 0:
@@ -192,7 +194,9 @@ def encode_item(recipe: Recipe, item: Any, split: str, sample_rate: int,
     pcm, clipped = prepare_audio(sample.audio, sample.sample_rate, sample_rate)
     seconds = len(pcm) / sample_rate
     meta = dict(sample.meta)
-    meta.update(source=recipe.name, id=sample.stable_id, split=split, duration=round(seconds, 6), sample_rate=sample_rate)
+    meta.update(
+        source=recipe.name, id=sample.stable_id, split=split, duration=round(seconds, 6), sample_rate=sample_rate
+    )
     problems = schema.validate_sample_json(meta)
     if problems:
         reason = "empty_text" if any("'text'" in p for p in problems) else "invalid_json"
@@ -387,14 +391,23 @@ def run_tasks(tasks: list[ShardTask], workers: int, desc: str, show_progress: bo
 # Building splits and manifests
 
 
-def _build_params(recipe: Recipe, config: WriterConfig, n_items: int, n_shards: int, src: Path | None) -> dict[str, Any]:
+def _build_params(
+    recipe: Recipe, config: WriterConfig, n_items: int, n_shards: int, src: Path | None
+) -> dict[str, Any]:
     # The exclusion list changes the shard plan, so its digest is a build parameter.
     exclude = None
     if config.exclude:
         exclude = {"ids": len(config.exclude), "sha1": schema.exclude_digest(config.exclude)}
-    return {"sample_rate": config.sample_rate, "flac_level": config.flac_level, "samples_per_shard": config.samples_per_shard,
-            "max_shard_bytes": config.max_shard_bytes, "items": n_items, "planned_shards": n_shards,
-            "exclude": exclude, "src": str(Path(src).resolve()) if src is not None else None}
+    return {
+        "sample_rate": config.sample_rate,
+        "flac_level": config.flac_level,
+        "samples_per_shard": config.samples_per_shard,
+        "max_shard_bytes": config.max_shard_bytes,
+        "items": n_items,
+        "planned_shards": n_shards,
+        "exclude": exclude,
+        "src": str(Path(src).resolve()) if src is not None else None,
+    }
 
 
 def _recipe_info(recipe: Recipe) -> dict[str, Any]:
@@ -414,7 +427,9 @@ def _differences(previous: dict[str, Any], current: dict[str, Any]) -> list[str]
     pairs = [(k, old_build.get(k), new_build.get(k)) for k in sorted(set(old_build) | set(new_build))]
     pairs += [(f"recipe {k}", old_recipe.get(k), new_recipe.get(k)) for k in ("name", "version")]
     old_options, new_options = old_recipe.get("options") or {}, new_recipe.get("options") or {}
-    pairs += [(f"option {k}", old_options.get(k), new_options.get(k)) for k in sorted(set(old_options) | set(new_options))]
+    pairs += [
+        (f"option {k}", old_options.get(k), new_options.get(k)) for k in sorted(set(old_options) | set(new_options))
+    ]
     return [f"{name} {old!r} (now {new!r})" for name, old, new in pairs if old != new]
 
 
@@ -453,8 +468,10 @@ def check_previous_build(directory: Path, current: dict[str, Any]) -> None:
         previous = schema.read_manifest(directory, path.name) if path != record else _read_record(record)
         differing = _differences(previous, current)
         if differing:
-            raise RecipeError(f"{directory} holds a build with other parameters: {'; '.join(differing)} "
-                             f"(recorded in {path.name}); rerun with the recorded ones, use another --out or delete {directory}")
+            raise RecipeError(
+                f"{directory} holds a build with other parameters: {'; '.join(differing)} "
+                f"(recorded in {path.name}); rerun with the recorded ones, use another --out or delete {directory}"
+            )
     if not found:
         write_json_atomic(record, current)
 
@@ -464,7 +481,11 @@ def _read_record(path: Path) -> dict[str, Any]:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RecipeError(f"build record {path} is not valid json: {err}; delete it to rebuild") from None
-    if not isinstance(record, dict) or not isinstance(record.get("build"), dict) or not isinstance(record.get("recipe"), dict):
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("build"), dict)
+        or not isinstance(record.get("recipe"), dict)
+    ):
         raise RecipeError(f"build record {path} lacks 'build' or 'recipe'; delete it to rebuild")
     return record
 
@@ -596,12 +617,16 @@ def merge_parts(out: str | Path, source: str, split: str) -> dict[str, Any]:
     parts = [schema.read_manifest(directory, path.name) for path in found]
     counts = sorted({p["part"]["count"] for p in parts})
     if len(counts) != 1:
-        raise RecipeError(f"part manifests in {directory} come from different part counts {counts}; delete the stale ones")
+        raise RecipeError(
+            f"part manifests in {directory} come from different part counts {counts}; delete the stale ones"
+        )
     count = counts[0]
     have = {p["part"]["index"] for p in parts}
     missing = [schema.part_manifest_name(i, count) for i in range(count) if i not in have]
     if missing:
-        raise RecipeError(f"cannot merge {source}/{split}: missing {', '.join(missing)} (run those --part builds first)")
+        raise RecipeError(
+            f"cannot merge {source}/{split}: missing {', '.join(missing)} (run those --part builds first)"
+        )
     if len({json.dumps(_comparable(p), sort_keys=True) for p in parts}) != 1:
         raise RecipeError(f"part manifests in {directory} disagree on build parameters or recipe version")
     shards = sorted((s for p in parts for s in p["shards"] + p["empty_shards"]), key=lambda s: s["index"])
@@ -610,8 +635,12 @@ def merge_parts(out: str | Path, source: str, split: str) -> dict[str, Any]:
         raise RecipeError(f"part manifests in {directory} do not cover shards 0..{planned - 1} exactly once")
     absent = [s["name"] for s in shards if not (directory / s["name"]).is_file()]
     if absent:
-        raise FileNotFoundError(f"shards listed in part manifests are missing from {directory}: {', '.join(absent[:5])}")
-    merged = dict(parts[0], part=None, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        raise FileNotFoundError(
+            f"shards listed in part manifests are missing from {directory}: {', '.join(absent[:5])}"
+        )
+    merged = dict(
+        parts[0], part=None, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    )
     merged["shards"] = [s for s in shards if s["samples"] > 0]
     merged["empty_shards"] = [s for s in shards if s["samples"] == 0]
     for key in ("num_samples", "items", "clipped"):

@@ -266,7 +266,8 @@ def masked_batch_norm(feats: torch.Tensor, valid: torch.Tensor, bn: nn.BatchNorm
 
 
 def batch_norm_bins(feats: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
-    """`bn` (a BatchNorm2d over mel bins, msclap's layout) applied to [B, frames, n_mels] as one [B * frames, n_mels] batch.
+    """`bn` (a BatchNorm2d over mel bins, msclap's layout) applied to [B, frames, n_mels] as one
+    [B * frames, n_mels] batch.
 
     The same statistics, running-stat update and output as `bn` on the [B, n_mels, frames, 1] view
     msclap uses, but on a plain 2-D input: torch 2.11's CPU batch-norm backward on that 4-D view

@@ -76,7 +76,9 @@ def fit_length(audio: torch.Tensor, num_samples: int, pad_mode: str) -> tuple[to
     return torch.nn.functional.pad(audio, (0, num_samples - length)), length
 
 
-def cut_windows(wave: torch.Tensor, num_samples: int, hop: int, pad_mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def cut_windows(
+    wave: torch.Tensor, num_samples: int, hop: int, pad_mode: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cut a whole recording [T] into overlapping clips of `num_samples`, one every `hop` samples.
 
     The last window is placed to end with the recording, so every window is full audio and the
@@ -108,10 +110,11 @@ class Resampler:
     crossings, rolloff 0.99). A rate pair whose reduced ratio is large (16001 -> 44100 Hz does
     not reduce: a dense kernel of 16001 x 44100 taps, 5.6 GB) takes `DirectResamplePlan`, which
     evaluates the same taps per output sample, with cost bounded by the clip's length
-    (`MAX_DENSE_TAPS`). Otherwise the filter is applied as matrix products (`ResamplePlan`): the input is cut into overlapping
-    blocks of `orig + 2 width` samples, one block per `orig` input samples, and the kernel maps
-    each block to its `new` output samples (rates reduced by their gcd). Each output phase
-    only touches about 2 width samples of its block, so the phases are split into a few groups,
+    (`MAX_DENSE_TAPS`). Otherwise the filter is applied as matrix products (`ResamplePlan`): the
+    input is cut into overlapping blocks of `orig + 2 width` samples, one block per `orig` input
+    samples, and the kernel maps each block to its `new` output samples (rates reduced by their
+    gcd). Each output phase only touches about 2 width samples of its block, so the phases are
+    split into a few groups,
     each multiplying only the rows it needs; small ratios (3 -> 2) put several blocks side by
     side so the products stay wide. torchaudio runs the full kernel as a strided conv1d; this
     is 2-4x faster on one CPU thread (7 s at 48 -> 44.1, 32 or 16 kHz, 44.1 -> 16 kHz, ...),

@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="clips captioned together")
 
 
-def load_audio_files(paths: Sequence[str], sample_rate: int, clip_samples: int, pad_mode: str = "repeat") -> torch.Tensor:
+def load_audio_files(
+    paths: Sequence[str], sample_rate: int, clip_samples: int, pad_mode: str = "repeat"
+) -> torch.Tensor:
     """Decode, down-mix, resample and crop (from the start) or pad files to [N, clip_samples]."""
     import torch
 

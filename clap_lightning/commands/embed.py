@@ -18,7 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="clips (windows) per forward pass")
     parser.add_argument("--num-workers", type=int, default=2, help="decoding processes")
     parser.add_argument("--part-size", type=int, default=1000, help="files per output part (the unit of resuming)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)")
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -36,9 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="average the embeddings of every prompt template of a task (default: the first)")
     parser.add_argument("--linear-probe", action="store_true",
                         help="also report a logistic-regression probe on single-label tasks (folds or train split)")
-    parser.add_argument("--captioner", default=None,
-                        help="a captioning checkpoint trained on this CLAP's audio embeddings: scores the captioning "
-                             "tasks (CIDEr-D, BLEU-4, ROUGE-L; not SPIDEr, which needs SPICE); without it they are skipped")
+    parser.add_argument(
+        "--captioner",
+        default=None,
+        help="a captioning checkpoint trained on this CLAP's audio embeddings: scores the captioning "
+        "tasks (CIDEr-D, BLEU-4, ROUGE-L; not SPIDEr, which needs SPICE); without it they are skipped",
+    )
 
 
 def run_eval(checkpoint: str, tasks: str, data: str, out: Optional[str] = None, cache: Optional[str] = None,

@@ -39,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
     for fold, acc in scores.items():
         print(f"{spec.name} fold {fold}: accuracy {acc:.4f}")
     mean = sum(scores.values()) / len(scores)
-    print(f"{spec.name}: mean accuracy {mean:.4f} over {len(scores)} fold(s) ({'probe' if args.probe else 'fine-tuned'})")
+    print(
+        f"{spec.name}: mean accuracy {mean:.4f} over {len(scores)} fold(s) ({'probe' if args.probe else 'fine-tuned'})"
+    )
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -73,5 +75,7 @@ def run_probe(args: argparse.Namespace, spec) -> dict:
     results, _, _ = run_eval(args.checkpoint, spec.name, args.data, args.out, None, options)
     acc = results[0].metrics.get("probe_acc")
     if acc is None:
-        raise ConfigError(f"{spec.name}: the linear probe gave no result ({results[0].status or 'no train split or folds'})")
+        raise ConfigError(
+            f"{spec.name}: the linear probe gave no result ({results[0].status or 'no train split or folds'})"
+        )
     return {"cross-validated" if spec.fold_field else "test": acc}

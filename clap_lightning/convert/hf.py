@@ -144,24 +144,47 @@ def model_config_from_hf(config: Mapping, tokenizer: str) -> dict:
         raise CheckpointError(f"audio_config.hidden_size {audio.get('hidden_size')} is not patch_embeds_hidden_size "
                               f"x 2^(stages - 1) = {embed_dim * 2 ** (len(depths) - 1)}")
     return {
-        "sample_rate": 48000, "clip_seconds": 10.0, "d_proj": config.get("projection_dim", 512), "proj_dropout": 0.0,
-        "projection": "mlp", "text_logit_scale": True,
+        "sample_rate": 48000,
+        "clip_seconds": 10.0,
+        "d_proj": config.get("projection_dim", 512),
+        "proj_dropout": 0.0,
+        "projection": "mlp",
+        "text_logit_scale": True,
         "audio_encoder": {
-            "name": "htsat", "sample_rate": 48000, "mel_sample_rate": 48000, "n_fft": 1024, "hop_length": 480,
-            "n_mels": audio.get("num_mel_bins", 64), "fmin": 50.0, "fmax": 14000.0,
-            "spec_size": audio.get("spec_size", 256), "patch_size": patch_size, "patch_stride": patch_stride,
-            "embed_dim": embed_dim, "depths": depths, "num_heads": list(audio.get("num_attention_heads", [4, 8, 16, 32])),
-            "window_size": audio.get("window_size", 8), "mlp_ratio": audio.get("mlp_ratio", 4.0),
-            "drop_path_rate": audio.get("drop_path_rate", 0.0), "num_classes": audio.get("num_classes", 527),
-            "use_spec_augment": False, "enable_fusion": bool(audio.get("enable_fusion")),
+            "name": "htsat",
+            "sample_rate": 48000,
+            "mel_sample_rate": 48000,
+            "n_fft": 1024,
+            "hop_length": 480,
+            "n_mels": audio.get("num_mel_bins", 64),
+            "fmin": 50.0,
+            "fmax": 14000.0,
+            "spec_size": audio.get("spec_size", 256),
+            "patch_size": patch_size,
+            "patch_stride": patch_stride,
+            "embed_dim": embed_dim,
+            "depths": depths,
+            "num_heads": list(audio.get("num_attention_heads", [4, 8, 16, 32])),
+            "window_size": audio.get("window_size", 8),
+            "mlp_ratio": audio.get("mlp_ratio", 4.0),
+            "drop_path_rate": audio.get("drop_path_rate", 0.0),
+            "num_classes": audio.get("num_classes", 527),
+            "use_spec_augment": False,
+            "enable_fusion": bool(audio.get("enable_fusion")),
             "aff_block_r": audio.get("aff_block_r", 4),
         },
         "text_encoder": {
-            "name": "roberta", "tokenizer": tokenizer, "pooling": "pooler", "max_length": 77,
-            "vocab_size": text.get("vocab_size", 50265), "hidden_size": text.get("hidden_size", 768),
-            "num_layers": text.get("num_hidden_layers", 12), "num_heads": text.get("num_attention_heads", 12),
+            "name": "roberta",
+            "tokenizer": tokenizer,
+            "pooling": "pooler",
+            "max_length": 77,
+            "vocab_size": text.get("vocab_size", 50265),
+            "hidden_size": text.get("hidden_size", 768),
+            "num_layers": text.get("num_hidden_layers", 12),
+            "num_heads": text.get("num_attention_heads", 12),
             "intermediate_size": text.get("intermediate_size", 3072),
-            "max_positions": text.get("max_position_embeddings", 514), "dropout": text.get("hidden_dropout_prob", 0.1),
+            "max_positions": text.get("max_position_embeddings", 514),
+            "dropout": text.get("hidden_dropout_prob", 0.1),
         },
     }
 
@@ -222,12 +245,19 @@ def as_checkpoint(model: CLAP, config, converted_from: dict) -> dict:
 # LAION-CLAP's own checkpoints (`630k-audioset-best.pt`, ...): `{"epoch", "name", "state_dict", "optimizer"}`
 # with keys under `module.` (DDP). Its HTSAT keeps the original names, which are ours (msclap's HTSAT is the
 # same code); RoBERTa is `text_branch`; projections are `nn.Sequential(Linear, ReLU, Linear)`.
-LAION_RENAMES = (("audio_branch.", "audio_encoder."), ("text_branch.", "text_encoder.base."),
-                 ("audio_projection.0.", "audio_projection.linear1."), ("audio_projection.2.", "audio_projection.linear2."),
-                 ("text_projection.0.", "text_projection.linear1."), ("text_projection.2.", "text_projection.linear2."))
+LAION_RENAMES = (
+    ("audio_branch.", "audio_encoder."),
+    ("text_branch.", "text_encoder.base."),
+    ("audio_projection.0.", "audio_projection.linear1."),
+    ("audio_projection.2.", "audio_projection.linear2."),
+    ("text_projection.0.", "text_projection.linear1."),
+    ("text_projection.2.", "text_projection.linear2."),
+)
 # torchlibrosa's STFT/mel matrices (recomputed by our front end) and the MLP-loss heads `*_transform`,
 # which LAION uses only in its loss with `--clap-mlploss`, never for embeddings.
-LAION_UNUSED = re.compile(r"^(audio_branch\.(spectrogram_extractor|logmel_extractor)\.|audio_transform\.|text_transform\.)")
+LAION_UNUSED = re.compile(
+    r"^(audio_branch\.(spectrogram_extractor|logmel_extractor)\.|audio_transform\.|text_transform\.)"
+)
 
 
 def read_laion_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -248,7 +278,9 @@ def laion_config_from_state(state: Mapping[str, torch.Tensor], tokenizer: str) -
     depths = [len({m.group(1) for k in state for m in [re.match(rf"audio_branch\.layers\.{i}\.blocks\.(\d+)\.", k)]
                    if m}) for i in stages]
     heads = [int(state[f"audio_branch.layers.{i}.blocks.0.attn.relative_position_bias_table"].shape[1]) for i in stages]
-    window = int(round((state["audio_branch.layers.0.blocks.0.attn.relative_position_bias_table"].shape[0] ** 0.5 + 1) / 2))
+    window = int(
+        round((state["audio_branch.layers.0.blocks.0.attn.relative_position_bias_table"].shape[0] ** 0.5 + 1) / 2)
+    )
     proj = state["audio_branch.patch_embed.proj.weight"]  # [embed_dim, 1, patch, patch]
     # The image side is in no weight, but a shifted block's saved attn_mask [windows, w*w, w*w] gives the
     # first stage's grid; LAION's released models all use 256.
@@ -257,19 +289,27 @@ def laion_config_from_state(state: Mapping[str, torch.Tensor], tokenizer: str) -
     text_layers = len({k.split(".")[3] for k in state if k.startswith("text_branch.encoder.layer.")})
     hf_like = {
         "projection_dim": int(state["audio_projection.2.weight"].shape[0]),
-        "audio_config": {"num_mel_bins": int(state["audio_branch.bn0.weight"].shape[0]), "spec_size": spec_size,
-                         "patch_size": int(proj.shape[2]), "patch_stride": int(proj.shape[2]),
-                         "patch_embeds_hidden_size": int(proj.shape[0]), "depths": depths,
-                         "num_attention_heads": heads, "window_size": window,
-                         "num_classes": int(state["audio_branch.head.weight"].shape[0]),
-                         "enable_fusion": fusion is not None,
-                         "aff_block_r": 4 if fusion is None else int(fusion.shape[1] // fusion.shape[0])},
-        "text_config": {"vocab_size": int(state["text_branch.embeddings.word_embeddings.weight"].shape[0]),
-                        "hidden_size": int(state["text_branch.embeddings.word_embeddings.weight"].shape[1]),
-                        "num_hidden_layers": text_layers,
-                        "num_attention_heads": max(1, int(state["text_branch.embeddings.word_embeddings.weight"].shape[1]) // 64),
-                        "intermediate_size": int(state["text_branch.encoder.layer.0.intermediate.dense.weight"].shape[0]),
-                        "max_position_embeddings": int(state["text_branch.embeddings.position_embeddings.weight"].shape[0])},
+        "audio_config": {
+            "num_mel_bins": int(state["audio_branch.bn0.weight"].shape[0]),
+            "spec_size": spec_size,
+            "patch_size": int(proj.shape[2]),
+            "patch_stride": int(proj.shape[2]),
+            "patch_embeds_hidden_size": int(proj.shape[0]),
+            "depths": depths,
+            "num_attention_heads": heads,
+            "window_size": window,
+            "num_classes": int(state["audio_branch.head.weight"].shape[0]),
+            "enable_fusion": fusion is not None,
+            "aff_block_r": 4 if fusion is None else int(fusion.shape[1] // fusion.shape[0]),
+        },
+        "text_config": {
+            "vocab_size": int(state["text_branch.embeddings.word_embeddings.weight"].shape[0]),
+            "hidden_size": int(state["text_branch.embeddings.word_embeddings.weight"].shape[1]),
+            "num_hidden_layers": text_layers,
+            "num_attention_heads": max(1, int(state["text_branch.embeddings.word_embeddings.weight"].shape[1]) // 64),
+            "intermediate_size": int(state["text_branch.encoder.layer.0.intermediate.dense.weight"].shape[0]),
+            "max_position_embeddings": int(state["text_branch.embeddings.position_embeddings.weight"].shape[0]),
+        },
     }
     return model_config_from_hf(hf_like, tokenizer)
 
@@ -292,7 +332,9 @@ def build_from_laion(path: str | Path, tokenizer: str = "roberta-base",
             if key.startswith(theirs):
                 key = ours + key[len(theirs):]
                 break
-        mapped[{"logit_scale_a": "logit_scale"}.get(key, key)] = value.reshape(1) if key.startswith("logit_scale") else value
+        mapped[{"logit_scale_a": "logit_scale"}.get(key, key)] = (
+            value.reshape(1) if key.startswith("logit_scale") else value
+        )
     load_mapped(model, mapped, str(path))
     return model.eval(), config, sorted({k.split(".")[0] for k in unused})
 

@@ -175,7 +175,9 @@ class PatchEmbed(nn.Module):
             return self.norm(self.proj(image).flatten(2).transpose(1, 2))  # [B, tokens, C]
         b, c, h, w = image.shape
         p = self.proj.kernel_size[0]
-        patches = image.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // p) * (w // p), -1)
+        patches = (
+            image.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // p) * (w // p), -1)
+        )
         return self.norm(F.linear(patches, self.proj.weight.flatten(1), self.proj.bias))  # [B, tokens, C]
 
     def fuse(self, image: torch.Tensor, longer: Optional[torch.Tensor]) -> torch.Tensor:

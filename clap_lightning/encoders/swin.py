@@ -100,7 +100,9 @@ class WindowAttention(nn.Module):
         bw, n, c = x.shape
         q, k, v = self.qkv(x).view(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         if torch.is_grad_enabled() and self.relative_position_bias_table.requires_grad:
-            return self.proj_drop(self.proj(self._attend_explicitly(q, k, v, shift_mask).transpose(1, 2).reshape(bw, n, c)))
+            return self.proj_drop(
+                self.proj(self._attend_explicitly(q, k, v, shift_mask).transpose(1, 2).reshape(bw, n, c))
+            )
         mask = self.compute_bias().to(q.dtype).unsqueeze(0)  # [1, heads, N, N]
         if shift_mask is not None:
             windows = shift_mask.shape[0]
@@ -124,7 +126,9 @@ class WindowAttention(nn.Module):
         attn = (q * d ** -0.5) @ k.transpose(-2, -1) + self.compute_bias().to(q.dtype)  # [B * nW, heads, N, N]
         if shift_mask is not None:
             windows = shift_mask.shape[0]
-            attn = (attn.view(bw // windows, windows, heads, n, n) + shift_mask.to(q.dtype).unsqueeze(1)).view(bw, heads, n, n)
+            attn = (attn.view(bw // windows, windows, heads, n, n) + shift_mask.to(q.dtype).unsqueeze(1)).view(
+                bw, heads, n, n
+            )
         attn = F.dropout(attn.softmax(dim=-1), self.attn_drop, self.training)
         return attn @ v
 

@@ -58,11 +58,20 @@ class GPT2TextEncoder(nn.Module):
                 vocab_size, eos = len(tokenizer), tokenizer.eos_token_id
             else:  # GPT2's own convention: <|endoftext|> is the last id
                 vocab_size, eos = config.vocab_size, config.vocab_size - 1
-            self.base = GPT2Model(GPT2Config(
-                vocab_size=vocab_size, bos_token_id=eos, eos_token_id=eos, n_positions=config.n_positions, n_embd=config.n_embd,
-                n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=config.dropout,
-                embd_pdrop=config.dropout, attn_pdrop=config.dropout,
-            ))
+            self.base = GPT2Model(
+                GPT2Config(
+                    vocab_size=vocab_size,
+                    bos_token_id=eos,
+                    eos_token_id=eos,
+                    n_positions=config.n_positions,
+                    n_embd=config.n_embd,
+                    n_layer=config.n_layer,
+                    n_head=config.n_head,
+                    resid_pdrop=config.dropout,
+                    embd_pdrop=config.dropout,
+                    attn_pdrop=config.dropout,
+                )
+            )
         if config.use_checkpointing:
             enable_activation_checkpointing(self.base)
         self.out_dim = self.base.config.n_embd

@@ -91,7 +91,8 @@ class TaskEvaluator:
         return self.data_root / spec.source / spec.split
 
     def embed(self, source: str, split: str, urls: Optional[list[str]] = None) -> EmbeddedSplit:
-        """Audio embeddings of `<data>/<source>/<split>` (or of `urls`), computed at most once per evaluator and cache."""
+        """Audio embeddings of `<data>/<source>/<split>` (or of `urls`), computed at most once per
+        evaluator and cache."""
         key = (source, split)
         if key in self._memory:
             return self._memory[key]

@@ -141,7 +141,9 @@ NSYNTH_VELOCITY_CLASSES = ["25", "50", "75", "100", "127"]
 NSYNTH_QUALITIES_CLASSES = _labels(
     "bright, dark, distortion, fast_decay, long_release, multiphonic, nonlinear_env, percussive, reverb, tempo-synced"
 )
-NSYNTH_INSTRUMENT_CLASSES = _labels("bass, brass, flute, guitar, keyboard, mallet, organ, reed, string, synth_lead, vocal")
+NSYNTH_INSTRUMENT_CLASSES = _labels(
+    "bass, brass, flute, guitar, keyboard, mallet, organ, reed, string, synth_lead, vocal"
+)
 BEIJING_OPERA_CLASSES = _labels("bangu, naobo, daluo, xiaoluo")
 # Recipes map the corpora's codes to these words: CREMA-D file token, RAVDESS emotion field.
 CREMA_D_CODES = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}
@@ -213,6 +215,7 @@ def _captioning(corpus: str, display: str, paper: float, benchmark: float, proto
 
 
 _ALL_FILES = "zero-shot on every clip of the corpus"
+_CLOTHO_RETRIEVAL = "v2.1 evaluation split: 1,045 clips x 5 captions"
 _TASK_LIST = [
     # ----------------------------------------------------------------- sound events / scenes
     _zero_shot("esc50", "ESC50", "acc", 0.939, 0.948, classes=ESC50_CLASSES, fold_field="fold",
@@ -239,10 +242,12 @@ _TASK_LIST = [
                protocol="official speaker-disjoint test split (te.json)"),
     _zero_shot("sesa", "SESA", "acc", 0.65, 0.25, classes=SESA_CLASSES, benchmark_is_random=True,
                class_text={"casual": "casual (not a threat)"}, protocol="official test folder (105 clips)",
-               notes="Unverified: the label strings in SESA's file names / SESA.txt; the recipe must map them to these."),
+               notes="Unverified: the label strings in SESA's file names / SESA.txt; the recipe must map them "
+                     "to these."),
     _zero_shot("esc50_actions", "ESC50-Actions", "mAP", 0.509, 0.045, classes=ESC50_ACTIONS_CLASSES,
                benchmark_is_random=True, fold_field="fold", protocol=f"{_ALL_FILES} (the 2,000 ESC-50 clips)",
-               notes="Unverified: the vote threshold that makes an action positive (the recipe decides, e.g. votes > 0)."),
+               notes="Unverified: the vote threshold that makes an action positive (the recipe decides, "
+                     "e.g. votes > 0)."),
     _zero_shot("tut2017", "TUT2017", "acc", 0.538, 0.296, classes=TUT2017_CLASSES,
                protocol="evaluation set (about 1,620 segments)",
                notes="Unverified: the paper does not say whether it scored the evaluation set or the dev folds."),
@@ -265,7 +270,8 @@ _TASK_LIST = [
                classes=NSYNTH_QUALITIES_CLASSES, class_text={"nonlinear_env": "nonlinear envelope"},
                benchmark_is_random=True, protocol="official test split"),
     _zero_shot("nsynth_instrument", "NSynth Instrument", "acc", 0.479, 0.09, source="nsynth",
-               label_field="instrument_family", classes=NSYNTH_INSTRUMENT_CLASSES, class_text={"synth_lead": "synth lead"},
+               label_field="instrument_family", classes=NSYNTH_INSTRUMENT_CLASSES,
+               class_text={"synth_lead": "synth lead"},
                benchmark_is_random=True, protocol="official test split"),
     _zero_shot("beijing_opera", "Beijing Opera", "acc", 0.466, 0.4746, classes=BEIJING_OPERA_CLASSES,
                class_text={"bangu": "bangu clapper drum", "naobo": "naobo cymbals", "daluo": "daluo large gong",
@@ -292,8 +298,8 @@ _TASK_LIST = [
     # with Table 2 except the A->T AudioCaps R@1 benchmark (0.517), which it drops.
     _retrieval("audiocaps", "AudioCaps", "a2t", (0.425, 0.319), (0.517, 0.457), "test split: 975 clips x 5 captions"),
     _retrieval("audiocaps", "AudioCaps", "t2a", (0.356, 0.51), (0.397, 0.51), "test split: 975 clips x 5 captions"),
-    _retrieval("clotho", "Clotho", "a2t", (0.229, 0.155), (0.234, 0.138), "v2.1 evaluation split: 1,045 clips x 5 captions"),
-    _retrieval("clotho", "Clotho", "t2a", (0.157, 0.257), (0.195, 0.204), "v2.1 evaluation split: 1,045 clips x 5 captions"),
+    _retrieval("clotho", "Clotho", "a2t", (0.229, 0.155), (0.234, 0.138), _CLOTHO_RETRIEVAL),
+    _retrieval("clotho", "Clotho", "t2a", (0.157, 0.257), (0.195, 0.204), _CLOTHO_RETRIEVAL),
     _captioning("audiocaps", "AudioCaps", 0.455, 0.438, "test split: 975 clips, 5 references each"),
     _captioning("clotho", "Clotho", 0.271, 0.215, "v2.1 evaluation split: 1,045 clips, 5 references each"),
 ]  # fmt: skip

@@ -112,7 +112,8 @@ def find_resume_checkpoint(run_dir: str | Path) -> Optional[Path]:
 
 
 def find_last_checkpoint(run_dir: str | Path) -> Optional[Path]:
-    """ModelCheckpoint's newest complete `*last*.ckpt` in `<run_dir>/checkpoints` (what Lightning's "last" reads), or None."""
+    """ModelCheckpoint's newest complete `*last*.ckpt` in `<run_dir>/checkpoints` (what Lightning's
+    "last" reads), or None."""
     found = [p for p in (Path(run_dir) / CHECKPOINT_DIR).glob("*last*.ckpt") if not p.name.startswith(TMP_PREFIX)]
     found = [p for p in sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True) if is_complete_checkpoint(p)]
     return found[0] if found else None

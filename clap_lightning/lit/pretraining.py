@@ -46,7 +46,8 @@ class ClapPretraining(L.LightningModule):
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return (audio_emb [B, D], text_emb [B, D], raw logit_scale [1]) for a batch."""
-        # Log-mel training shards give `logmel` [B, frames, n_mels] instead of `audio` [B, T] (the front end ran in `prepare`).
+        # Log-mel training shards give `logmel` [B, frames, n_mels] instead of `audio` [B, T]
+        # (the front end ran in `prepare`).
         return self.model(batch.get("audio"), batch["input_ids"], batch["attention_mask"], batch.get("audio_length"),
                           logmel=batch.get("logmel"))
 

@@ -140,8 +140,11 @@ def run_stage(stage: str, config: ExperimentConfig, ckpt_path: Optional[str] = N
 def stage_shards(stage: str, config: ExperimentConfig) -> list[str]:
     """The shard specifications a stage reads (validation during fit only when configured)."""
     data = config.data
-    return {"fit": [s.shards for s in data.training_sources()] + ([data.val] if data.val else []), "validate": [data.val],
-            "test": [data.test]}[stage]
+    return {
+        "fit": [s.shards for s in data.training_sources()] + ([data.val] if data.val else []),
+        "validate": [data.val],
+        "test": [data.test],
+    }[stage]
 
 
 def load_pretraining(path: str | Path, map_location: str = "cpu") -> ClapPretraining:

@@ -230,7 +230,9 @@ class CLAP(nn.Module):
                 wave = resample(to_mono(wave), rate or self.config.sample_rate)
                 if not torch.isfinite(wave).all():
                     raise ValueError("audio holds NaN or Inf samples")
-                mel, is_longer = self.audio_encoder.fusion_logmel(wave.to(self.logit_scale.device), self.config.clip_samples)
+                mel, is_longer = self.audio_encoder.fusion_logmel(
+                    wave.to(self.logit_scale.device), self.config.clip_samples
+                )
                 views.append(mel)
                 longer.append(is_longer)
             mels, flags = torch.stack(views), torch.tensor(longer, device=self.logit_scale.device)
@@ -455,8 +457,10 @@ def to_float(wave: np.ndarray | torch.Tensor) -> torch.Tensor:
         return (wave.float() - 128.0) / 128.0
     bits = {torch.int8: 8, torch.int16: 16, torch.int32: 32}.get(wave.dtype)
     if bits is None:
-        raise ValueError(f"audio samples of dtype {str(wave.dtype).replace('torch.', '')} are ambiguous: pass floats in "
-                         f"[-1, 1] or PCM int8, int16, int32 or uint8")
+        raise ValueError(
+            f"audio samples of dtype {str(wave.dtype).replace('torch.', '')} are ambiguous: pass floats in "
+            f"[-1, 1] or PCM int8, int16, int32 or uint8"
+        )
     return (wave.double() / 2.0 ** (bits - 1)).float()
 
 

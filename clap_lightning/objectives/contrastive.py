@@ -115,7 +115,8 @@ def symmetric_infonce(logits_per_audio: Tensor, labels: Tensor, logits_per_text:
 
 
 def compute_top1_accuracy(logits: Tensor, labels: Tensor, positives: Tensor | None = None) -> Tensor:
-    """Return the detached fraction of rows whose largest logit is at its label (or, given `positives`, at any positive)."""
+    """Return the detached fraction of rows whose largest logit is at its label (or, given
+    `positives`, at any positive)."""
     best = logits.detach().argmax(dim=-1)  # [n]
     if positives is None:
         return (best == labels).float().mean()

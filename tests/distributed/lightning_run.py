@@ -134,14 +134,27 @@ def main() -> None:
     config = build_config(args)
     L.seed_everything(0, verbose=False)
     module = FixedNormStatistics(config)
-    data = RandomPairsData(RandomPairs(STEPS * GLOBAL_BATCH, config.model.clip_samples,
-                                       config.model.text_encoder["max_length"], module.model.build_tokenizer().vocab_size))
+    data = RandomPairsData(
+        RandomPairs(
+            STEPS * GLOBAL_BATCH,
+            config.model.clip_samples,
+            config.model.text_encoder["max_length"],
+            module.model.build_tokenizer().vocab_size,
+        )
+    )
     assert pretraining_batch_size(config) == GLOBAL_BATCH // args.devices  # GradCache splits it inside the step
     trainer = L.Trainer(
-        accelerator="cpu", devices=args.devices, strategy=build_strategy(config.trainer, pretraining_batch_size(config)),
+        accelerator="cpu",
+        devices=args.devices,
+        strategy=build_strategy(config.trainer, pretraining_batch_size(config)),
         max_steps=STEPS,
-        use_distributed_sampler=False, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, callbacks=[RecordLosses(args.out)],
+        use_distributed_sampler=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[RecordLosses(args.out)],
     )
     trainer.fit(module, datamodule=data)
 

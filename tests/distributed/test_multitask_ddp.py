@@ -29,9 +29,33 @@ def test_multitask_fit_under_ddp_matches_one_process_validation(tmp_path: Path) 
     python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": python_path}
     # 3 validation shards, so both ranks read some.
-    subprocess.run([sys.executable, "-m", "data_recipes", "build", "demo", "--out", str(tmp_path),
-                    "--sample-rate", "16000", "--workers", "1", "--samples-per-shard", "10", "--no-progress",
-                    "-o", "train_per_class=4", "-o", "valid_per_class=2", "-o", "test_per_class=1"], check=True, cwd=ROOT, env=env)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "data_recipes",
+            "build",
+            "demo",
+            "--out",
+            str(tmp_path),
+            "--sample-rate",
+            "16000",
+            "--workers",
+            "1",
+            "--samples-per-shard",
+            "10",
+            "--no-progress",
+            "-o",
+            "train_per_class=4",
+            "-o",
+            "valid_per_class=2",
+            "-o",
+            "test_per_class=1",
+        ],
+        check=True,
+        cwd=ROOT,
+        env=env,
+    )
     shards, run_dir = tmp_path / "demo", tmp_path / "run"
     overrides = [f"tasks.{i}.{key}={shards / split}" for i in range(N_TASKS)
                  for key, split in (("shards", "train"), ("val", "valid"))]

@@ -28,9 +28,19 @@ def demo_shards(tmp_path_factory) -> Path:
 def demo_overrides(shards: Path, run_dir: Path, steps: int = 3) -> list[str]:
     """Overrides that make the demo experiment a seconds-long CPU run on the tiny shards."""
     return [
-        f"data.train={shards / 'train'}", f"data.val={shards / 'valid'}", f"data.test={shards / 'test'}",
-        "data.global_batch_size=16", "data.epoch_samples=64", "data.num_workers=0", "data.shuffle_buffer=50", "data.eval_batch_size=16",
-        f"trainer.max_steps={steps}", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
-        "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
-        "optim.warmup_steps=1", f"run_dir={run_dir}",
+        f"data.train={shards / 'train'}",
+        f"data.val={shards / 'valid'}",
+        f"data.test={shards / 'test'}",
+        "data.global_batch_size=16",
+        "data.epoch_samples=64",
+        "data.num_workers=0",
+        "data.shuffle_buffer=50",
+        "data.eval_batch_size=16",
+        f"trainer.max_steps={steps}",
+        "trainer.enable_progress_bar=false",
+        "trainer.log_every_n_steps=1",
+        "trainer.val_check_interval=2",
+        "trainer.limit_val_batches=1",
+        "optim.warmup_steps=1",
+        f"run_dir={run_dir}",
     ]

@@ -82,8 +82,24 @@ def test_eval_agrees_with_the_zeroshot_command(eval_run, tmp_path, capsys):
     zs_accuracy = float(capsys.readouterr().out.strip().splitlines()[-1].split()[2])
     assert float(rows[0]["ours"]) == pytest.approx(zs_accuracy, abs=1e-3)
     # The README's wording of the same prompt: `{class}` is the same placeholder as `{}`.
-    assert main(["zeroshot", "--checkpoint", str(eval_run["checkpoint"]), "--data", str(eval_run["data"] / "demo/test"),
-                 "--out", str(tmp_path / "zs_named"), "--num-workers", "0", "--prompt", "this is a sound of {class}"]) == 0
+    assert (
+        main(
+            [
+                "zeroshot",
+                "--checkpoint",
+                str(eval_run["checkpoint"]),
+                "--data",
+                str(eval_run["data"] / "demo/test"),
+                "--out",
+                str(tmp_path / "zs_named"),
+                "--num-workers",
+                "0",
+                "--prompt",
+                "this is a sound of {class}",
+            ]
+        )
+        == 0
+    )
     assert float(capsys.readouterr().out.strip().splitlines()[-1].split()[2]) == zs_accuracy
 
 

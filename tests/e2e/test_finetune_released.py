@@ -1,4 +1,5 @@
-"""Fine-tune from released weights: a LAION-format file -> convert -> fit with model.init_from -> export hf -> ClapModel."""
+"""Fine-tune from released weights: a LAION-format file -> convert -> fit with model.init_from ->
+export hf -> ClapModel."""
 
 from __future__ import annotations
 

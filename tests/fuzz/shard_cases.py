@@ -96,8 +96,12 @@ class Maker:
     def good(self, fmt_ext: str = "flac") -> Sample:
         key, captions = self.key(), [self.caption() for _ in range(int(self.rng.integers(1, 4)))]
         audio = encode(self.audio(), 8000, "FLAC" if fmt_ext == "flac" else "WAV")
-        return Sample(key, [(f"{key}.{fmt_ext}", audio), (f"{key}.json", json.dumps(self.meta(key, captions)).encode())],
-                      captions, length=clip_length(2000, 8000))
+        return Sample(
+            key,
+            [(f"{key}.{fmt_ext}", audio), (f"{key}.json", json.dumps(self.meta(key, captions)).encode())],
+            captions,
+            length=clip_length(2000, 8000),
+        )
 
     def around(self, middle: list[Sample]) -> list[Sample]:
         """`middle` with 0-2 good samples before and after it."""
@@ -193,8 +197,10 @@ def audio_cases(make: Maker, count: int) -> list[ShardCase]:
         elif kind == "loud":
             wave *= 1000.0 if subtype == "FLOAT" else 10.0  # PCM clips at full scale
         key, captions = make.key(), [make.caption()]
-        members = [(f"{key}.{ext}", encode(wave, rate, fmt, subtype)),
-                   (f"{key}.json", json.dumps(make.meta(key, captions, sample_rate=int(make.rng.choice(RATES)))).encode())]
+        members = [
+            (f"{key}.{ext}", encode(wave, rate, fmt, subtype)),
+            (f"{key}.json", json.dumps(make.meta(key, captions, sample_rate=int(make.rng.choice(RATES)))).encode()),
+        ]
         frames = len(wave)
         if kind == "zero_frames":
             sample = Sample(key, members, None, "empty_audio")
@@ -251,7 +257,9 @@ def structure_cases(make: Maker) -> list[ShardCase]:
     # Every tar header format.
     for fmt in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
         samples = [make.good() for _ in range(2)]
-        cases.append(ShardCase(f"structure-format{fmt}", samples, tar_bytes([m for s in samples for m in s.members], fmt)))
+        cases.append(
+            ShardCase(f"structure-format{fmt}", samples, tar_bytes([m for s in samples for m in s.members], fmt))
+        )
     # Whole shards with nothing in them, or nothing readable.
     only_dir = tarfile.TarInfo("just-a-dir")
     only_dir.type = tarfile.DIRTYPE

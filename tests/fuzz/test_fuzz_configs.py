@@ -319,8 +319,10 @@ def checkpoint_cases() -> list[CheckpointCase]:
              for f in [0.0, 0.5, 0.999] + [rng.random() for _ in range(17)]]
     cases += [CheckpointCase(f"truncated_to_{n}_bytes", lambda _, d, n=n: d[:n]) for n in (1, 22, 100)]
     # A flip in the zip structure or the pickle is refused; one in a weight's bytes may load (different weights).
-    cases += [CheckpointCase(f"bit_flips_{i}", _flip_bits(rng.randint(1, 8), rng), resume_refuses=None, load_refuses=None)
-              for i in range(30)]
+    cases += [
+        CheckpointCase(f"bit_flips_{i}", _flip_bits(rng.randint(1, 8), rng), resume_refuses=None, load_refuses=None)
+        for i in range(30)
+    ]
     cases += [CheckpointCase(f"random_bytes_{n}", lambda _, d, n=n, s=rng.random(): random.Random(s).randbytes(n))
               for n in (10, 1000, 100_000)]
     cases += [
@@ -367,7 +369,9 @@ def checkpoint_cases() -> list[CheckpointCase]:
     for key, value in rng.sample([kv for kv in _leaves(BASE) if kv[1] is not None], 20):
         wrong = _wrong_value(value, rng)
         if wrong is not None:  # the stored config is read by validate/test/zeroshot to rebuild the model
-            cases.append(CheckpointCase(f"stored_config_wrong_type-{key}", _edit_config(key, wrong), resume_refuses=None))
+            cases.append(
+                CheckpointCase(f"stored_config_wrong_type-{key}", _edit_config(key, wrong), resume_refuses=None)
+            )
     cases += [CheckpointCase("stored_config_unknown_key", _edit_config("model.zzz", 1), resume_refuses=None),
               CheckpointCase("stored_config_out_of_range", _edit_config("model.d_proj", -4), resume_refuses=None),
               CheckpointCase("stored_config_other_model", _edit_config("model.d_proj", 64), resume_refuses=None,

@@ -87,8 +87,14 @@ def clotho(c: Corpus) -> None:
                "validation": [("Wind.wav", "5678"), ("Cars passing.wav", "5679")],
                "evaluation": [(f"Eval clip {n}.wav", sid) for n, sid in enumerate(CLOTHO_TEST_SOUND_IDS)]}
     for folder, clips in folders.items():
-        c.csv(f"clotho_captions_{folder}.csv", ["file_name", *captions],
-              [[name, *[f"{CAPTIONS[(n + i) % 6]} ({folder} {n})" for i in range(5)]] for n, (name, _) in enumerate(clips)])
+        c.csv(
+            f"clotho_captions_{folder}.csv",
+            ["file_name", *captions],
+            [
+                [name, *[f"{CAPTIONS[(n + i) % 6]} ({folder} {n})" for i in range(5)]]
+                for n, (name, _) in enumerate(clips)
+            ],
+        )
         c.csv(f"clotho_metadata_{folder}.csv",
               ["file_name", "keywords", "sound_id", "sound_link", "start_end_samples", "manufacturer", "license"],
               [[name, "k1;k2", sid, f"https://freesound.org/s/{sid}", "", "someone", "cc0"] for name, sid in clips],
@@ -134,7 +140,9 @@ def wavtext5k(c: Corpus) -> None:
 def sounddescs(c: Corpus) -> None:
     ids = {"train": ["nhu05050061", "nhu05050062", "nhu05050063"], "val": ["07010101"], "test": ["07010102"]}
     every = [i for split in ids.values() for i in split]
-    c.path("sounddescs_data/descriptions.pkl").write_bytes(pickle.dumps({i: CAPTIONS[n % 6] for n, i in enumerate(every)}))
+    c.path("sounddescs_data/descriptions.pkl").write_bytes(
+        pickle.dumps({i: CAPTIONS[n % 6] for n, i in enumerate(every)})
+    )
     c.path("sounddescs_data/categories.pkl").write_bytes(pickle.dumps({i: ["Nature"] for i in every}))
     c.path("sounddescs_data/extra_info.pkl").write_bytes(pickle.dumps({i: "File info: WAV" for i in every}))
     for split, split_ids in ids.items():

@@ -23,7 +23,10 @@ def write_tones(directory, n_shards: int = 3, per_shard: int = 6) -> list[str]:
         members = []
         for i in range(per_shard):
             key, freq = f"t-{s}-{i}", 200.0 + 50 * (s * per_shard + i)
-            members += [(f"{key}.flac", encode(tone(0.4, freq=freq))), (f"{key}.json", meta_json(key, [f"tone {freq:g}"]))]
+            members += [
+                (f"{key}.flac", encode(tone(0.4, freq=freq))),
+                (f"{key}.json", meta_json(key, [f"tone {freq:g}"])),
+            ]
         urls.append(str(write_tar(directory / f"t-{s:06d}.tar", members)))
     return urls
 

@@ -66,7 +66,9 @@ def test_round_trip_through_yaml_and_container(tmp_path):
 
 
 def test_global_batch_divides_or_is_refused():
-    config = load_config(ExperimentConfig, DEMO, ["data.global_batch_size=96", "trainer.devices=4", "trainer.accumulate_grad_batches=2"])
+    config = load_config(
+        ExperimentConfig, DEMO, ["data.global_batch_size=96", "trainer.devices=4", "trainer.accumulate_grad_batches=2"]
+    )
     assert pretraining_batch_size(config) == 12
     config = load_config(ExperimentConfig, DEMO, ["data.global_batch_size=100", "trainer.devices=8"])
     with pytest.raises(ConfigError, match="100 is not divisible by devices 8 x num_nodes 1"):

@@ -1,4 +1,5 @@
-"""Unit tests for the symmetric InfoNCE loss (plain and label-aware), logit-scale clamp, fp32 logits and the world-of-one gather."""
+"""Unit tests for the symmetric InfoNCE loss (plain and label-aware), logit-scale clamp, fp32 logits
+and the world-of-one gather."""
 
 import math
 
@@ -54,7 +55,9 @@ def test_loss_is_symmetric_in_the_modalities() -> None:
     audio, text = random_pairs(seed=2)
     scale = torch.tensor([2.0])
     objective = ContrastiveObjective()
-    assert objective(audio, text, scale).loss.item() == pytest.approx(objective(text, audio, scale).loss.item(), rel=1e-6)
+    assert objective(audio, text, scale).loss.item() == pytest.approx(
+        objective(text, audio, scale).loss.item(), rel=1e-6
+    )
     logits = compute_logits(audio, text, scale)
     labels = torch.arange(len(audio))
     a2t = torch.nn.functional.cross_entropy(logits, labels)

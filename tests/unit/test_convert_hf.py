@@ -122,7 +122,9 @@ def test_gpt2_model_is_refused_by_name_and_saved_in_our_layout(tmp_path):
     from tests.unit.test_export_onnx import MODELS
 
     torch.manual_seed(0)
-    model = CLAP(config_from(ExperimentConfig, {"model": OmegaConf.to_container(OmegaConf.load(MODELS / "tiny.yaml"))}).model).eval()
+    model = CLAP(
+        config_from(ExperimentConfig, {"model": OmegaConf.to_container(OmegaConf.load(MODELS / "tiny.yaml"))}).model
+    ).eval()
     with pytest.raises(CheckpointError, match="text encoder is 'gpt2'.*export safetensors"):
         export_hf(model, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
@@ -167,7 +169,9 @@ def laion_checkpoint(hf_model: ClapModel, extra_shapes: dict, path):
         state[f"module.audio_branch.{name}"] = torch.randn(shape)
     state["module.audio_branch.spectrogram_extractor.stft.conv_real.weight"] = torch.randn(513, 1, 1024)
     state["module.text_transform.sequential.0.weight"] = torch.randn(24, 24)
-    torch.save({"epoch": 45, "name": "small", "state_dict": state, "optimizer": {"state": {}, "param_groups": []}}, path)
+    torch.save(
+        {"epoch": 45, "name": "small", "state_dict": state, "optimizer": {"state": {}, "param_groups": []}}, path
+    )
     return path
 
 
@@ -228,7 +232,10 @@ def test_embed_audio_fusion_views_are_deterministic_and_only_for_fused_models(to
     model.config.clip_seconds = 2.5  # 251 frames: this small image holds 256
     rate = model.config.sample_rate
     generator = torch.Generator().manual_seed(1)
-    long_wave, short_wave = 0.1 * torch.randn(6 * rate, generator=generator), 0.1 * torch.randn(rate, generator=generator)
+    long_wave, short_wave = (
+        0.1 * torch.randn(6 * rate, generator=generator),
+        0.1 * torch.randn(rate, generator=generator),
+    )
 
     views, longer = model.audio_encoder.fusion_logmel(long_wave, model.config.clip_samples)
     full = model.audio_encoder.frontend(long_wave[None])[0]
@@ -250,7 +257,9 @@ def test_embed_audio_fusion_views_are_deterministic_and_only_for_fused_models(to
     from clap_lightning.config import ExperimentConfig, config_from
     from tests.unit.test_export_onnx import MODELS
 
-    tiny = CLAP(config_from(ExperimentConfig, {"model": OmegaConf.to_container(OmegaConf.load(MODELS / "tiny.yaml"))}).model)
+    tiny = CLAP(
+        config_from(ExperimentConfig, {"model": OmegaConf.to_container(OmegaConf.load(MODELS / "tiny.yaml"))}).model
+    )
     with pytest.raises(ValueError, match="enable_fusion"):
         tiny.embed_audio(short_wave, long_audio="fusion")
 

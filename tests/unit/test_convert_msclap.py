@@ -72,7 +72,10 @@ def test_cli_function_writes_a_checkpoint_both_loaders_read(msclap_file, small_c
 
 def test_old_transformers_buffers_are_dropped_but_strange_keys_reported(msclap_file, small_config):
     causal = torch.tril(torch.ones(80, 80, dtype=torch.bool)).view(1, 1, 80, 80)
-    old = {"caption_encoder.base.h.0.attn.bias": causal, "caption_encoder.base.h.0.attn.masked_bias": torch.tensor(-1e4)}
+    old = {
+        "caption_encoder.base.h.0.attn.bias": causal,
+        "caption_encoder.base.h.0.attn.masked_bias": torch.tensor(-1e4),
+    }
     convert_clap(msclap_file(old), "2023", small_config)  # converts: derived buffers, not weights
     with pytest.raises(CheckpointError, match=r"unexpected caption_encoder\.extra_head\.weight"):
         convert_clap(msclap_file({"caption_encoder.extra_head.weight": torch.zeros(3)}), "2023", small_config)
@@ -105,7 +108,10 @@ def test_another_architecture_is_refused(tmp_path, msclap_file, small_config):
 def test_files_needing_full_unpickling_are_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": {"logit_scale": torch.zeros(())}, "args": argparse.Namespace(lr=1)}, path)
-    with pytest.raises(CheckpointError, match=r"cannot load .*weights_only=True.*Unsupported global.*argparse.Namespace.*refusing to unpickle"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"cannot load .*weights_only=True.*Unsupported global.*argparse.Namespace.*refusing to unpickle",
+    ):
         read_msclap_state(path)
     (tmp_path / "junk.pth").write_bytes(pickle.dumps("hello")[:5])
     with pytest.raises(CheckpointError, match="weights_only=True"):

@@ -51,7 +51,11 @@ def test_shards_hold_every_class_with_the_contract_fields(tmp_path):
     assert collections.Counter(m["labels"][0] for m in metas) == {c: 2 for c in DEMO_CLASSES}
     for m in metas:
         assert schema.validate_sample_json(m) == [] and m["source"] == "demo" and m["sample_rate"] == 16000
-        assert DemoConfig.min_duration <= m["duration"] <= DemoConfig.max_duration and 2 <= len(m["text"]) <= 3 and len(set(m["text"])) == len(m["text"])
+        assert (
+            DemoConfig.min_duration <= m["duration"] <= DemoConfig.max_duration
+            and 2 <= len(m["text"]) <= 3
+            and len(set(m["text"])) == len(m["text"])
+        )
         assert all(m[a] in ATTRIBUTE_VALUES[a] for a in class_attributes(m["labels"][0]))
 
 

@@ -210,7 +210,9 @@ def test_eval_loader_windows_equal_embed_audio_windows(model, tmp_path):
     decoded = [torch.from_numpy(sf.read(io.BytesIO(data), dtype="float32")[0]) for data in flacs]  # 16-bit, as stored
     want = model.embed_audio(decoded, sample_rate=RATE, long_audio="windows", hop_seconds=0.75)
     torch.testing.assert_close(split.audio_emb, want, atol=1e-4, rtol=0)
-    first = embed_batches(model, build_eval_loader([url], ClipSettings(RATE, model.config.clip_samples, model.pad_mode), 3, 0))
+    first = embed_batches(
+        model, build_eval_loader([url], ClipSettings(RATE, model.config.clip_samples, model.pad_mode), 3, 0)
+    )
     assert not torch.allclose(first.audio_emb[0], split.audio_emb[0], atol=1e-3)  # 5.3 s: windows see more
     with pytest.raises(Exception, match="long_audio"):
         ClipSettings(RATE, 100, long_audio="fusion")

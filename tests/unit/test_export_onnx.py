@@ -20,7 +20,9 @@ CAPTIONS = ["a dog barks", "rain over a tin roof at night with distant thunder",
 
 def build_model(name: str) -> CLAP:
     torch.manual_seed(0)
-    config = config_from(ExperimentConfig, {"model": OmegaConf.to_container(OmegaConf.load(MODELS / f"{name}.yaml"))}).model
+    config = config_from(
+        ExperimentConfig, {"model": OmegaConf.to_container(OmegaConf.load(MODELS / f"{name}.yaml"))}
+    ).model
     config.text_encoder["tokenizer"] = "builtin:tiny-bpe"  # no hub: GPT2's shape with the shipped vocabulary
     return CLAP(config).eval()
 

@@ -204,7 +204,9 @@ def test_training_attention_matches_sdpa_values_and_gradients(shifted):
         x.grad = None
         out = fn(x)
         (out * weights).sum().backward()
-        grads.append((out.detach(), x.grad.clone(), attn.relative_position_bias_table.grad.clone(), attn.qkv.weight.grad.clone()))
+        grads.append(
+            (out.detach(), x.grad.clone(), attn.relative_position_bias_table.grad.clone(), attn.qkv.weight.grad.clone())
+        )
     for ref, ours in zip(*grads):
         torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
     with torch.no_grad():  # inference takes the SDPA path: same values
@@ -216,7 +218,9 @@ def test_demo_model_clip_fills_the_image_without_a_time_stretch():
 
     from omegaconf import OmegaConf
 
-    model = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parents[2] / "configs" / "model" / "tiny.yaml"))
+    model = OmegaConf.to_container(
+        OmegaConf.load(Path(__file__).resolve().parents[2] / "configs" / "model" / "tiny.yaml")
+    )
     section = {k: v for k, v in model["audio_encoder"].items() if k != "name"}
     encoder = HTSATEncoder(HTSATConfig(**section))
     frames = encoder.frontend(torch.zeros(1, round(model["sample_rate"] * model["clip_seconds"]))).shape[1]

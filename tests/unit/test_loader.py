@@ -186,7 +186,9 @@ def test_weighted_sources_config():
 
     config = load_config(ExperimentConfig, None, ["data.train_sources=[{shards: a, weight: 0.7}, {shards: b}]"])
     assert [(s.shards, s.weight) for s in config.data.training_sources()] == [("a", 0.7), ("b", 1.0)]
-    assert [(s.shards, s.weight) for s in load_config(ExperimentConfig, None, ["data.train=x"]).data.training_sources()] == [("x", 1.0)]
+    assert [
+        (s.shards, s.weight) for s in load_config(ExperimentConfig, None, ["data.train=x"]).data.training_sources()
+    ] == [("x", 1.0)]
     with pytest.raises(ConfigError, match="either data.train or data.train_sources"):
         load_config(ExperimentConfig, None, ["data.train=x", "data.train_sources=[{shards: a}]"])
     with pytest.raises(ConfigError, match=r"train_sources\[0\].weight must be > 0"):

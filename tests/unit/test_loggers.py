@@ -27,13 +27,17 @@ def test_a_missing_tracking_package_names_the_extra(monkeypatch):
 
 
 def test_a_bad_wandb_mode_is_refused_before_anything_starts(tmp_path):
-    config = load_config(ExperimentConfig, None, ["trainer.loggers=[csv,wandb]", "trainer.wandb.mode=onlne", f"run_dir={tmp_path}"])
+    config = load_config(
+        ExperimentConfig, None, ["trainer.loggers=[csv,wandb]", "trainer.wandb.mode=onlne", f"run_dir={tmp_path}"]
+    )
     with pytest.raises(ConfigError, match="^trainer.wandb.mode must be one of offline, online, got 'onlne'$"):
         build_loggers(config)
     assert not (tmp_path / "wandb").exists()
 
 
 def test_loggers_come_in_the_configured_order_and_csv_is_the_default(tmp_path):
-    assert [type(x).__name__ for x in build_loggers(load_config(ExperimentConfig, None, [f"run_dir={tmp_path}"]))] == ["CSVLogger"]
+    assert [type(x).__name__ for x in build_loggers(load_config(ExperimentConfig, None, [f"run_dir={tmp_path}"]))] == [
+        "CSVLogger"
+    ]
     config = load_config(ExperimentConfig, None, ["trainer.loggers=[tensorboard,csv]", f"run_dir={tmp_path}"])
     assert [type(x).__name__ for x in build_loggers(config)] == ["TensorBoardLogger", "CSVLogger"]

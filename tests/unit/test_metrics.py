@@ -180,7 +180,8 @@ def test_retrieval_is_invariant_to_caption_order():
 
 
 def _brute_force_retrieval(sim: torch.Tensor, text_to_audio: torch.Tensor) -> dict[str, float]:
-    """Loop-by-loop reference for LAION-CLAP's retrieval metrics (train.py, evaluate_clotho_audiocaps; tie-free input)."""
+    """Loop-by-loop reference for LAION-CLAP's retrieval metrics (train.py,
+    evaluate_clotho_audiocaps; tie-free input)."""
     n_audio, n_text = sim.shape
     out = {}
     t2a_ranks = [int((sim[:, j] > sim[text_to_audio[j], j]).sum()) for j in range(n_text)]

@@ -264,10 +264,22 @@ def test_validation_over_several_tasks_own_splits_logs_one_loss(tmp_path: Path) 
                                                                    "num_samples": count}))
     tasks = [{"name": task, "shards": str(tmp_path / task), "val": str(tmp_path / f"v{task}"), "label_field": "labels",
               "kind": "single", "classes": ["tone", "hum"]} for task in ("a", "b")]
-    config = config_from(MultiTaskConfig, {
-        "model": TINY_MODEL, "tasks": tasks, "run_dir": str(tmp_path / "run"),
-        "data": {"global_batch_size": 4, "num_workers": 0, "shuffle_buffer": 4, "epoch_samples": 8, "eval_batch_size": 2},
-        "trainer": {"accelerator": "cpu", "max_steps": 2, "enable_progress_bar": False, "log_every_n_steps": 1}})
+    config = config_from(
+        MultiTaskConfig,
+        {
+            "model": TINY_MODEL,
+            "tasks": tasks,
+            "run_dir": str(tmp_path / "run"),
+            "data": {
+                "global_batch_size": 4,
+                "num_workers": 0,
+                "shuffle_buffer": 4,
+                "epoch_samples": 8,
+                "eval_batch_size": 2,
+            },
+            "trainer": {"accelerator": "cpu", "max_steps": 2, "enable_progress_bar": False, "log_every_n_steps": 1},
+        },
+    )
     fit_multitask(config)
     rows = (tmp_path / "run" / "logs" / "version_0" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")

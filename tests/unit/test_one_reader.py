@@ -100,7 +100,9 @@ def test_the_eval_command_reports_what_it_left_out(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(eval_cli, "run_eval", scored_by_the_suite)
     parser = argparse.ArgumentParser()
     eval_cli.add_arguments(parser)  # the command's own options, defaults included
-    eval_cli.run(parser.parse_args(["--checkpoint", "x", "--tasks", "t", "--data", str(tmp_path), "--num-workers", "0"]))
+    eval_cli.run(
+        parser.parse_args(["--checkpoint", "x", "--tasks", "t", "--data", str(tmp_path), "--num-workers", "0"])
+    )
     assert "t: acc 0.5000 (left out: bad_json=1, bad_tar=2, empty_shard=1)" in capsys.readouterr().out
 
 

@@ -45,7 +45,13 @@ def test_clap2023_has_the_paper_settings():
     assert model.audio_encoder["name"] == "htsat" and model.text_encoder["name"] == "gpt2"
     assert (model.sample_rate, model.clip_seconds, model.d_proj) == (44100, 7.0, 1024)
     audio = model.audio_encoder
-    assert (audio["n_fft"], audio["hop_length"], audio["n_mels"], audio["fmin"], audio["fmax"]) == (1024, 320, 64, 50, 8000)
+    assert (audio["n_fft"], audio["hop_length"], audio["n_mels"], audio["fmin"], audio["fmax"]) == (
+        1024,
+        320,
+        64,
+        50,
+        8000,
+    )
     assert config.data.global_batch_size == 1536
     assert config.trainer.precision == "bf16-mixed" and config.trainer.strategy == "ddp"
     assert pretraining_batch_size(config) == 192  # 1 node x 8 GPUs

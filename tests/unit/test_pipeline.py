@@ -94,7 +94,9 @@ def test_the_audio_header_rate_decides_how_many_frames_to_read(stated):
         rng = np.random.default_rng(4) if is_train else None
         out = decoder(lying, rng)
         assert out["length"] == 16000 and float(out["audio"][-4000:].abs().sum()) > 0
-        torch.testing.assert_close(out["audio"], decoder(honest, np.random.default_rng(4) if is_train else None)["audio"])
+        torch.testing.assert_close(
+            out["audio"], decoder(honest, np.random.default_rng(4) if is_train else None)["audio"]
+        )
 
 
 def test_resolve_shards_finds_gzipped_shards(tmp_path):

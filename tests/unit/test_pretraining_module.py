@@ -58,7 +58,9 @@ def collect_gradients(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 # --- start-up checks -------------------------------------------------------------------------------------------
 
 def test_global_batch_that_does_not_divide_is_refused_in_one_line():
-    config = load_config(ExperimentConfig, None, ["data.global_batch_size=10", "trainer.devices=2", "trainer.accumulate_grad_batches=3"])
+    config = load_config(
+        ExperimentConfig, None, ["data.global_batch_size=10", "trainer.devices=2", "trainer.accumulate_grad_batches=3"]
+    )
     with pytest.raises(ConfigError) as err:
         pretraining_batch_size(config)
     assert str(err.value) == ("data.global_batch_size 10 is not divisible by devices 2 x num_nodes 1 "
@@ -68,7 +70,10 @@ def test_global_batch_that_does_not_divide_is_refused_in_one_line():
 def test_gradcache_loader_batch_holds_every_micro_batch_of_a_step():
     overrides = ["data.global_batch_size=24", "trainer.devices=2", "trainer.accumulate_grad_batches=3"]
     assert pretraining_batch_size(load_config(ExperimentConfig, None, overrides)) == 4
-    assert pretraining_batch_size(load_config(ExperimentConfig, None, [*overrides, "objective.accumulation=gradcache"])) == 12
+    assert (
+        pretraining_batch_size(load_config(ExperimentConfig, None, [*overrides, "objective.accumulation=gradcache"]))
+        == 12
+    )
 
 
 @pytest.mark.parametrize("key", ["objective.gather_with_grad=false", "objective.gather_without_grad=true",
@@ -79,14 +84,26 @@ def test_there_is_no_switch_to_gather_without_gradients(key):
     assert list(inspect.signature(ContrastiveObjective).parameters) == ["use_local_loss", "false_negatives"]
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["objective.accumulation=cached"], "objective.accumulation must be one of plain, gradcache, got 'cached'"),
-    (["objective.false_negatives=drop"], "objective.false_negatives must be one of keep, mask, multi_positive, got 'drop'"),
-    (["trainer.strategy=deepspeed"], "trainer.deepspeed_config is empty"),
-    (["trainer.deepspeed_config=configs/deepspeed/zero2.json"], "expected deepspeed"),
-    (["trainer.strategy=deepspeed", "trainer.deepspeed_config=configs/deepspeed/zero2.json",
-      "objective.accumulation=gradcache"], "gradcache runs under DDP only"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["objective.accumulation=cached"], "objective.accumulation must be one of plain, gradcache, got 'cached'"),
+        (
+            ["objective.false_negatives=drop"],
+            "objective.false_negatives must be one of keep, mask, multi_positive, got 'drop'",
+        ),
+        (["trainer.strategy=deepspeed"], "trainer.deepspeed_config is empty"),
+        (["trainer.deepspeed_config=configs/deepspeed/zero2.json"], "expected deepspeed"),
+        (
+            [
+                "trainer.strategy=deepspeed",
+                "trainer.deepspeed_config=configs/deepspeed/zero2.json",
+                "objective.accumulation=gradcache",
+            ],
+            "gradcache runs under DDP only",
+        ),
+    ],
+)
 def test_incompatible_switches_fail_at_load_in_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message) as err:
         load_config(ExperimentConfig, None, overrides)

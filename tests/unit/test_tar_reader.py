@@ -158,7 +158,9 @@ def test_a_cut_between_or_in_headers_keeps_whole_samples_and_counts_the_cut(tmp_
     path = tmp_path / "cut.tar"
     path.write_bytes(data[:cut])
     skipped = Counter()
-    samples = {s["__key__"]: sorted(k for k in s if not k.startswith("__")) for s in read_tar_samples(str(path), skipped)}
+    samples = {
+        s["__key__"]: sorted(k for k in s if not k.startswith("__")) for s in read_tar_samples(str(path), skipped)
+    }
     expected = {"end_block": {"k0": ["flac", "json"], "k1": ["flac", "json"]}, "mid_header": {"k0": ["flac", "json"]},
                 "between_members": {"k0": ["flac", "json"], "k1": ["flac"]}}[where]
     assert samples == expected and skipped == {"bad_tar": 1}

@@ -153,7 +153,11 @@ def test_frontend_differences_name_the_parameter():
 
 
 def _sample(feats: np.ndarray, key: str = "k") -> dict:
-    return {"__key__": key, "json": json.dumps({"text": ["a", "b"]}).encode(), "logmel.npy": prepare.encode_logmel(feats)}
+    return {
+        "__key__": key,
+        "json": json.dumps({"text": ["a", "b"]}).encode(),
+        "logmel.npy": prepare.encode_logmel(feats),
+    }
 
 
 def test_logmel_decoder_crops_in_frames():
@@ -175,7 +179,9 @@ def test_logmel_decoder_pads_short_clips_into_the_buffer():
     feats = np.ones((15, 4), dtype=np.float32)
     feats[:, 0] = np.arange(15)
     buffer = torch.full((2, 40, 4), 7.0)
-    tiled = LogMelDecoder(40, 4, "repeat", is_train=True).decode_into(buffer[0], _sample(feats), np.random.default_rng(0))
+    tiled = LogMelDecoder(40, 4, "repeat", is_train=True).decode_into(
+        buffer[0], _sample(feats), np.random.default_rng(0)
+    )
     assert tiled["logmel"].data_ptr() == buffer[0].data_ptr() and tiled["length"] == 40
     np.testing.assert_array_equal(buffer[0, :, 0].numpy(), np.arange(40) % 15)
     zero = LogMelDecoder(40, 4, "zero", is_train=True).decode_into(buffer[1], _sample(feats), np.random.default_rng(0))

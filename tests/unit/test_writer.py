@@ -98,7 +98,12 @@ def test_round_trip(tmp_path):
         meta = json.loads(s["json"].decode("utf-8"))
         assert schema.validate_sample_json(meta) == []
         assert meta["text"] == [f"clip {i}", f"toy sound number {i}"] and meta["value"] == i
-        assert (meta["source"], meta["id"], meta["split"], meta["sample_rate"]) == ("toy", f"clip{i:03d}", "train", 8000)
+        assert (meta["source"], meta["id"], meta["split"], meta["sample_rate"]) == (
+            "toy",
+            f"clip{i:03d}",
+            "train",
+            8000,
+        )
         assert meta["duration"] == pytest.approx(len(audio) / 8000)
     # Members come as consecutive <key>.flac, <key>.json pairs.
     with tarfile.open(directory / "toy-train-000000.tar") as tar:
@@ -191,7 +196,9 @@ def test_rerun_of_a_killed_build_with_other_parameters_is_refused(tmp_path):
 
     manifest = build(out, recipe, workers=2)  # the same parameters: resume
     assert [s["__key__"] for s in read_samples(directory)] == [f"toy-clip{i:03d}" for i in range(24)]
-    assert manifest["num_samples"] == 24 and {json.loads(s["json"])["sample_rate"] for s in read_samples(directory)} == {8000}
+    assert manifest["num_samples"] == 24 and {
+        json.loads(s["json"])["sample_rate"] for s in read_samples(directory)
+    } == {8000}
 
 
 def bad_recipe() -> ToyRecipe:

@@ -59,7 +59,9 @@ def labelled(tmp_path_factory):
 def test_zeroshot_scores_through_the_suite_with_the_inference_apis_numbers(labelled, tmp_path, monkeypatch, capsys):
     calls = []
     evaluate = TaskEvaluator.evaluate
-    monkeypatch.setattr(TaskEvaluator, "evaluate", lambda self, *a, **k: calls.append(a[0].name) or evaluate(self, *a, **k))
+    monkeypatch.setattr(
+        TaskEvaluator, "evaluate", lambda self, *a, **k: calls.append(a[0].name) or evaluate(self, *a, **k)
+    )
     out = tmp_path / "report"
     assert main(["zeroshot", "--checkpoint", str(labelled["checkpoint"]), "--data", str(labelled["shards"]),
                  "--out", str(out), "--num-workers", "0", "--batch-size", "5"]) == 0

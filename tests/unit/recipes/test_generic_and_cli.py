@@ -79,9 +79,13 @@ def test_folder_recipe_labels_from_folders_or_pattern(corpus):
     manifests = corpus.build("folder", {"name": "pets", "split_folders": True, "splits": "train,test"})
     train = corpus.samples("pets", "train")
     assert sorted(train) == ["pets-Rain_2", "pets-dog_bark_1"]
-    assert train["pets-dog_bark_1"]["labels"] == ["dog_bark"] and all("dog bark" in t for t in train["pets-dog_bark_1"]["text"])
+    assert train["pets-dog_bark_1"]["labels"] == ["dog_bark"] and all(
+        "dog bark" in t for t in train["pets-dog_bark_1"]["text"]
+    )
     assert train["pets-Rain_2"]["labels"] == ["Rain"] and all("rain" in t for t in train["pets-Rain_2"]["text"])
-    assert manifests["train"]["skipped"] == {"unknown_label": 1} and list(corpus.samples("pets", "test")) == ["pets-dog_bark_3"]
+    assert manifests["train"]["skipped"] == {"unknown_label": 1} and list(corpus.samples("pets", "test")) == [
+        "pets-dog_bark_3"
+    ]
 
     corpus.out = corpus.out.with_name("by_pattern")
     for name in ("bangu__bangu-01.wav", "x__daluo-02.wav", "nolabel.wav"):
@@ -152,7 +156,9 @@ def test_validate_reports_damaged_shards(corpus, tmp_path):
     directory = corpus.out / "toy" / "train"
     first = directory / "toy-train-000000.tar"
     with tarfile.open(first) as tar:  # drop one flac and one whole sample, give a json the wrong split
-        members = [(m, tar.extractfile(m).read()) for m in tar if m.name != "toy-0.flac" and not m.name.startswith("toy-1.")]
+        members = [
+            (m, tar.extractfile(m).read()) for m in tar if m.name != "toy-0.flac" and not m.name.startswith("toy-1.")
+        ]
     with tarfile.open(first, "w") as tar:
         for member, data in members:
             if member.name.endswith(".json") and "toy-2" in member.name:
@@ -163,8 +169,14 @@ def test_validate_reports_damaged_shards(corpus, tmp_path):
     (directory / "toy-train-000001.tar.tmp").write_bytes(b"")
     result = run_cli("validate", str(corpus.out), cwd=tmp_path)
     assert result.returncode == 1 and "1 split(s) with problems" in result.stdout
-    for problem in ("members ['json'], expected flac and json", "json split 'test'", "3 samples, manifest says 4", "h decoded, manifest says",
-                    "toy-train-000009.tar: shard not listed", "unfinished shard"):
+    for problem in (
+        "members ['json'], expected flac and json",
+        "json split 'test'",
+        "3 samples, manifest says 4",
+        "h decoded, manifest says",
+        "toy-train-000009.tar: shard not listed",
+        "unfinished shard",
+    ):
         assert problem in result.stdout, result.stdout
 
 
@@ -189,14 +201,19 @@ def test_ids_of_audiocaps_test_keep_its_segments_out_of_audioset(corpus, tmp_pat
         corpus.wav(f"audioset/audios/balanced_train_segments/Y{name}.wav")
     listed = run_cli("ids", "audiocaps", "--src", str(corpus.src / "audiocaps"), "--split", "test", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
-    assert listed.stdout.splitlines() == ["# audiocaps test: 1 clips (python -m data_recipes ids)", "youtube:testvideo01"]
+    assert listed.stdout.splitlines() == [
+        "# audiocaps test: 1 clips (python -m data_recipes ids)",
+        "youtube:testvideo01",
+    ]
     (tmp_path / "eval_ids.txt").write_text(listed.stdout)
     build = run_cli("build", "audioset", "--src", str(corpus.src / "audioset"), "--out", "out", "--split", "train",
                     "--sample-rate", "8000", "--exclude", "eval_ids.txt", "--no-progress", cwd=tmp_path)
     assert build.returncode == 0, build.stderr
     manifest = schema.read_manifest(tmp_path / "out" / "audioset" / "train")
     assert manifest["excluded"] == 1 and manifest["num_samples"] == 1
-    assert manifest["build"]["exclude"]["sha1"] == schema.exclude_digest(schema.read_exclude_file(tmp_path / "eval_ids.txt"))
+    assert manifest["build"]["exclude"]["sha1"] == schema.exclude_digest(
+        schema.read_exclude_file(tmp_path / "eval_ids.txt")
+    )
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -19,10 +19,21 @@ from .conftest import HAVE_FFMPEG, RATE
 
 def _note(family: str, source: str, inst: int, pitch: int, velocity: int, qualities: list[str]) -> tuple[str, dict]:
     note_str = f"{family}_{source}_{inst:03d}-{pitch:03d}-{velocity:03d}"
-    return note_str, {"note": 1, "note_str": note_str, "instrument": inst, "instrument_str": f"{family}_{source}_{inst:03d}",
-                      "pitch": pitch, "velocity": velocity, "sample_rate": 16000, "qualities": [0] * 10,
-                      "qualities_str": qualities, "instrument_family": 4, "instrument_family_str": family,
-                      "instrument_source": 1, "instrument_source_str": source}
+    return note_str, {
+        "note": 1,
+        "note_str": note_str,
+        "instrument": inst,
+        "instrument_str": f"{family}_{source}_{inst:03d}",
+        "pitch": pitch,
+        "velocity": velocity,
+        "sample_rate": 16000,
+        "qualities": [0] * 10,
+        "qualities_str": qualities,
+        "instrument_family": 4,
+        "instrument_family_str": family,
+        "instrument_source": 1,
+        "instrument_source_str": source,
+    }
 
 
 def test_nsynth_template_captions_from_fields(corpus):
@@ -188,7 +199,11 @@ def test_findsounds_crawl_dump(corpus):
     samples = corpus.samples("findsounds", "train")
     dog_id = hashlib.sha1(hits[0]["url"].encode()).hexdigest()[:16]
     dog = samples[f"findsounds-{dog_id}"]
-    assert dog["text"][0] == "A dog barking twice" and dog["labels"] == ["dog", "bark"] and dog["host"] == "sfx.example.com"
+    assert (
+        dog["text"][0] == "A dog barking twice"
+        and dog["labels"] == ["dog", "bark"]
+        and dog["host"] == "sfx.example.com"
+    )
     assert dog["text"][1] in {t.format(words="dog and bark") for t in findsounds.TEMPLATES}
     thunder = samples[f"findsounds-{hashlib.sha1(hits[1]['url'].encode()).hexdigest()[:16]}"]
     assert thunder["text"][0] in {t.format(words="thunder clap") for t in findsounds.TEMPLATES}

@@ -41,7 +41,9 @@ def test_wavcaps_exclusion_by_cross_corpus_ids(corpus):
         {"id": str(i), "caption": f"sound {i}", "duration": 0.3} for i in (1, 2, 3)]})
     for i in (1, 2, 3):
         corpus.wav(f"audio/FreeSound/{i}.flac")
-    manifest = corpus.build("wavcaps", {"sources": "FreeSound"}, exclude=["freesound:2", "wavcaps-freesound-3"])["train"]
+    manifest = corpus.build("wavcaps", {"sources": "FreeSound"}, exclude=["freesound:2", "wavcaps-freesound-3"])[
+        "train"
+    ]
     assert manifest["excluded"] == 2 and manifest["num_samples"] == 1
     assert list(corpus.samples("wavcaps", "train")) == ["wavcaps-freesound-1"]
 
@@ -116,7 +118,11 @@ def test_clotho_split_mapping_and_five_captions(corpus):
     assert list(valid) == ["clotho-Rain,_heavy"] and valid["clotho-Rain,_heavy"]["clotho_split"] == "validation"
     test = corpus.samples("clotho", "test")["clotho-Radio_Garble"]
     assert test["clotho_split"] == "evaluation" and test["text"] == [f"evaluation caption {i}" for i in range(5)]
-    assert test["sound_id"] == "80399" and test["tags"] == ["birds", "dawn", "é"] and test["file_name"] == "Radio Garble.wav"
+    assert (
+        test["sound_id"] == "80399"
+        and test["tags"] == ["birds", "dawn", "é"]
+        and test["file_name"] == "Radio Garble.wav"
+    )
     assert all(m["skipped"] == {"malformed_row": 1} for m in manifests.values())
     # Excluding the one test clip by Freesound id (a WavCaps-style blacklist) leaves only the bad row: an error.
     corpus.out = corpus.out.with_name("excluded")
@@ -191,7 +197,10 @@ def test_wavtext5k_description_then_title(corpus):
     manifest = corpus.build("wavtext5k", {"test_fraction": 0.0}, splits=["train"])["train"]
     samples = corpus.samples("wavtext5k", "train")
     assert samples["wavtext5k-0001"]["text"] == ["A heavy wooden door slams shut.", "Door slam"]
-    assert samples["wavtext5k-cat_meow"]["text"] == ["Cat Meow"] and samples["wavtext5k-cat_meow"]["tags"] == ["cat", "meow"]
+    assert samples["wavtext5k-cat_meow"]["text"] == ["Cat Meow"] and samples["wavtext5k-cat_meow"]["tags"] == [
+        "cat",
+        "meow",
+    ]
     assert manifest["skipped"] == {"malformed_row": 1}
 
 

@@ -20,7 +20,9 @@ def test_ljspeech_transcript_captions(corpus):
     clip = corpus.samples("ljspeech", "train")["ljspeech-LJ001-0002"]
     assert clip["normalized_transcript"] == "in first place" and clip["transcript"] == "in 1st place"
     assert len(clip["text"]) == 2 and all('"in first place"' in t for t in clip["text"])
-    assert set(clip["text"]) <= {t.format(speaker="a woman", transcript="in first place") for t in common.SPEECH_TEMPLATES}
+    assert set(clip["text"]) <= {
+        t.format(speaker="a woman", transcript="in first place") for t in common.SPEECH_TEMPLATES
+    }
     assert manifest["skipped"] == {"malformed_row": 1} and clip["speaker"] == "LJ"
 
 
@@ -43,7 +45,9 @@ def test_iemocap_emotion_and_transcript_by_session(corpus):
     manifests = corpus.build("iemocap")
     train = corpus.samples("iemocap", "train")
     frustrated = train["iemocap-Ses01F_impro01_F000"]
-    assert frustrated["labels"] == ["frustrated"] and frustrated["valence"] == 2.5 and frustrated["speaker_gender"] == "F"
+    assert (
+        frustrated["labels"] == ["frustrated"] and frustrated["valence"] == 2.5 and frustrated["speaker_gender"] == "F"
+    )
     assert set(frustrated["text"]) <= {t.format(speaker="a woman", emotion="frustrated", transcript="Excuse me.")
                                        for t in common.EMOTION_TEMPLATES}
     unagreed = train["iemocap-Ses01F_impro01_M001"]  # xxx: transcript captions, no label
@@ -70,7 +74,9 @@ def test_msp_podcast_labels_transcripts_and_test_sets(corpus):
     assert all("a man" in t or "utterance" in t for t in angry["text"])
     assert manifests["train"]["skipped"] == {"malformed_row": 1, "no_caption": 1}
     neutral = corpus.samples("msp_podcast", "test1")["msp_podcast-MSP-PODCAST_0002_0001"]
-    assert set(neutral["text"]) <= {t.format(speaker="a woman", emotion="neutral") for t in common.EMOTION_ONLY_TEMPLATES}
+    assert set(neutral["text"]) <= {
+        t.format(speaker="a woman", emotion="neutral") for t in common.EMOTION_ONLY_TEMPLATES
+    }
 
 
 MELD_HEADER = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID", "Season",
@@ -78,10 +84,28 @@ MELD_HEADER = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialog
 
 
 def test_meld_audio_from_mp4(corpus):
-    corpus.csv("train_sent_emo.csv", MELD_HEADER, [
-        [1, "Oh my God, he\u2019s lost it.", "Monica", "surprise", "negative", 0, 0, 8, 21, "00:16:16,059", "00:16:21,731"],
-        [2, "No.", "Joey", "neutral", "neutral", 0, 1, 8, 21, "00:16:21,940", "00:16:23,442"],
-        [3, "Hm.", "Ross", "boredom", "neutral", 0, 2, 8, 21, "", ""]], encoding="cp1252")
+    corpus.csv(
+        "train_sent_emo.csv",
+        MELD_HEADER,
+        [
+            [
+                1,
+                "Oh my God, he\u2019s lost it.",
+                "Monica",
+                "surprise",
+                "negative",
+                0,
+                0,
+                8,
+                21,
+                "00:16:16,059",
+                "00:16:21,731",
+            ],
+            [2, "No.", "Joey", "neutral", "neutral", 0, 1, 8, 21, "00:16:21,940", "00:16:23,442"],
+            [3, "Hm.", "Ross", "boredom", "neutral", 0, 2, 8, 21, "", ""],
+        ],
+        encoding="cp1252",
+    )
     corpus.csv("dev_sent_emo.csv", MELD_HEADER, [[1, "Okay.", "Rachel", "joy", "positive", 0, 0, 4, 1, "", ""]])
     if not HAVE_FFMPEG:
         with pytest.raises(ValueError, match="needs the ffmpeg binary"):
@@ -100,10 +124,15 @@ def test_meld_audio_from_mp4(corpus):
 
 
 def test_cmu_mosi_sentiment_captions(corpus):
-    corpus.csv("label.csv", ["video_id", "clip_id", "text", "label", "label_T", "label_A", "label_V", "annotation", "mode"],
-               [["03bSnISJMiM", 1, "a lot of sad parts", -2.4, -2.4, -2.4, -2.4, "Negative", "train"],
-                ["03bSnISJMiM", 2, "but it was good", 1.0, 1.0, 1.0, 1.0, "Positive", "test"],
-                ["03bSnISJMiM", 3, "broken", "n/a", "", "", "", "", "train"]])
+    corpus.csv(
+        "label.csv",
+        ["video_id", "clip_id", "text", "label", "label_T", "label_A", "label_V", "annotation", "mode"],
+        [
+            ["03bSnISJMiM", 1, "a lot of sad parts", -2.4, -2.4, -2.4, -2.4, "Negative", "train"],
+            ["03bSnISJMiM", 2, "but it was good", 1.0, 1.0, 1.0, 1.0, "Positive", "test"],
+            ["03bSnISJMiM", 3, "broken", "n/a", "", "", "", "", "train"],
+        ],
+    )
     corpus.wav("Audio/WAV_16000/Segmented/03bSnISJMiM_1.wav")
     corpus.wav("Audio/WAV_16000/Segmented/03bSnISJMiM_2.wav")
     manifests = corpus.build("cmu_mosi", splits=["train", "test"])
@@ -115,11 +144,16 @@ def test_cmu_mosi_sentiment_captions(corpus):
 
 
 def test_cmu_mosei_segments_from_full_audio(corpus):
-    corpus.csv("CMU_MOSEI_Labels.csv", ["", "file", "index", "start", "end", "label2a", "label2b", "label6", "label7", "split"],
-               [[0, "--qXJuDtHPw", 0, 0.25, 0.75, 1, 1, 0, 1, 0],
-                [1, "--qXJuDtHPw", 1, -0.45, 0.5, 0, -1, 1, -2, 2],
-                [2, "--qXJuDtHPw", 2, 0.1, 0.2, 1, 1, 0, 1, 3],  # outside the standard folds
-                [3, "--qXJuDtHPw", 3, "x", 0.2, 1, 1, 0, 1, 0]])
+    corpus.csv(
+        "CMU_MOSEI_Labels.csv",
+        ["", "file", "index", "start", "end", "label2a", "label2b", "label6", "label7", "split"],
+        [
+            [0, "--qXJuDtHPw", 0, 0.25, 0.75, 1, 1, 0, 1, 0],
+            [1, "--qXJuDtHPw", 1, -0.45, 0.5, 0, -1, 1, -2, 2],
+            [2, "--qXJuDtHPw", 2, 0.1, 0.2, 1, 1, 0, 1, 3],  # outside the standard folds
+            [3, "--qXJuDtHPw", 3, "x", 0.2, 1, 1, 0, 1, 0],
+        ],
+    )
     corpus.wav("Raw/Audio/Full/WAV_16000/--qXJuDtHPw.wav", seconds=1.0)
     corpus.text("Raw/Transcript/Segmented/Combined/--qXJuDtHPw.txt",
                 "--qXJuDtHPw___0___0.25___0.75___I see that a writer is somebody who has an incredible power\n")
