@@ -62,7 +62,10 @@ def fit_captioning(config: CaptioningConfig, ckpt_path: Optional[str] = None) ->
     datamodule = CaptionDataModule(config.data, module.captioner.tokenizer)
     if ckpt_path:
         check_resumable(ckpt_path, module, CAPTIONING)
-    build_trainer(config, config.data.batch_size).fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer = build_trainer(config, config.data.batch_size)
+    if not config.data.val:  # no validation cache: no validation loop (not an empty one Lightning warns about)
+        trainer.limit_val_batches = 0
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return module
 
 
