@@ -105,12 +105,16 @@ class ModelConfig:
     audio_encoder: dict = field(default_factory=lambda: {"name": "htsat"})  # `name` + that encoder's config
     text_encoder: dict = field(default_factory=lambda: {"name": "gpt2"})  # `name` + that encoder's config
     audio_encoder_init: str = ""  # checkpoint (e.g. multi-task) whose audio encoder a fresh `fit` starts from
-    init_from: str = (
-        ""  # a whole model (.ckpt, or an exported folder) a fresh `fit` starts from; its architecture is the base
-    )
+    # a whole model (.ckpt, or an exported folder) a fresh `fit` starts from; its architecture is the base
+    init_from: str = ""
     compile: bool = False  # torch.compile the audio and text encoders for training (in place: checkpoints unchanged)
+    # how embed_audio and evaluation pad a short clip: "" = zeros when the encoder masks padding, else
+    # tiling (msclap); "repeatpad" = whole copies then zeros (LAION-CLAP, transformers' ClapFeatureExtractor)
+    pad_mode: str = ""
 
     def __post_init__(self) -> None:
+        if self.pad_mode not in ("", "repeat", "repeatpad", "zero"):
+            raise ConfigError(f"model.pad_mode must be '', repeat, repeatpad or zero; got '{self.pad_mode}'")
         if self.init_from and self.audio_encoder_init:
             raise ConfigError("model.init_from (a whole model) and model.audio_encoder_init (its audio encoder) "
                               "both set: keep one")

@@ -149,7 +149,8 @@ class SampleConverter:
         if self._module is None:
             f = self.frontend
             self._module = LogMelFrontEnd(f["n_fft"], f["hop_length"], f["n_mels"], f["fmin"], f["fmax"],
-                                          f["mel_sample_rate"])
+                                          f["mel_sample_rate"], f.get("mel_scale", "slaney"),
+                                          f.get("quantize_int16", False))
         wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
         if wave.numel() <= self.frontend["n_fft"] // 2:  # reflect padding needs more samples than half a window
             wave = torch.nn.functional.pad(wave, (0, self.frontend["n_fft"] // 2 + 1 - wave.numel()))

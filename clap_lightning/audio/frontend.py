@@ -41,16 +41,25 @@ def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
     return np.where(mel >= _MIN_LOG_MEL, log_part, linear)
 
 
-def compute_mel_filters(sample_rate: float, n_fft: int, n_mels: int, fmin: float, fmax: float) -> torch.Tensor:
-    """Build the Slaney-normalised triangular mel filterbank of `librosa.filters.mel`.
+def compute_mel_filters(sample_rate: float, n_fft: int, n_mels: int, fmin: float, fmax: float,
+                        scale: str = "slaney") -> torch.Tensor:
+    """Build the Slaney-normalised triangular mel filterbank of `librosa.filters.mel`, or with
+    `scale="htk"` torchaudio's HTK-scale filterbank without normalisation (`melscale_fbanks`,
+    `norm=None`), which LAION-CLAP's fusion input and transformers' fusion features use.
 
-    Computed in float64 and returned as float32, as librosa does.
+    Computed in float64 and returned as float32, as librosa does (HTK: as torchaudio computes it).
 
     Returns:
         [n_fft // 2 + 1, n_mels] filters (transposed like torchlibrosa's `melW`).
     """
     if not 0 <= fmin < fmax:
         raise ValueError(f"mel filters need 0 <= fmin < fmax; got fmin={fmin}, fmax={fmax}")
+    if scale == "htk":
+        from torchaudio.functional import melscale_fbanks
+
+        return melscale_fbanks(n_fft // 2 + 1, fmin, fmax, n_mels, int(sample_rate), norm=None, mel_scale="htk")
+    if scale != "slaney":
+        raise ValueError(f"mel scale must be 'slaney' or 'htk', got {scale!r}")
     fft_freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
     # n_mels + 2 band edges equally spaced in mel between fmin and fmax.
     edges = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
@@ -72,12 +81,15 @@ def power_to_db(power: torch.Tensor, amin: float = 1e-10, ref: float = 1.0) -> t
 # The parameters that decide a log-mel front end's output: a training-format manifest records
 # them (`python -m data_recipes prepare`) and the loader refuses features made with others.
 FRONTEND_FIELDS = ("sample_rate", "n_fft", "hop_length", "n_mels", "fmin", "fmax", "mel_sample_rate")
+# Front-end switches with the value that manifests written before they existed were made with.
+FRONTEND_SWITCHES = {"mel_scale": "slaney", "quantize_int16": False}
 # dB of silence: `power_to_db` of zero power (amin 1e-10); zero-padded audio gives this value.
 SILENCE_DB = -100.0
 
 
 def frontend_params(cfg: Any) -> dict[str, float | int]:
-    """The `FRONTEND_FIELDS` of an audio encoder config (a dataclass or a mapping), as plain numbers.
+    """The `FRONTEND_FIELDS` of an audio encoder config (a dataclass or a mapping) as plain numbers,
+    and its `FRONTEND_SWITCHES` (their defaults where the config has none).
 
     Raises:
         ValueError: a field is missing (named).
@@ -86,13 +98,17 @@ def frontend_params(cfg: Any) -> dict[str, float | int]:
     missing = [name for name in FRONTEND_FIELDS if get(name) is None]
     if missing:
         raise ValueError(f"the audio encoder config lacks front-end field(s) {', '.join(missing)}")
-    return {name: (float(get(name)) if name in ("fmin", "fmax") else int(get(name))) for name in FRONTEND_FIELDS}
+    numbers = {name: (float(get(name)) if name in ("fmin", "fmax") else int(get(name))) for name in FRONTEND_FIELDS}
+    return {**numbers, **{name: get(name, default) for name, default in FRONTEND_SWITCHES.items()}}
 
 
 def frontend_differences(recorded: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
     """`n_mels 128 (model: 64)` for every front-end field whose recorded value differs from the expected one."""
-    return [f"{name} {recorded.get(name)!r} (model: {expected.get(name)!r})" for name in FRONTEND_FIELDS
-            if recorded.get(name) is None or float(recorded[name]) != float(expected[name])]
+    numbers = [f"{name} {recorded.get(name)!r} (model: {expected.get(name)!r})" for name in FRONTEND_FIELDS
+               if recorded.get(name) is None or float(recorded[name]) != float(expected[name])]
+    return numbers + [f"{name} {recorded.get(name, default)!r} (model: {expected.get(name, default)!r})"
+                      for name, default in FRONTEND_SWITCHES.items()
+                      if recorded.get(name, default) != expected.get(name, default)]
 
 
 def frames_for(samples: int, hop_length: int) -> int:
@@ -116,13 +132,15 @@ class LogMelFrontEnd(nn.Module):
     """
 
     def __init__(
-        self, n_fft: int, hop_length: int, n_mels: int, fmin: float, fmax: float, mel_sample_rate: float
+        self, n_fft: int, hop_length: int, n_mels: int, fmin: float, fmax: float, mel_sample_rate: float,
+        mel_scale: str = "slaney", quantize_int16: bool = False,
     ) -> None:
         super().__init__()
         self.n_fft = n_fft
         self.hop_length = hop_length
         self.n_mels = n_mels
-        self._mel_args = (mel_sample_rate, n_fft, n_mels, fmin, fmax)
+        self.quantize_int16 = quantize_int16
+        self._mel_args = (mel_sample_rate, n_fft, n_mels, fmin, fmax, mel_scale)
         # Both buffers are derived from the config, so they stay out of the state dict.
         self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
         self.register_buffer("mel_filters", compute_mel_filters(*self._mel_args), persistent=False)
@@ -142,8 +160,11 @@ class LogMelFrontEnd(nn.Module):
             raise ValueError(f"expected a waveform batch [B, T]; got shape {tuple(wave.shape)}")
         # Features stay fp32 under autocast: a bf16 mel matmul would cost ~0.1 dB of precision.
         with torch.autocast(device_type=wave.device.type, enabled=False):
+            wave = wave.float()
+            if self.quantize_int16:  # LAION-CLAP's int16_to_float32(float32_to_int16(x)): truncated to 16 bits
+                wave = torch.trunc(wave.clamp(-1.0, 1.0) * 32767.0) / 32767.0
             spec = torch.stft(
-                wave.float(), self.n_fft, hop_length=self.hop_length, window=self.window,
+                wave, self.n_fft, hop_length=self.hop_length, window=self.window,
                 center=True, pad_mode="reflect", return_complex=True,
             )  # [B, F, frames]
             power = spec.real.square() + spec.imag.square()
@@ -220,7 +241,8 @@ def build_mel_stem(cfg, frames: Optional[int] = None) -> tuple[LogMelFrontEnd, S
     The caller assigns them as `self.frontend`, `self.spec_augmenter` and `self.bn0` so the
     state-dict keys stay msclap's.
     """
-    frontend = LogMelFrontEnd(cfg.n_fft, cfg.hop_length, cfg.n_mels, cfg.fmin, cfg.fmax, cfg.mel_sample_rate)
+    frontend = LogMelFrontEnd(cfg.n_fft, cfg.hop_length, cfg.n_mels, cfg.fmin, cfg.fmax, cfg.mel_sample_rate,
+                              getattr(cfg, "mel_scale", "slaney"), getattr(cfg, "quantize_int16", False))
     spec_augmenter = SpecAugment(cfg.spec_augment, frames)
     return frontend, spec_augmenter, nn.BatchNorm2d(cfg.n_mels)
 

@@ -61,7 +61,8 @@ def read_clip(data: bytes, num_samples: Optional[int] | Callable[[int], Optional
 def fit_length(audio: torch.Tensor, num_samples: int, pad_mode: str) -> tuple[torch.Tensor, int]:
     """Crop or pad a mono clip [T] to `num_samples`.
 
-    Short clips are tiled ("repeat", as msclap's loader) or zero-padded ("zero").
+    Short clips are tiled ("repeat", as msclap's loader), zero-padded ("zero"), or given as many
+    whole copies as fit and then zeros ("repeatpad", LAION-CLAP's and transformers' default).
 
     Returns:
         (clip [num_samples], samples that are not padding). A tiled clip has no padding: its
@@ -73,6 +74,9 @@ def fit_length(audio: torch.Tensor, num_samples: int, pad_mode: str) -> tuple[to
     if pad_mode == "repeat":
         repeats = -(-num_samples // length)
         return audio.repeat(repeats)[:num_samples], num_samples
+    if pad_mode == "repeatpad":  # the zeros after the copies are padding, like LAION's
+        copies = audio.repeat(num_samples // length)
+        return torch.nn.functional.pad(copies, (0, num_samples - len(copies))), num_samples
     return torch.nn.functional.pad(audio, (0, num_samples - length)), length
 
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clap_lightning.audio.frontend import SpecAugmentConfig, build_mel_stem, compute_valid_frames, normalise_and_augment
+from clap_lightning.audio.io import fit_length
 from clap_lightning.encoders.registry import register_audio_encoder
 from clap_lightning.encoders.swin import BasicLayer
 
@@ -73,11 +74,15 @@ class HTSATConfig:
     mask_padding: bool = False  # given clip lengths: padding out of bn0 statistics and pooling (msclap: off)
     enable_fusion: bool = False  # LAION's feature fusion: a whole-clip view + 3 crops for clips longer than the window
     aff_block_r: int = 4  # channel reduction inside the attentional feature fusion block
+    mel_scale: str = "slaney"  # mel filters: slaney (librosa, msclap, LAION unfused) or htk (LAION/HF fusion input)
+    quantize_int16: bool = False  # round the waveform to 16 bits first, as LAION-CLAP's inference does
 
     def __post_init__(self) -> None:
         self.depths = list(self.depths)
         self.num_heads = list(self.num_heads)
         check_htsat_shapes(self)
+        if self.mel_scale not in ("slaney", "htk"):
+            _fail("mel_scale", "'slaney' or 'htk'", self.mel_scale)
 
     @property
     def out_dim(self) -> int:
@@ -356,19 +361,21 @@ class HTSATEncoder(nn.Module):
         feats = feats.view(logmel.shape) if views else feats
         return self.tokens_from_logmel(feats, longer=longer).flatten(2).mean(dim=2)
 
-    def fusion_logmel(self, wave: torch.Tensor, clip_samples: int) -> tuple[torch.Tensor, bool]:
+    def fusion_logmel(self, wave: torch.Tensor, clip_samples: int,
+                      pad_mode: str = "repeat") -> tuple[torch.Tensor, bool]:
         """LAION's fusion input of one whole recording [T] at the model rate: (log-mel [4, frames, n_mels], longer).
 
         A recording longer than `clip_samples` gives the whole log-mel shrunk to one window's frames
         (bilinear, as transformers' `ClapFeatureExtractor`) and three window-long crops from the
         front, middle and back thirds of the possible starts; LAION draws each start at random,
-        here it is the middle of its third (deterministic). A shorter one is tiled to the window
-        and its log-mel repeated four times, `longer` False.
+        here it is the middle of its third (deterministic). A shorter one is padded to the window
+        (`fit_length`'s `pad_mode`; LAION: "repeatpad") and its log-mel repeated four times,
+        `longer` False.
         """
         chunk = clip_samples // self.cfg.hop_length + 1
         if len(wave) <= clip_samples:
-            tiled = wave.repeat(-(-clip_samples // max(len(wave), 1)))[:clip_samples]
-            return self.frontend(tiled[None])[0].expand(4, -1, -1), False
+            padded, _ = fit_length(wave, clip_samples, pad_mode)
+            return self.frontend(padded[None])[0].expand(4, -1, -1), False
         mel = self.frontend(wave[None])[0]  # [frames, n_mels]
         shrunk = F.interpolate(mel[None, None], (chunk, mel.shape[1]), mode="bilinear", align_corners=False)[0, 0]
         thirds = torch.arange(mel.shape[0] - chunk + 1).tensor_split(3)

@@ -211,6 +211,8 @@ class CLAP(nn.Module):
     @property
     def pad_mode(self) -> str:
         """How inference pads a short clip: zeros when the encoder masks padding, else tiling (msclap)."""
+        if self.config.pad_mode:
+            return self.config.pad_mode
         return "zero" if self.masks_padding else "repeat"
 
     @torch.no_grad()
@@ -231,7 +233,7 @@ class CLAP(nn.Module):
                 if not torch.isfinite(wave).all():
                     raise ValueError("audio holds NaN or Inf samples")
                 mel, is_longer = self.audio_encoder.fusion_logmel(
-                    wave.to(self.logit_scale.device), self.config.clip_samples
+                    wave.to(self.logit_scale.device), self.config.clip_samples, self.pad_mode
                 )
                 views.append(mel)
                 longer.append(is_longer)

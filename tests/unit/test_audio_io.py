@@ -123,3 +123,9 @@ def test_resampling_into_out_writes_the_leading_samples_in_place(orig):
         resample(audio, orig, out=torch.empty(expected.shape[0] + 1))
     with pytest.raises(ValueError, match="out="):
         resample(audio[None], orig, out=torch.empty(100))
+
+
+def test_repeatpad_gives_whole_copies_then_zeros_as_laion():
+    clip, length = fit_length(torch.arange(1.0, 4.0), 10, "repeatpad")  # 3 samples into 10
+    assert clip.tolist() == [1, 2, 3, 1, 2, 3, 1, 2, 3, 0] and length == 10
+    assert fit_length(torch.arange(1.0, 4.0), 10, "repeat")[0].tolist() == [1, 2, 3, 1, 2, 3, 1, 2, 3, 1]

@@ -167,3 +167,45 @@ def test_bn0_gradients_match_float64_whatever_layout_the_gradient_arrives_in():
     bn.eval()  # eval: the running statistics apply
     torch.testing.assert_close(normalise_and_augment(feats, bn, SpecAugment(), False),
                                (feats - bn.running_mean) / (bn.running_var + bn.eps).sqrt() * bn.weight + bn.bias)
+
+
+def test_htk_front_end_is_torchaudios_mel_spectrogram_in_db():
+    """LAION-CLAP's fusion input (training/data.py `get_mel`): torchaudio's MelSpectrogram, HTK, no norm."""
+    import torchaudio
+
+    wave = 0.3 * torch.randn(2, 48000, generator=torch.Generator().manual_seed(0))
+    ours = LogMelFrontEnd(1024, 480, 64, 50.0, 14000.0, 48000, mel_scale="htk")(wave)
+    mel = torchaudio.transforms.MelSpectrogram(sample_rate=48000, n_fft=1024, win_length=1024, hop_length=480,
+                                               center=True, pad_mode="reflect", power=2.0, norm=None, n_mels=64,
+                                               f_min=50, f_max=14000)(wave)
+    theirs = torchaudio.transforms.AmplitudeToDB(top_db=None)(mel).transpose(1, 2)
+    torch.testing.assert_close(ours, theirs, atol=1e-3, rtol=0)  # dB
+    slaney = LogMelFrontEnd(1024, 480, 64, 50.0, 14000.0, 48000)(wave)
+    assert (slaney - theirs).abs().mean() > 1.0  # the scales differ by far more than the tolerance
+
+
+def test_int16_rounding_is_laions_float32_to_int16_round_trip():
+    wave = torch.tensor([[0.5, -0.25, 1.5, -2.0, 1e-5, 0.123456789] + [0.0] * 2042])
+    laion = (np.clip(wave.numpy(), -1.0, 1.0) * 32767.0).astype(np.int16) / 32767.0  # LAION: x -> int16 -> x
+    frontend = LogMelFrontEnd(1024, 480, 64, 50.0, 14000.0, 48000, quantize_int16=True)
+    seen = []
+    original_stft = torch.stft
+    try:
+        torch.stft = lambda x, *a, **k: (seen.append(x.clone()), original_stft(x, *a, **k))[1]
+        frontend(wave)
+    finally:
+        torch.stft = original_stft
+    torch.testing.assert_close(seen[0], torch.from_numpy(laion.astype(np.float32)), atol=0, rtol=0)
+    assert not torch.equal(seen[0], wave)
+
+
+def test_front_end_switches_count_as_differences_and_old_manifests_mean_the_defaults():
+    from clap_lightning.audio.frontend import frontend_differences, frontend_params
+
+    slaney = frontend_params({"sample_rate": 48000, "n_fft": 1024, "hop_length": 480, "n_mels": 64, "fmin": 50,
+                              "fmax": 14000, "mel_sample_rate": 48000})
+    htk = {**slaney, "mel_scale": "htk", "quantize_int16": True}
+    old_manifest = {k: v for k, v in slaney.items() if k not in ("mel_scale", "quantize_int16")}
+    assert frontend_differences(old_manifest, slaney) == []
+    assert frontend_differences(old_manifest, htk) == ["mel_scale 'slaney' (model: 'htk')",
+                                                       "quantize_int16 False (model: True)"]

@@ -48,7 +48,8 @@ def test_logmel_prepare_matches_the_models_front_end(tmp_path):
     src = archival(tmp_path)
     [manifest] = prepare.prepare(src, tmp_path / "mel", "logmel", model_yaml(tmp_path / "m.yaml"), show_progress=False)
     out = schema.split_dir(tmp_path / "mel", "toy", "train")
-    assert manifest["build"]["format"] == "logmel" and manifest["build"]["frontend"] == FRONTEND
+    switches = {"mel_scale": "slaney", "quantize_int16": False}
+    assert manifest["build"]["format"] == "logmel" and manifest["build"]["frontend"] == {**FRONTEND, **switches}
     assert schema.read_manifest(out) == manifest and manifest["num_samples"] == 10 and manifest["skipped"] == {}
     assert sorted(p.name for p in out.glob("*.tar")) == sorted(p.name for p in src.glob("*.tar"))
     front = LogMelFrontEnd(256, 80, 16, 0.0, 4000.0, 8000)
