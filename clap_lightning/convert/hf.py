@@ -128,8 +128,13 @@ def to_hf_state(model: CLAP) -> dict[str, torch.Tensor]:
     return out
 
 
-def model_config_from_hf(config: Mapping, tokenizer: str) -> dict:
-    """Our model section for a `ClapModel` `config.json` (unfused HTSAT + RoBERTa)."""
+def model_config_from_hf(config: Mapping, tokenizer: str, quantize_int16: bool = False) -> dict:
+    """Our model section for a `ClapModel` `config.json` (HTSAT, unfused or fused, + RoBERTa).
+
+    Short clips are padded as LAION and transformers' feature extractor pad them ("repeatpad");
+    a fused model's inputs all take the HTK mel filters of their fusion features. LAION's own
+    inference also rounds the waveform to 16 bits (`quantize_int16`); transformers' does not.
+    """
     audio, text = config.get("audio_config", {}), config.get("text_config", {})
     if audio.get("enable_fusion") and audio.get("fusion_type") not in (None, "aff_2d"):
         raise CheckpointError(f"fusion_type {audio.get('fusion_type')!r} is not supported (only LAION's released "
@@ -150,6 +155,7 @@ def model_config_from_hf(config: Mapping, tokenizer: str) -> dict:
         "proj_dropout": 0.0,
         "projection": "mlp",
         "text_logit_scale": True,
+        "pad_mode": "repeatpad",
         "audio_encoder": {
             "name": "htsat",
             "sample_rate": 48000,
@@ -172,6 +178,8 @@ def model_config_from_hf(config: Mapping, tokenizer: str) -> dict:
             "use_spec_augment": False,
             "enable_fusion": bool(audio.get("enable_fusion")),
             "aff_block_r": audio.get("aff_block_r", 4),
+            "mel_scale": "htk" if audio.get("enable_fusion") else "slaney",
+            "quantize_int16": quantize_int16,
         },
         "text_encoder": {
             "name": "roberta",
@@ -311,7 +319,7 @@ def laion_config_from_state(state: Mapping[str, torch.Tensor], tokenizer: str) -
             "max_position_embeddings": int(state["text_branch.embeddings.position_embeddings.weight"].shape[0]),
         },
     }
-    return model_config_from_hf(hf_like, tokenizer)
+    return model_config_from_hf(hf_like, tokenizer, quantize_int16=True)
 
 
 def build_from_laion(path: str | Path, tokenizer: str = "roberta-base",
