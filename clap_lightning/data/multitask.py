@@ -83,6 +83,7 @@ class MultiTaskCollate:
             targets[task.name] = _stack_targets(task, [t for t, _ in encoded])
         return {
             "audio": stack_for_transfer([s["audio"] for s in samples]),  # [B, T]
+            "audio_length": torch.tensor([s["length"] for s in samples]),  # [B] samples that are not padding
             "targets": targets,
             "masks": masks,
             "source_index": torch.tensor(sources, dtype=torch.long),  # [B]

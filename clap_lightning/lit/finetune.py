@@ -51,8 +51,9 @@ class AudioClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(audio_encoder.out_dim, num_classes)
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.audio_encoder(audio)))
+    def forward(self, audio: torch.Tensor, audio_length: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`audio_length` [B] (real samples per clip) masks the padding when the encoder's `mask_padding` is on."""
+        return self.head(self.dropout(self.audio_encoder(audio, audio_length)))
 
 
 class AudioFineTuning(L.LightningModule):
@@ -64,12 +65,12 @@ class AudioFineTuning(L.LightningModule):
         self.config = config
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = F.cross_entropy(self.classifier(batch["audio"]), batch["target"])
+        loss = F.cross_entropy(self.classifier(batch["audio"], batch.get("audio_length")), batch["target"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["target"]))
         return loss
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
-        logits = self.classifier(batch["audio"])
+        logits = self.classifier(batch["audio"], batch.get("audio_length"))
         hits = (logits.argmax(dim=1) == batch["target"]).float()
         # Epoch value = mean over clips, since Lightning weights each batch mean by batch_size.
         self.log(f"{stage}/acc", hits.mean(), on_epoch=True, batch_size=len(hits))
@@ -120,6 +121,7 @@ class LabelledCollate:
                                 f"the task's {len(self.index)} classes")
             targets.append(self.index[labels[0]])
         return {"audio": stack_for_transfer([s["audio"] for s in samples]),  # [B, T]
+                "audio_length": torch.tensor([s["length"] for s in samples]),  # [B] samples that are not padding
                 "target": torch.tensor(targets)}  # [B]
 
 

@@ -51,11 +51,12 @@ class MultiTaskPretraining(L.LightningModule):
         self._val_rows: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         self._val_loss = [0.0, 0]  # (sum of batch loss x clips, clips) over every validation loader
 
-    def forward(self, audio: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.model(audio)
+    def forward(self, audio: torch.Tensor, audio_length: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        return self.model(audio, audio_length)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, per_task = compute_multitask_loss(self(batch["audio"]), batch["targets"], batch["masks"], self.specs)
+        outputs = self(batch["audio"], batch.get("audio_length"))
+        loss, per_task = compute_multitask_loss(outputs, batch["targets"], batch["masks"], self.specs)
         size = batch["audio"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         for name, task_loss in per_task.items():
@@ -76,7 +77,7 @@ class MultiTaskPretraining(L.LightningModule):
                 torch.distributed.broadcast(buffer, src=0)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        outputs = self(batch["audio"])
+        outputs = self(batch["audio"], batch.get("audio_length"))
         loss, _ = compute_multitask_loss(outputs, batch["targets"], batch["masks"], self.specs)
         # One `val/loss` over all loaders: logging it per step from several loaders (each task's own
         # validation shards, with their own batch sizes) is refused by Lightning.

@@ -11,7 +11,7 @@ mask per task and ignores the rows a task has no label for.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -48,8 +48,9 @@ class MultiTaskClassifier(nn.Module):
         self.heads = nn.ModuleDict({spec.name: nn.Linear(self.audio_encoder.out_dim, spec.num_outputs)
                                     for spec in heads})
 
-    def forward(self, audio: torch.Tensor) -> dict[str, torch.Tensor]:
-        audio_emb = self.dropout(self.audio_encoder(audio))  # [B, D]
+    def forward(self, audio: torch.Tensor, audio_length: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """`audio_length` [B] (real samples per clip) masks the padding when the encoder's `mask_padding` is on."""
+        audio_emb = self.dropout(self.audio_encoder(audio, audio_length))  # [B, D]
         outputs = {}
         for name, head in self.heads.items():
             out = head(audio_emb)

@@ -90,9 +90,10 @@ def test_collate_reads_targets_and_masks_from_the_json() -> None:
         {"labels": ["speech"], "arousal": 5.0},  # source 1: only arousal applies
         {"arousal": float("nan")},  # source 1 without a usable value
     ]
-    samples = [{"audio": torch.zeros(4), "meta": m, "key": str(i), "source_index": s}
+    samples = [{"audio": torch.zeros(4), "length": 4, "meta": m, "key": str(i), "source_index": s}
                for i, (m, s) in enumerate(zip(metas, [0, 0, 1, 1]))]
     batch = MultiTaskCollate([family, quality, pitch, arousal])(samples)
+    assert batch["audio_length"].tolist() == [4, 4, 4, 4]
     assert batch["masks"]["family"].tolist() == [True, False, False, False]
     assert batch["targets"]["family"][0].item() == 1
     assert batch["masks"]["quality"].tolist() == [True, False, False, False]

@@ -180,3 +180,23 @@ def test_pad_mode_none_needs_the_mask():
         load_config(ExperimentConfig, demo, ["data.pad_mode=none", "model.audio_encoder.mask_padding=false"])
     with pytest.raises(ConfigError, match="data.pad_mode must be one of repeat, zero, none"):
         load_config(ExperimentConfig, demo, ["data.pad_mode=tile"])
+
+
+def test_fine_tuning_and_multi_task_heads_see_the_masked_embedding():
+    from clap_lightning.lit.finetune import AudioClassifier
+    from clap_lightning.models.multitask import HeadSpec, MultiTaskClassifier
+
+    torch.manual_seed(0)
+    classifier = AudioClassifier(_tiny_encoder(True), num_classes=3).eval()
+    options = OmegaConf.to_container(OmegaConf.load(TINY))["audio_encoder"]
+    multitask = MultiTaskClassifier({**options, "mask_padding": True}, [HeadSpec("c", "single", 3)]).eval()
+    clip_samples = int(RATE * 2.04)
+    sound = _sound(0.5)
+    audio = torch.stack([_padded(sound, 2.04)[:clip_samples], _sound(2.04)[:clip_samples]])
+    lengths = torch.tensor([len(sound), clip_samples])
+    with torch.no_grad():
+        masked = classifier.head(classifier.audio_encoder(audio, lengths))
+        assert torch.equal(classifier(audio, lengths), masked)
+        assert not torch.allclose(classifier(audio), masked)  # without lengths the padding is seen
+        expected = multitask.heads["c"](multitask.audio_encoder(audio, lengths))
+        assert torch.equal(multitask(audio, lengths)["c"], expected)
