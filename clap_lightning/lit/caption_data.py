@@ -43,9 +43,10 @@ def write_embedding_cache(clap: torch.nn.Module, clips: Iterable[dict[str, Any]]
     """Embed clips with a frozen CLAP and write embeddings + captions to `path` atomically.
 
     Args:
-        clap: a model with `encode_audio(wave [B, T]) -> [B, D]` (e.g. `CLAP`).
+        clap: a model with `encode_audio(wave [B, T], lengths [B]) -> [B, D]` (e.g. `CLAP`).
         clips: dicts with "audio" (float tensor [T] at the CLAP's rate, cropped/padded to its
-            clip length; e.g. `ClipDecoder`'s output), "texts" (list of captions) and "key".
+            clip length; e.g. `ClipDecoder`'s output), "texts" (list of captions), "key", and
+            optionally "length" (samples that are not padding; default all).
         path: output `.pt` file; written to a temporary name, then renamed.
         clap_checkpoint: recorded so inference can find the matching CLAP.
 
@@ -58,7 +59,8 @@ def write_embedding_cache(clap: torch.nn.Module, clips: Iterable[dict[str, Any]]
     embeddings, captions, keys = [], [], []
     for batch in _batched(clips, batch_size):
         audio = torch.stack([torch.as_tensor(c["audio"], dtype=torch.float32) for c in batch]).to(device)
-        embeddings.append(clap.encode_audio(audio).float().cpu())
+        lengths = torch.tensor([c.get("length", len(c["audio"])) for c in batch], device=device)  # padding masked
+        embeddings.append(clap.encode_audio(audio, lengths).float().cpu())
         captions.extend([list(c["texts"]) for c in batch])
         keys.extend([str(c["key"]) for c in batch])
     clap.train(was_training)
