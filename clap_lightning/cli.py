@@ -51,11 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def configure_output() -> None:
     """One line per log record, and none of the third-party warnings that say nothing to a user."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # Lightning prints its records with a handler of its own (set up again as it imports its parts);
-    # passed on to ours as well, each of its lines appeared twice.
-    for handler in logging.getLogger().handlers:
+    root = logging.getLogger()
+    if not root.handlers:  # as logging.basicConfig: a host that set up logging keeps its own
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        # Lightning prints its records with a handler of its own (set up again as it imports its
+        # parts); passed on to ours as well, each of its lines appeared twice.
         handler.addFilter(lambda record: not record.name.startswith("lightning"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
     for message in (
         r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning 2.6 on torch 2.11, not ours to fix
         r"Your `IterableDataset` has `__len__` defined",  # our loader states its exact batches per worker
