@@ -97,12 +97,17 @@ class SlurmRequeue(L.Callback):
         path = trainer.strategy.broadcast(path, src=0)  # one name, even if a rank saw the directory late
         log.info("requeue signal: saving %s at step %d", path, trainer.global_step)
         trainer.save_checkpoint(path)
+        # Every rank records the requeue before it is asked for: `scontrol requeue` ends the job's
+        # tasks at once, and a rank still writing its record then lost it (one suite run in ten).
+        records = [callback for callback in trainer.callbacks if isinstance(callback, AttemptRecord)]
+        for record in records:
+            record.record_requeue(trainer, path)
+        trainer.strategy.barrier("requeue-recorded")
         requeued = self._requeue() if trainer.is_global_zero else False
         if trainer.strategy.broadcast(requeued, src=0):
-            for callback in trainer.callbacks:
-                if isinstance(callback, AttemptRecord):
-                    callback.record_requeue(trainer, path)
             raise RequeueExit()
+        for record in records:
+            record.record_requeue_failed(trainer)
         self.requested = False  # not requeued: keep training, the checkpoint is there to resume from
 
     @staticmethod
@@ -143,6 +148,10 @@ class AttemptRecord(L.Callback):
 
     def record_requeue(self, trainer: L.Trainer, checkpoint: str) -> None:
         self._write(trainer, {"event": "requeue", "step": trainer.global_step, "checkpoint": str(checkpoint)})
+
+    def record_requeue_failed(self, trainer: L.Trainer) -> None:
+        """`scontrol requeue` failed after the requeue was recorded: the attempt trains on."""
+        self._write(trainer, {"event": "requeue_failed", "step": trainer.global_step})
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metric = trainer.callback_metrics.get("train/global_batch")

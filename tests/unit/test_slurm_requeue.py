@@ -59,6 +59,26 @@ def test_failed_requeue_keeps_training_with_the_checkpoint_saved(tmp_path, monke
     assert trainer.global_step == 6
     assert torch.load(tmp_path / "hpc_ckpt_1.ckpt", weights_only=False)["global_step"] == 3
     assert not (tmp_path / "hpc_ckpt_2.ckpt").exists()  # the flag was cleared after the one save
+    records = [json.loads(line) for line in (tmp_path / "attempts" / "rank-0.jsonl").read_text().splitlines()]
+    assert [(r["event"], r["step"]) for r in records] == [("start", 0), ("requeue", 3), ("requeue_failed", 3),
+                                                          ("end", 6)]
+
+
+def test_the_requeue_is_recorded_before_scontrol_is_asked(tmp_path, monkeypatch, restore_usr1):
+    """`scontrol requeue` ends the job's tasks at once: every rank's record must already be written."""
+    seen = []
+
+    def requeue() -> bool:
+        seen.extend(json.loads(line)["event"] for line in (tmp_path / "attempts" / "rank-0.jsonl").open())
+        return True
+
+    monkeypatch.setattr(SlurmRequeue, "_requeue", staticmethod(requeue))
+    trainer = L.Trainer(default_root_dir=tmp_path, max_steps=6, accelerator="cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[SlurmRequeue(), AttemptRecord(), SignalAtStep(2)])
+    with pytest.raises(RequeueExit):
+        trainer.fit(BoringModel())
+    assert seen == ["start", "requeue"]
 
 
 def test_requeue_takes_the_array_task_id(monkeypatch):
