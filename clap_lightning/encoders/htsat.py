@@ -10,7 +10,8 @@ Names follow msclap, so `audio_encoder.base.htsat.<key>` maps to `<key>` here. D
 - torchlibrosa's `spectrogram_extractor.stft.conv_{real,imag}.weight` and
   `logmel_extractor.melW` are derived from the config and have no counterpart (see
   `MSCLAP_DERIVED_PREFIXES`); our `frontend` computes the same features with `torch.stft`.
-- Window attention uses SDPA and keeps no attention maps (msclap's `htsat_attn_heatmap` is off).
+- Window attention uses SDPA (or FlexAttention with `attention: flex`, same function and state
+  dict) and keeps no attention maps (msclap's `htsat_attn_heatmap` is off).
 - Inputs longer than `spec_size * freq_ratio` frames are refused: msclap random-crops them in
   training and averages hard-coded 689-frame crops in eval, which callers avoid by cropping
   the waveform to the clip length first (7 s -> 965 frames < 1024 in msclap 2023).
@@ -35,7 +36,7 @@ from torch import nn
 from clap_lightning.audio.frontend import SpecAugmentConfig, build_mel_stem, compute_valid_frames, normalise_and_augment
 from clap_lightning.audio.io import fit_length
 from clap_lightning.encoders.registry import register_audio_encoder
-from clap_lightning.encoders.swin import BasicLayer
+from clap_lightning.encoders.swin import ATTENTION_MODES, BasicLayer
 
 # Key prefixes of a msclap HTSAT state dict with no counterpart here (torchlibrosa's fixed
 # STFT/mel matrices, recomputed by `frontend`); a converter drops them.
@@ -71,6 +72,7 @@ class HTSATConfig:
     use_spec_augment: bool = True  # SpecAugment time/frequency stripes in training
     spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)  # widths relative to the image
     use_checkpointing: bool = False  # activation checkpointing per Swin block (saves memory)
+    attention: str = "sdpa"  # window attention kernel: sdpa, or flex (FlexAttention, no materialised bias)
     mask_padding: bool = False  # given clip lengths: padding out of bn0 statistics and pooling (msclap: off)
     enable_fusion: bool = False  # LAION's feature fusion: a whole-clip view + 3 crops for clips longer than the window
     aff_block_r: int = 4  # channel reduction inside the attentional feature fusion block
@@ -83,6 +85,10 @@ class HTSATConfig:
         check_htsat_shapes(self)
         if self.mel_scale not in ("slaney", "htk"):
             _fail("mel_scale", "'slaney' or 'htk'", self.mel_scale)
+        if self.attention not in ATTENTION_MODES:
+            _fail("attention", " or ".join(repr(m) for m in ATTENTION_MODES), self.attention)
+        if self.attention == "flex" and self.attn_drop_rate > 0:
+            _fail("attn_drop_rate", "0 with attention 'flex' (no attention dropout there)", self.attn_drop_rate)
 
     @property
     def out_dim(self) -> int:
@@ -236,6 +242,7 @@ class HTSATEncoder(nn.Module):
                 num_heads=cfg.num_heads[i], window=cfg.window_size, mlp_ratio=cfg.mlp_ratio,
                 drop=cfg.drop_rate, attn_drop=cfg.attn_drop_rate, drop_path_rates=rates[first:first + depth],
                 use_downsample=i < len(cfg.depths) - 1, use_checkpointing=cfg.use_checkpointing,
+                attention=cfg.attention,
             ))
         return layers
 

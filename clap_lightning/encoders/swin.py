@@ -1,18 +1,50 @@
-"""Swin-transformer stages used by HTSAT, with window attention through SDPA.
+"""Swin-transformer stages used by HTSAT, with window attention through SDPA or FlexAttention.
 
 Module and parameter names follow msclap's `msclap/models/htsat.py` (itself from
 microsoft/Swin-Transformer) so released state dicts load by a prefix rename. Differences:
 attention runs in `F.scaled_dot_product_attention` with the relative position bias and the
 shift mask folded into one additive mask, and no attention maps are returned or kept (msclap
 keeps every block's map in eval mode for an optional heatmap, off in its config).
+
+With `attention="flex"` the same function runs in FlexAttention (`torch.nn.attention.flex_attention`):
+a `score_mod` adds the bias looked up from the table and the shift mask per score, so no
+[windows, heads, N, N] bias is materialised or back-propagated; both modes hold the same
+parameters and buffers, so state dicts load in either.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import flex_attention as flex
 from torch.utils.checkpoint import checkpoint
+
+ATTENTION_MODES = ("sdpa", "flex")
+
+
+@functools.cache
+def _compiled_flex_attention() -> Callable:
+    """`flex_attention` under torch.compile, built once: uncompiled it runs an unfused
+    reference that materialises the scores, which is what the flex mode exists to avoid."""
+    return torch.compile(flex.flex_attention)
+
+
+def run_flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score_mod: Callable) -> torch.Tensor:
+    """FlexAttention, compiled on accelerators; eager (unfused) on CPU, where torch 2.11 has no
+    FlexAttention backward and its compiled CPU kernel failed to build for this score_mod, so
+    its advice to compile is silenced there."""
+    if torch.compiler.is_compiling():  # inside a compiled model (`model.compile`): dynamo fuses it there
+        return flex.flex_attention(q, k, v, score_mod=score_mod)
+    if q.device.type == "cpu":
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            return flex.flex_attention(q, k, v, score_mod=score_mod)
+    return _compiled_flex_attention()(q, k, v, score_mod=score_mod)
 
 
 def partition_windows(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -72,8 +104,11 @@ def compute_relative_position_index(window: int) -> torch.Tensor:
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows, with a learned relative position bias."""
 
-    def __init__(self, dim: int, window: int, num_heads: int, attn_drop: float, proj_drop: float) -> None:
+    def __init__(self, dim: int, window: int, num_heads: int, attn_drop: float, proj_drop: float,
+                 attention: str = "sdpa") -> None:
         super().__init__()
+        check_attention_mode(attention, attn_drop)
+        self.attention = attention
         self.num_heads = num_heads
         self.attn_drop = attn_drop
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
@@ -99,6 +134,9 @@ class WindowAttention(nn.Module):
         """
         bw, n, c = x.shape
         q, k, v = self.qkv(x).view(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        if self.attention == "flex":
+            out = run_flex_attention(q, k, v, self._score_mod(shift_mask, q.dtype))
+            return self.proj_drop(self.proj(out.transpose(1, 2).reshape(bw, n, c)))
         if torch.is_grad_enabled() and self.relative_position_bias_table.requires_grad:
             return self.proj_drop(
                 self.proj(self._attend_explicitly(q, k, v, shift_mask).transpose(1, 2).reshape(bw, n, c))
@@ -112,6 +150,24 @@ class WindowAttention(nn.Module):
         drop = self.attn_drop if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(bw, n, c)))
+
+    def _score_mod(self, shift_mask: torch.Tensor | None, dtype: torch.dtype) -> Callable:
+        """FlexAttention score_mod: score + bias[index[q, k], head] (+ shift_mask[window, q, k]).
+
+        The table is read per score, so its gradient is a scatter-add over index rather than
+        the sum over a materialised [B * nW, heads, N, N] bias. Window `b` of the batch is
+        window `b % nW` of its image, the order `partition_windows` produces.
+        """
+        table, index = self.relative_position_bias_table.to(dtype), self.relative_position_index
+        if shift_mask is None:
+            def add_bias(score, b, h, q_idx, kv_idx):
+                return score + table[index[q_idx, kv_idx], h]
+            return add_bias
+        shift, windows = shift_mask.to(dtype), shift_mask.shape[0]
+
+        def add_bias_and_shift_mask(score, b, h, q_idx, kv_idx):
+            return score + table[index[q_idx, kv_idx], h] + shift[b % windows, q_idx, kv_idx]
+        return add_bias_and_shift_mask
 
     def _attend_explicitly(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                            shift_mask: torch.Tensor | None) -> torch.Tensor:
@@ -133,6 +189,14 @@ class WindowAttention(nn.Module):
         return attn @ v
 
 
+def check_attention_mode(attention: str, attn_drop: float) -> None:
+    """One-line ValueError for an unknown mode, or dropout that FlexAttention cannot apply."""
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention: expected one of {ATTENTION_MODES}; got {attention!r}")
+    if attention == "flex" and attn_drop > 0:
+        raise ValueError(f"attention='flex' has no attention dropout; set attn_drop_rate to 0 (got {attn_drop})")
+
+
 def compute_shift_mask(h: int, w: int, window: int, shift: int) -> torch.Tensor:
     """Mask [nW, N, N]: -100 between tokens that the cyclic shift brought from different regions."""
     regions = torch.zeros(1, h, w, 1)
@@ -152,7 +216,7 @@ class SwinTransformerBlock(nn.Module):
 
     def __init__(
         self, dim: int, resolution: tuple[int, int], num_heads: int, window: int, shift: int,
-        mlp_ratio: float, drop: float, attn_drop: float, drop_path_rate: float,
+        mlp_ratio: float, drop: float, attn_drop: float, drop_path_rate: float, attention: str = "sdpa",
     ) -> None:
         super().__init__()
         self.resolution = resolution
@@ -160,7 +224,7 @@ class SwinTransformerBlock(nn.Module):
             window, shift = min(resolution), 0
         self.window, self.shift = window, shift
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, window, num_heads, attn_drop, drop)
+        self.attn = WindowAttention(dim, window, num_heads, attn_drop, drop, attention)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
@@ -205,14 +269,14 @@ class BasicLayer(nn.Module):
     def __init__(
         self, dim: int, resolution: tuple[int, int], depth: int, num_heads: int, window: int,
         mlp_ratio: float, drop: float, attn_drop: float, drop_path_rates: list[float],
-        use_downsample: bool, use_checkpointing: bool,
+        use_downsample: bool, use_checkpointing: bool, attention: str = "sdpa",
     ) -> None:
         super().__init__()
         self.use_checkpointing = use_checkpointing
         self.blocks = nn.ModuleList(
             SwinTransformerBlock(
                 dim, resolution, num_heads, window, 0 if i % 2 == 0 else window // 2,
-                mlp_ratio, drop, attn_drop, drop_path_rates[i],
+                mlp_ratio, drop, attn_drop, drop_path_rates[i], attention,
             )
             for i in range(depth)
         )
