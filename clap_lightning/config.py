@@ -237,6 +237,7 @@ class OptimConfig:
     eps: float = bounded(1e-6, gt=0)  # AdamW epsilon
     warmup_steps: int = bounded(100, ge=0)  # linear warmup steps
     min_lr_ratio: float = bounded(0.0, ge=0, le=1)  # final lr as a fraction of lr at the end of the cosine
+    fused: bool = False  # torch's fused AdamW (CUDA and CPU): the same update in fewer kernel launches
 
     def __post_init__(self) -> None:
         if len(self.betas) != 2:

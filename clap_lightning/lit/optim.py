@@ -29,9 +29,13 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: 
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig, total_steps: int):
-    """AdamW and a per-step LambdaLR scheduler, in Lightning's `configure_optimizers` format."""
+    """AdamW and a per-step LambdaLR scheduler, in Lightning's `configure_optimizers` format.
+
+    `fused` selects torch's fused AdamW kernel, the same update in fewer launches than the
+    default foreach path; it is off by default so existing runs keep their exact numbers.
+    """
     optimizer = torch.optim.AdamW(split_decay_groups(model, config.weight_decay), lr=config.lr,
-                                  betas=tuple(config.betas), eps=config.eps)
+                                  betas=tuple(config.betas), eps=config.eps, fused=config.fused or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, config.warmup_steps, total_steps, config.min_lr_ratio))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

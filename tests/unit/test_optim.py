@@ -72,3 +72,25 @@ def test_build_optimizer_steps_the_schedule_per_step():
     cosine = [1e-2 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]  # 4 steps after warmup
     assert lrs == pytest.approx([5e-3, 1e-2, *cosine])
     assert all(group["lr"] == optimizer.param_groups[0]["lr"] for group in optimizer.param_groups)
+
+
+def test_fused_adamw_matches_the_default_within_round_off():
+    torch.manual_seed(0)
+    models = [Tower(), Tower()]
+    models[1].load_state_dict(models[0].state_dict())
+    start = models[0].linear.weight.detach().clone()
+    optimizers = []
+    for model, fused in zip(models, (False, True)):
+        config = OptimConfig(lr=1e-2, weight_decay=0.2, warmup_steps=2, fused=fused)
+        optimizers.append(build_optimizer(model, config, total_steps=5))
+    assert optimizers[1]["optimizer"].defaults["fused"] and not optimizers[0]["optimizer"].defaults["fused"]
+    x = torch.randn(8, 4)
+    for _ in range(5):
+        for model, built in zip(models, optimizers):
+            built["optimizer"].zero_grad()
+            (model.norm(model.linear(x)) * model.logit_scale.exp()).square().mean().backward()
+            built["optimizer"].step()
+            built["lr_scheduler"]["scheduler"].step()
+    for (name, ref), (_, fused) in zip(models[0].named_parameters(), models[1].named_parameters()):
+        torch.testing.assert_close(fused, ref, rtol=1e-6, atol=1e-7, msg=name)
+    assert (models[0].linear.weight - start).abs().max() > 1e-3  # five steps really moved the weights
