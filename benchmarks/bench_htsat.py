@@ -131,6 +131,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu", help="cpu (the issue's target), or cuda")
+    parser.add_argument("--attention", choices=("sdpa", "flex"), default="sdpa",
+                        help="our window attention: sdpa, or flex (FlexAttention; GPU for training)")
     parser.add_argument("--malloc", choices=("default", "reuse"), default="default",
                         help="reuse: keep freed memory in the process (see the module docstring)")
     args = parser.parse_args()
@@ -143,7 +145,7 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 on both sides
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(0)
-    cfg = HTSATConfig()
+    cfg = HTSATConfig(attention=args.attention)
     wave = (0.1 * torch.randn(args.batch, int(args.seconds * cfg.sample_rate))).to(device)
     ours = HTSATEncoder(cfg)
     implementations = {}
@@ -160,6 +162,7 @@ def main() -> None:
     results = time_interleaved(implementations, args.repeats)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} CPU threads"
     where += ", malloc keeping freed memory" if args.malloc == "reuse" else ""
+    where += f", our attention {args.attention}"
     print(f"HTSAT msclap-2023 config, batch {args.batch} x {args.seconds:g} s @ {cfg.sample_rate} Hz, "
           f"{where}, torch {torch.__version__}; seconds per batch, min / median of {args.repeats}")
 
