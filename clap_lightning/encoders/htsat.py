@@ -377,13 +377,16 @@ class HTSATEncoder(nn.Module):
         front, middle and back thirds of the possible starts; LAION draws each start at random,
         here it is the middle of its third (deterministic). A shorter one is padded to the window
         (`fit_length`'s `pad_mode`; LAION: "repeatpad") and its log-mel repeated four times,
-        `longer` False.
+        `longer` False. So is one less than a hop longer than the window (LAION's and transformers'
+        corner case): its whole log-mel already has one window's frames, and is taken four times.
         """
         chunk = clip_samples // self.cfg.hop_length + 1
         if len(wave) <= clip_samples:
             padded, _ = fit_length(wave, clip_samples, pad_mode)
             return self.frontend(padded[None])[0].expand(4, -1, -1), False
         mel = self.frontend(wave[None])[0]  # [frames, n_mels]
+        if mel.shape[0] == chunk:
+            return mel.expand(4, -1, -1), False
         shrunk = F.interpolate(mel[None, None], (chunk, mel.shape[1]), mode="bilinear", align_corners=False)[0, 0]
         thirds = torch.arange(mel.shape[0] - chunk + 1).tensor_split(3)
         starts = [int(third[len(third) // 2]) if len(third) else 0 for third in thirds]

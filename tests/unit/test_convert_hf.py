@@ -245,6 +245,11 @@ def test_embed_audio_fusion_views_are_deterministic_and_only_for_fused_models(to
         torch.testing.assert_close(view, full[start:start + 251])  # front, middle and back crops
     short_views, short_longer = model.audio_encoder.fusion_logmel(short_wave, model.config.clip_samples)
     assert not short_longer and torch.equal(short_views[0], short_views[3])
+    # Less than a hop over the window: the whole log-mel is one window's frames, not "longer" (as LAION)
+    edge = long_wave[:model.config.clip_samples + 100]
+    edge_views, edge_longer = model.audio_encoder.fusion_logmel(edge, model.config.clip_samples)
+    assert not edge_longer and edge_views.shape == (4, 251, 16)
+    torch.testing.assert_close(edge_views[2], model.audio_encoder.frontend(edge[None])[0])
 
     fused = model.embed_audio([long_wave, short_wave], sample_rate=rate, long_audio="fusion", batch_size=1)
     again = model.embed_audio([long_wave, short_wave], sample_rate=rate, long_audio="fusion", batch_size=2)
