@@ -92,3 +92,10 @@ def test_bucket_batches_is_checked_and_used_only_without_padding():
     with pytest.raises(ConfigError, match="data.bucket_batches"):
         load_config(ExperimentConfig, DEMO, ["data.bucket_batches=-1"])
     assert load_config(ExperimentConfig, DEMO, ["data.pad_mode=none"]).data.bucket_batches == 8
+
+
+def test_one_batch_per_pool_is_the_unbucketed_stream(urls):
+    plain, single = list(stream(urls, 0)), list(stream(urls, 1))
+    assert keys(single) == keys(plain)
+    assert all(torch.equal(a["audio"], b["audio"]) and a["stream"] == b["stream"] for a, b in zip(single, plain))
+    assert "pool" not in plain[0]["stream"]  # today's two-number resume point
