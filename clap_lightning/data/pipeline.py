@@ -308,7 +308,8 @@ class Collate:
             "labels": labels,
             "captions": captions,
             # [B, 2] int64 keys: pairs sharing one are not each other's negatives (objective.false_negatives)
-            "group_ids": torch.tensor([compute_group_ids(c, labs) for c, labs in zip(captions, labels)], dtype=torch.int64),
+            "group_ids": torch.tensor([compute_group_ids(c, labs) for c, labs in zip(captions, labels)],
+                                      dtype=torch.int64),
         }
 
 

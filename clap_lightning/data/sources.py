@@ -38,7 +38,8 @@ def load_manifest(split_dir: Path) -> dict:
         name = shard.get("name") or shard.get("path") if isinstance(shard, dict) else shard
         count = shard.get("count", shard.get("samples")) if isinstance(shard, dict) else None
         if not isinstance(name, str) or not name or not _is_count(count, allow_none=True):
-            raise DataError(f"manifest {where}: shards[{i}] must be a file name or {{name, count}}, found {shard!r:.80}")
+            raise DataError(f"manifest {where}: shards[{i}] must be a file name or {{name, count}}, "
+                            f"found {shard!r:.80}")
     total = manifest.get("num_samples", manifest.get("samples"))
     if not _is_count(total, allow_none=True):
         raise DataError(f"manifest {where}: num_samples must be a count, found {total!r:.80}")
@@ -79,7 +80,8 @@ def feature_frontend(source: ShardSource, spec: str) -> Optional[dict]:
         raise DataError(f"{spec} mixes log-mel and waveform shards: give each kind its own source")
     frontends = [b.get("frontend") for b in source.builds]
     if not isinstance(frontends[0], dict) or any(f != frontends[0] for f in frontends):
-        raise DataError(f"{spec}: its log-mel shards record {'no' if not isinstance(frontends[0], dict) else 'different'} "
+        raise DataError(f"{spec}: its log-mel shards record "
+                        f"{'no' if not isinstance(frontends[0], dict) else 'different'} "
                         "front ends (manifest build.frontend); prepare them again with one --model-config")
     return frontends[0]
 
@@ -158,7 +160,8 @@ def check_built_with_exclusion(specs: list[str], exclude_list: str) -> None:
         for part in spec.split("::"):
             manifest_path = Path(part) / MANIFEST_NAME
             if not manifest_path.is_file():
-                raise DataError(f"data.exclude_list is set but {part} has no {MANIFEST_NAME} recording how it was built; "
+                raise DataError(f"data.exclude_list is set but {part} has no {MANIFEST_NAME} "
+                                "recording how it was built; "
                                 f"give split directories built with --exclude {exclude_list}")
             build = load_manifest(Path(part)).get("build")
             recorded = (build.get("exclude") if isinstance(build, dict) else None) or {}

@@ -219,7 +219,8 @@ def read_tar_samples(url: str, skipped: Counter) -> Iterator[dict[str, Any]]:
         where = f"at key {match.group(1)}" if match else f"after key {current['__key__']}" if current else "at start"
         # The pending sample's members were read whole unless the damage is in one of them, or
         # the stream itself (gzip, I/O) failed; a missing member is then counted by the decoder.
-        if current is not None and isinstance(err, TarFormatError) and (not match or match.group(1) != current["__key__"]):
+        if (current is not None and isinstance(err, TarFormatError)
+                and (not match or match.group(1) != current["__key__"])):
             yield current
         skipped["bad_tar"] += 1
         if skipped["bad_tar"] <= MAX_REPORTED_SHARDS:
