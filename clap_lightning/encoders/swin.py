@@ -27,24 +27,47 @@ from torch.utils.checkpoint import checkpoint
 ATTENTION_MODES = ("sdpa", "flex")
 
 
+# Compiled FlexAttention specialises on each (stage, shift, grad mode, batch size) case: HTSAT 2023
+# alone has 14 in a training step plus an eval pass, past dynamo's default of 8 recompiles per
+# function, after which the remaining calls silently run the unfused reference. This is the
+# limit while flex_attention is called (raised only, and only for that call).
+FLEX_RECOMPILE_LIMIT = 64
+
+
 @functools.cache
-def _compiled_flex_attention() -> Callable:
-    """`flex_attention` under torch.compile, built once: uncompiled it runs an unfused
-    reference that materialises the scores, which is what the flex mode exists to avoid."""
-    return torch.compile(flex.flex_attention)
+def compiled_flex_attention(backend: str | Callable = "inductor") -> Callable:
+    """`flex_attention` under torch.compile with static shapes, built once per backend:
+    uncompiled it runs an unfused reference that materialises the scores, which is what the
+    flex mode exists to avoid."""
+    return torch.compile(flex.flex_attention, backend=backend, dynamic=False)
+
+
+def call_compiled_flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score_mod: Callable,
+                                 backend: str | Callable = "inductor") -> torch.Tensor:
+    """Compiled FlexAttention with room for every case of a model (see FLEX_RECOMPILE_LIMIT)."""
+    limit = max(FLEX_RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)
+    with torch._dynamo.config.patch(recompile_limit=limit):
+        return compiled_flex_attention(backend)(q, k, v, score_mod=score_mod)
 
 
 def run_flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, score_mod: Callable) -> torch.Tensor:
-    """FlexAttention, compiled on accelerators; eager (unfused) on CPU, where torch 2.11 has no
-    FlexAttention backward and its compiled CPU kernel failed to build for this score_mod, so
-    its advice to compile is silenced there."""
-    if torch.compiler.is_compiling():  # inside a compiled model (`model.compile`): dynamo fuses it there
+    """FlexAttention, compiled on accelerators; eager (unfused) on CPU, forward only there.
+
+    torch 2.11 has no FlexAttention backward on CPU (it raises NotImplementedError), so CPU is
+    for inference and tests, where compiling this call alone costs about 16 s of build per case
+    on a 2-core VM; torch's advice to compile is silenced there. Under a compiled model (`model.compile`) dynamo
+    takes the call into the model's graph; inductor's CPU kernel refuses q, k, v that share one
+    buffer (our qkv projection's views), so on CPU they are copied apart first.
+    """
+    if torch.compiler.is_compiling():
+        if q.device.type == "cpu":
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         return flex.flex_attention(q, k, v, score_mod=score_mod)
     if q.device.type == "cpu":
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
             return flex.flex_attention(q, k, v, score_mod=score_mod)
-    return _compiled_flex_attention()(q, k, v, score_mod=score_mod)
+    return call_compiled_flex_attention(q, k, v, score_mod)
 
 
 def partition_windows(x: torch.Tensor, window: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from torch.nn.attention import flex_attention as flex
 
 from clap_lightning.encoders.htsat import HTSATConfig, HTSATEncoder
+from clap_lightning.encoders import swin
 from clap_lightning.encoders.swin import SwinTransformerBlock
 
 torch.set_num_threads(1)
@@ -118,4 +119,43 @@ def test_compiled_model_traces_flex_attention_in_one_graph():
         assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
         compiled = torch.compile(flexed, backend="aot_eager")(wave)  # inductor's CPU flex kernel is not used
         torch.testing.assert_close(compiled, sdpa.eval()(wave), **TOL)
+    torch._dynamo.reset()
+
+
+def test_compiled_flex_attention_compiles_past_dynamos_default_recompile_limit():
+    """Each model case compiles its own kernel: more than dynamo's default 8 must not fall back
+    to the unfused reference (HTSAT 2023 has 14 cases in a training step and an eval pass)."""
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    default = torch._dynamo.config.recompile_limit
+    cases = default + 2
+    assert cases <= swin.FLEX_RECOMPILE_LIMIT
+    table = torch.randn(4)
+    with torch.no_grad():
+        for batch in range(1, cases + 1):
+            q, k, v = torch.randn(3, batch, 4, 16, 8).unbind(0)
+            out = swin.call_compiled_flex_attention(
+                q, k, v, lambda score, b, h, q_idx, kv_idx: score + table[h], backend=counting_backend)
+            assert out.shape == q.shape
+    assert len(graphs) == cases
+    assert torch._dynamo.config.recompile_limit == default  # raised only for the call
+    torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_compiled_model_with_flex_runs_inductor_on_cpu():
+    """`model.compile` + flex on CPU: inductor's CPU kernel needs q, k, v in separate buffers
+    (about 20 s of build on a 2-core VM)."""
+    torch.manual_seed(0)
+    blocks = [SwinTransformerBlock(16, (8, 8), 2, 4, 2, 2.0, 0.0, 0.0, 0.0, mode) for mode in ("sdpa", "flex")]
+    blocks[1].load_state_dict(blocks[0].state_dict(), strict=True)
+    x = torch.randn(2, 64, 16)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(blocks[1].eval())(x), blocks[0].eval()(x), **TOL)
     torch._dynamo.reset()
