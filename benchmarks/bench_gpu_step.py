@@ -14,7 +14,8 @@ decay groups, foreach unless fused). Measured in one run, each variant on the sa
 - bf16 + all: flex, compile and fused AdamW.
 
 A variant that fails (e.g. FlexAttention, which has no CPU backward) prints one line and the
-others still run. Figures before the switches were added (docs/benchmarks.md) used fused AdamW
+others still run; each row is printed (flushed) as it is measured, so a run cut short by a time
+limit keeps the rows it finished. Figures before the switches were added (docs/benchmarks.md) used fused AdamW
 in every row; now only the fused rows do, as in `fit`.
 
 FLOPs are counted once per eager variant on its real step with `FlopCounterMode`; the compiled,
@@ -25,7 +26,7 @@ given with `--peak-tflops`: the same accounting as the live monitor of `clap-lig
 (`clap_lightning/flops.py`).
 
 Then the FLOPs per pair by component (audio tower, text tower, loss, optimizer), each counted
-on its own forward + backward, beside the whole step's count. Also printed, as checks of the
+on its own forward + backward, beside the whole step's count. Printed first, as checks of the
 switches on this device: the bf16 loss against the fp32 loss on the same weights, and the
 largest gradient differences that checkpointing and FlexAttention make (the same function, so
 they should be at bf16 rounding). `--profile` prints the fastest variant's top-15 CUDA kernels
@@ -251,10 +252,17 @@ def main() -> None:
         "input_ids": torch.randint(0, vocab, (args.batch, args.tokens), generator=generator).to(device),
         "attention_mask": torch.ones(args.batch, args.tokens, dtype=torch.long).to(device),
     }
-    checks = print_checks_later(model, state, batch, args.model_config, device)
+    checks = run_checks(model, state, batch, args.model_config, device)
 
+    where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    print(f"CLAP ({args.model_config}) train step on {where}, batch {args.batch} x "
+          f"{model.config.clip_seconds:g} s @ {model.config.sample_rate} Hz, {args.tokens}-token captions, "
+          f"AdamW, torch {torch.__version__}; {args.steps} steps after warm-up; "
+          f"FLOPs counted by FlopCounterMode, MFU against the dense peak of the variant's dtype", flush=True)
+    print(checks, flush=True)
+    print_header()
     rows = []
-    for variant in VARIANTS:
+    for variant in VARIANTS:  # each row printed as it is measured: a run cut short keeps its rows
         if device.type == "cuda":
             torch.cuda.empty_cache()
         try:
@@ -265,12 +273,7 @@ def main() -> None:
             rows.append((variant, one_line(error)))
         finally:
             net = None
-    where = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(f"CLAP ({args.model_config}) train step on {where}, batch {args.batch} x "
-          f"{model.config.clip_seconds:g} s @ {model.config.sample_rate} Hz, {args.tokens}-token captions, "
-          f"AdamW, torch {torch.__version__}; {args.steps} steps after warm-up; "
-          f"FLOPs counted by FlopCounterMode, MFU against the dense peak of the variant's dtype")
-    print_rows(rows, args.batch)
+        print_row(rows[-1], rows, args.batch)
     rows = [row for row in rows if len(row) > 2]  # the ones that ran
     split = component_flops(copy.deepcopy(model), batch, bf16=True)
     bf16_row = next((row for row in rows if row[0].name == "bf16"), None)
@@ -281,7 +284,6 @@ def main() -> None:
               f"{sum(split.values()) / step_flops:.1%}):")
         for name, count in split.items():
             print(f"  {name:<28} {count / args.batch / 1e9:9.2f} GFLOP/pair {count / step_flops:7.1%}")
-    print(checks)
     if args.profile and rows:
         fastest = max(rows, key=lambda row: row[2])[0]
         try:
@@ -290,8 +292,8 @@ def main() -> None:
             print(f"profile of {fastest.name}: failed: {one_line(error)}")
 
 
-def print_checks_later(model: CLAP, state: dict, batch: dict, model_config: str, device: torch.device) -> str:
-    """The correctness checks, run first (on fresh memory) and returned as one line to print last."""
+def run_checks(model: CLAP, state: dict, batch: dict, model_config: str, device: torch.device) -> str:
+    """The correctness checks as one line, run first (on fresh memory)."""
     fp32_loss, fp32_grads = gradients(model, batch, bf16=False)
     bf16_loss, plain = gradients(model, batch, bf16=True)
     del fp32_grads
@@ -310,27 +312,33 @@ def print_checks_later(model: CLAP, state: dict, batch: dict, model_config: str,
     return line
 
 
-def print_rows(rows: list, batch: int) -> None:
-    """The table: each variant against fp32 and against bf16 eager; a failed one as its error."""
+def ratio(value: float, base: float) -> str:
+    """`value / base` in the table's 8 columns; n/a where the base row has not run (fp32 before bf16)."""
+    return f"{value / base:7.2f}x" if base == base else f"{'n/a':>8}"
+
+
+def print_header() -> None:
     print(f"{'variant':<22} {'pairs/s':>9} {'vs fp32':>8} {'vs bf16':>8} {'peak GiB':>9} {'vs fp32':>8} "
-          f"{'GFLOP/pair':>11} {'TFLOP/s':>8} {'MFU':>7}")
-    by_name = {row[0].name: row for row in rows if len(row) > 2}
+          f"{'GFLOP/pair':>11} {'TFLOP/s':>8} {'MFU':>7}", flush=True)
+
+
+def print_row(row: tuple, rows: list, batch: int) -> None:
+    """One variant against fp32 and against bf16 eager (rows measured so far); a failed one as its error."""
+    if len(row) == 2:
+        print(f"{row[0].name:<22} failed: {row[1]}", flush=True)
+        return
+    by_name = {r[0].name: r for r in rows if len(r) > 2}
     base_rate, base_mem = (by_name["fp32"][2], by_name["fp32"][3]) if "fp32" in by_name else (float("nan"),) * 2
     bf16_rate = by_name["bf16"][2] if "bf16" in by_name else float("nan")
     bf16_flops = by_name["bf16"][4] if "bf16" in by_name else None
-    for row in rows:
-        if len(row) == 2:
-            print(f"{row[0].name:<22} failed: {row[1]}")
-            continue
-        variant, peak, rate, mem, flops, step_seconds = row
-        flops = flops if flops is not None else bf16_flops  # same function as bf16 (see the module docstring)
-        tflops = achieved_tflops(flops, step_seconds) if flops else float("nan")
-        mfu = f"{tflops / peak:7.1%}" if peak and flops else f"{'n/a':>7}"
-        gflop = f"{flops / batch / 1e9:11.2f}" if flops else f"{'n/a':>11}"
-        memory = f"{mem:9.2f} {mem / base_mem:7.2f}x" if mem == mem else f"{'n/a':>9} {'n/a':>8}"  # nan on CPU
-        print(f"{variant.name:<22} {rate:9.1f} {rate / base_rate:7.2f}x {rate / bf16_rate:7.2f}x {memory} "
-              f"{gflop} {tflops:8.3g} {mfu}")
-
+    variant, peak, rate, mem, flops, step_seconds = row
+    flops = flops if flops is not None else bf16_flops  # same function as bf16 (see the module docstring)
+    tflops = achieved_tflops(flops, step_seconds) if flops else float("nan")
+    mfu = f"{tflops / peak:7.1%}" if peak and flops else f"{'n/a':>7}"
+    gflop = f"{flops / batch / 1e9:11.2f}" if flops else f"{'n/a':>11}"
+    memory = f"{mem:9.2f} {mem / base_mem:7.2f}x" if mem == mem else f"{'n/a':>9} {'n/a':>8}"  # nan on CPU
+    print(f"{variant.name:<22} {rate:9.1f} {ratio(rate, base_rate)} {ratio(rate, bf16_rate)} {memory} "
+          f"{gflop} {tflops:8.3g} {mfu}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -10,6 +10,7 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]' || { echo "error: venv setup failed"; exit 2; }
 fi
 PY=.venv/bin/python
+export PYTHONUNBUFFERED=1  # a step cut short by its time limit still shows what it printed
 $PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true
 status=0
