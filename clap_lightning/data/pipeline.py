@@ -114,6 +114,7 @@ class ClipDecoder:
                 "source_index": sample.get("__source__", 0)}
 
     output_key = "audio"  # the sample's (and batch's) key of what `_decode_clip` returns
+    pad_value = 0.0  # what fills a row past `length` when the clip is not tiled (pad_mode zero or none)
 
     @property
     def clip_shape(self) -> tuple[int, ...]:
@@ -189,6 +190,7 @@ class LogMelDecoder(ClipDecoder):
     """
 
     output_key = "logmel"
+    pad_value = SILENCE_DB
 
     def __init__(self, frames: int, n_mels: int, pad_mode: str, is_train: bool) -> None:
         super().__init__(0, 0, pad_mode, is_train)
@@ -226,7 +228,7 @@ class LogMelDecoder(ClipDecoder):
             rows[:] = np.tile(crop, (-(-self.frames // length), 1))[:self.frames]
             return clip, self.frames
         rows[:length] = crop
-        rows[length:] = SILENCE_DB
+        rows[length:] = self.pad_value
         return clip, length
 
 
@@ -447,33 +449,42 @@ class ClapStream(IterableDataset):
     def _decode_pool(self, stream: Iterator[tuple[int, dict]], seed: tuple, start: int, size: int,
                      guard: FailureGuard) -> tuple[int, int, list[dict[str, Any]]]:
         """(first position, position after the last, `size` decoded samples) from `stream`, skipping
-        positions before `start`; each clip is decoded into its row of one pool buffer."""
-        pool = torch.empty((size, *self.decoder.clip_shape))
+        positions before `start`.
+
+        Each clip is decoded (and augmented) in one full-length scratch row, then only its `length`
+        real samples are kept: the pool then holds the audio it was given, not `size` rows of
+        `clip_samples` (a pool of 8 batches of 96 10-s 48-kHz rows would be 1.5 GB per worker).
+        """
+        scratch = torch.empty(self.decoder.clip_shape)
         samples: list[dict[str, Any]] = []
         first = None
         for position, raw in stream:
             if position < start:
                 continue
             first = position if first is None else first
-            sample = self.decoder.decode_into(pool[len(samples)], raw, np.random.default_rng([*seed, position]))
+            sample = self.decoder.decode_into(scratch, raw, np.random.default_rng([*seed, position]))
             if sample is None:
                 guard.fail(self.decoder.skipped)
                 continue
             guard.ok()
-            if self.augment is not None:
+            if self.augment is not None:  # on the full row: its draws depend on the row's length
                 self.augment.augment_clip(sample["audio"], np.random.default_rng([*seed, position, AUGMENT_STREAM]),
                                           sample["length"])
-            samples.append(sample)
+            key = self.decoder.output_key
+            samples.append({**sample, key: sample[key][:sample["length"]].clone()})
             if len(samples) == size:
                 return first, position + 1, samples
         raise DataError(f"{self.name}: the training stream ended inside a pool of {size} samples")
 
     def _into_batch_buffer(self, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The samples with their clips copied into consecutive rows of a fresh transfer buffer."""
-        key = "logmel" if "logmel" in samples[0] else "audio"
+        """The samples with their clips copied into consecutive rows of a fresh transfer buffer,
+        each row's tail past the clip filled with the decoder's padding."""
+        key = self.decoder.output_key
         rows = transfer_buffer((len(samples), *self.decoder.clip_shape))
         for row, sample in zip(rows, samples):
-            row.copy_(sample[key])
+            clip = sample[key]
+            row[:len(clip)].copy_(clip)
+            row[len(clip):].fill_(self.decoder.pad_value)
         return [{**sample, key: row} for row, sample in zip(rows, samples)]
 
     def _audio_buffer(self) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +11,10 @@ import pytest
 import torch
 
 from clap_lightning.config import ConfigError, ExperimentConfig, load_config
-from clap_lightning.data.pipeline import ClapStream, ClipDecoder, Collate
-from tests.shard_factory import encode, meta_json, write_tar
+from clap_lightning.audio.frontend import SILENCE_DB
+from clap_lightning.data.pipeline import ClapStream, ClipDecoder, Collate, LogMelDecoder
+from clap_lightning.data.schema import LOGMEL_EXT
+from tests.shard_factory import bad_members, encode, meta_json, write_tar
 from tests.unit.test_loader import FakeTokenizer
 
 RATE = 16000
@@ -99,3 +103,56 @@ def test_one_batch_per_pool_is_the_unbucketed_stream(urls):
     assert keys(single) == keys(plain)
     assert all(torch.equal(a["audio"], b["audio"]) and a["stream"] == b["stream"] for a, b in zip(single, plain))
     assert "pool" not in plain[0]["stream"]  # today's two-number resume point
+
+
+def total_skips(batches) -> Counter:
+    return sum((Counter(b["skipped"]) for b in batches), Counter())
+
+
+@pytest.fixture(scope="module")
+def urls_with_bad(tmp_path_factory, urls) -> list[str]:
+    bad = [member for members in bad_members().values() for member in members]
+    return [*urls, str(write_tar(tmp_path_factory.mktemp("bad") / "z-bad.tar", bad))]
+
+
+@pytest.mark.parametrize("consumed", [1, 5])  # inside the first pool, inside the second
+def test_skips_are_counted_once_across_pools_and_a_resume(urls_with_bad, consumed):
+    plain, full = list(stream(urls_with_bad, 0)), list(stream(urls_with_bad, 4))
+    assert total_skips(full) == total_skips(plain) and sum(total_skips(full).values()) > 0  # the same positions
+    where = full[consumed - 1]["stream"]
+    resumed = list(stream(urls_with_bad, 4, resume={"epoch": 0, "workers": [[where["batches"], where["position"],
+                                                                             where["pool"]]]}))
+    assert total_skips(full[:consumed]) + total_skips(resumed) == total_skips(full)
+
+
+def test_a_pool_holds_only_its_clips_real_samples(urls, monkeypatch):
+    pools = []
+    decode_pool = ClapStream._decode_pool
+    monkeypatch.setattr(ClapStream, "_decode_pool", lambda self, *a: pools.append(decode_pool(self, *a)) or pools[-1])
+    batches = list(stream(urls, 4))
+    assert len(pools) == 2
+    held = [s for _, _, samples in pools for s in samples]
+    assert [s["audio"].numel() for s in held] == [s["length"] for s in held]  # not rows of CLIP samples
+    assert sum(s["length"] for s in held) < 0.8 * len(held) * CLIP  # clips of 0.1-1.0 s
+    assert sum(len(b["key"]) for b in batches) == len(held)
+
+
+def test_logmel_buckets_keep_the_features_and_pad_with_silence(tmp_path):
+    rng = np.random.default_rng(1)
+    members, features = [], {}
+    for i in range(24):
+        key = f"f-{i}"
+        features[key] = rng.standard_normal((int(rng.integers(3, 20)), 8)).astype(np.float16)
+        buffer = io.BytesIO()
+        np.save(buffer, features[key])
+        members += [(f"{key}.{LOGMEL_EXT}", buffer.getvalue()), (f"{key}.json", meta_json(key))]
+    url = str(write_tar(tmp_path / "mel-000000.tar", members))
+    decoder = LogMelDecoder(frames=20, n_mels=8, pad_mode="none", is_train=True)
+    batches = list(ClapStream([[url]], decoder, Collate(FakeTokenizer()), 4, is_train=True, seed=0,
+                              shuffle_buffer=10, batches_per_worker=4, bucket_batches=4))
+    assert len(batches) == 4
+    for batch in batches:
+        for key, row, length in zip(batch["key"], batch["logmel"], batch["logmel_length"]):
+            assert length == len(features[key])
+            assert torch.equal(row[:length], torch.from_numpy(features[key].astype(np.float32)))
+            assert bool((row[length:] == SILENCE_DB).all())
