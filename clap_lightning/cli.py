@@ -22,6 +22,7 @@ from clap_lightning.commands import (
 )
 from clap_lightning.commands import eval as eval_command
 from clap_lightning.errors import ClapError
+from clap_lightning.objectives.collectives import close_process_group
 
 # verb -> (its module in clap_lightning/commands: add_arguments(parser), run(args)), help line
 VERBS = {
@@ -75,6 +76,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ClapError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        close_process_group()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from clap_lightning.config import ExperimentConfig, config_from, pretraining_batch_size
 from clap_lightning.lit.pretraining import ClapPretraining
 from clap_lightning.lit.strategies import build_strategy
+from clap_lightning.objectives.collectives import close_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
 GLOBAL_BATCH = 8
@@ -157,6 +158,7 @@ def main() -> None:
         callbacks=[RecordLosses(args.out)],
     )
     trainer.fit(module, datamodule=data)
+    close_process_group()  # as the CLI does: not left to the interpreter's exit
 
 
 if __name__ == "__main__":

@@ -155,3 +155,16 @@ def test_lightning_log_lines_print_once_and_known_warnings_are_quiet():
     err = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True).stderr
     assert err.count("GPU available: hello") == 1, err
     assert "IterableDataset" not in err and "something else" in err, err
+
+
+def test_the_process_group_is_destroyed_before_exit(capsys, tmp_path):
+    """A run leaves no process group to the interpreter's teardown, on success or on error."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        assert main(["fit", "--config", str(tmp_path / "nope.yaml")]) == 2
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
