@@ -22,7 +22,6 @@ from clap_lightning.commands import (
 )
 from clap_lightning.commands import eval as eval_command
 from clap_lightning.errors import ClapError
-from clap_lightning.objectives.collectives import close_process_group
 
 # verb -> (its module in clap_lightning/commands: add_arguments(parser), run(args)), help line
 VERBS = {
@@ -77,7 +76,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
-        close_process_group()
+        if "torch.distributed" in sys.modules:  # not imported, no process group (and --help stays light)
+            from clap_lightning.objectives.collectives import close_process_group
+
+            close_process_group()
 
 
 if __name__ == "__main__":
