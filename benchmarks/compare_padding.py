@@ -7,9 +7,8 @@ steps, seed and data; only the padding differs:
 - `zero`: zero-padded, the padding masked (`mask_padding`, on in the tiny config): out of bn0's
   statistics and the pooled embedding;
 - `zero-unmasked`: zero-padded with `mask_padding` off, the baseline the mask fixes;
-- `none`: each batch cut to its longest clip, HTSAT padding the shorter spectrogram through the mask,
-  the batches bucketed by duration (`data.bucket_batches`, default 8);
-- `none-unbucketed`: the same without buckets (`data.bucket_batches=0`).
+- `none`: each batch cut to its longest clip, HTSAT padding the shorter spectrogram through the mask;
+- `none-bucketed`: the same with the batches bucketed by duration (`data.bucket_batches=8`).
 
 Build a corpus of short clips first (the demo recipe's clips last 0.3-0.8 s here, so about three
 quarters of each 2.04-s clip is padding):
@@ -35,8 +34,8 @@ MODES = {  # name -> overrides
     "repeat": ["data.pad_mode=repeat"],
     "zero": ["data.pad_mode=zero", "model.audio_encoder.mask_padding=true"],
     "zero-unmasked": ["data.pad_mode=zero", "model.audio_encoder.mask_padding=false"],
-    "none": ["data.pad_mode=none", "model.audio_encoder.mask_padding=true"],
-    "none-unbucketed": ["data.pad_mode=none", "model.audio_encoder.mask_padding=true", "data.bucket_batches=0"],
+    "none": ["data.pad_mode=none", "model.audio_encoder.mask_padding=true", "data.bucket_batches=0"],
+    "none-bucketed": ["data.pad_mode=none", "model.audio_encoder.mask_padding=true", "data.bucket_batches=8"],
 }
 LOSS_WINDOW = 50  # steps averaged for the reported train loss
 

@@ -167,7 +167,7 @@ class DataConfig:
     shuffle_buffer: int = bounded(1000, ge=0)  # samples held for shuffling in training
     epoch_samples: int = bounded(0, ge=0)  # training samples per epoch; 0 = one pass over the train manifest
     pad_mode: str = "repeat"  # short clips: "repeat" (msclap), "zero", or "none" (batch cut to its longest clip)
-    bucket_batches: int = bounded(8, ge=0)  # pad_mode none: batches per pool sorted by clip length (0 or 1: off)
+    bucket_batches: int = bounded(0, ge=0)  # pad_mode none: batches per pool sorted by clip length (0 or 1: off)
     eval_batch_size: int = bounded(64, ge=1)  # per-device batch for validation, test and zero-shot
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # waveform augmentations in training
 

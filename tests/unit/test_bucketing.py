@@ -95,7 +95,8 @@ def test_a_pool_is_not_larger_than_what_the_epoch_has_left(urls):
 def test_bucket_batches_is_checked_and_used_only_without_padding():
     with pytest.raises(ConfigError, match="data.bucket_batches"):
         load_config(ExperimentConfig, DEMO, ["data.bucket_batches=-1"])
-    assert load_config(ExperimentConfig, DEMO, ["data.pad_mode=none"]).data.bucket_batches == 8
+    assert load_config(ExperimentConfig, DEMO, ["data.pad_mode=none"]).data.bucket_batches == 0  # opt-in
+    assert load_config(ExperimentConfig, DEMO, ["data.bucket_batches=8"]).data.bucket_batches == 8
 
 
 def test_one_batch_per_pool_is_the_unbucketed_stream(urls):
